@@ -1,0 +1,105 @@
+//! Pure data model and cryptography glue: pings, batch config, the VDAF enum
+//! over the `prio` crate, and the HPKE share envelope. No I/O lives here.
+
+pub mod client;
+pub mod config;
+pub mod envelope;
+pub mod ping;
+pub mod server;
+pub mod vdaf;
+
+use serde::{Deserialize, Serialize};
+
+/// Which of the two aggregation servers a share or message belongs to.
+///
+/// Server `a` is the VDAF leader (aggregator id 0), server `b` the helper (1),
+/// as in Firefox's `prio.a` / `prio.b` fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    A,
+    B,
+}
+
+impl Role {
+    pub const BOTH: [Role; 2] = [Role::A, Role::B];
+
+    /// The VDAF aggregator id.
+    pub fn agg_id(self) -> usize {
+        match self {
+            Role::A => 0,
+            Role::B => 1,
+        }
+    }
+
+    pub fn peer(self) -> Role {
+        match self {
+            Role::A => Role::B,
+            Role::B => Role::A,
+        }
+    }
+
+    /// Lower-case letter, as used in pings and paths.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::A => "a",
+            Role::B => "b",
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "a" | "A" => Ok(Role::A),
+            "b" | "B" => Ok(Role::B),
+            other => Err(format!("server id must be A or B, got {other:?}")),
+        }
+    }
+}
+
+/// Why one report share was not counted. These are data, never fatal:
+/// the pipeline counts them by [`Rejection::reason`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, thiserror::Error)]
+pub enum Rejection {
+    /// Not valid base64, or the envelope is shorter than its header says.
+    #[error("malformed envelope")]
+    MalformedEnvelope,
+    /// The envelope names another batch id or server than the one opening it.
+    #[error("envelope bound to another batch id or server")]
+    WrongBinding,
+    /// HPKE open failed: wrong key, tampered or truncated ciphertext.
+    #[error("envelope could not be decrypted")]
+    Undecryptable,
+    /// The plaintext is not a valid report share for the batch's VDAF.
+    #[error("share could not be decoded for this batch's VDAF")]
+    Undecodable,
+    /// The peer's verifier share for this report could not be decoded.
+    #[error("peer verifier share could not be decoded")]
+    PeerShareUndecodable,
+    /// The proof did not verify: the client's measurement is invalid.
+    #[error("proof did not verify")]
+    InvalidProof,
+}
+
+impl Rejection {
+    /// Stable snake_case name used as the counter key in summaries.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Rejection::MalformedEnvelope => "malformed_envelope",
+            Rejection::WrongBinding => "wrong_binding",
+            Rejection::Undecryptable => "undecryptable",
+            Rejection::Undecodable => "undecodable",
+            Rejection::PeerShareUndecodable => "peer_share_undecodable",
+            Rejection::InvalidProof => "invalid_proof",
+        }
+    }
+}

@@ -1,0 +1,501 @@
+//! One enum over the `prio` crate's VDAFs with a small byte-oriented API:
+//! client shard; server decode + verify_init; combine verifier shares and
+//! verify_next; aggregate; unshard. No field or proof code of our own.
+
+use prio::codec::{Encode, ParameterizedDecode};
+use prio::vdaf::prio2::Prio2;
+use prio::vdaf::prio3::{Prio3Count, Prio3Histogram, Prio3MultihotCountVec, Prio3Sum, Prio3SumVec};
+use prio::vdaf::{Aggregatable, Aggregator, Client, Collector, VdafError, VerifyTransition};
+
+use super::config::VdafSpec;
+use super::{Rejection, Role};
+
+/// Length of the VDAF verify key shared by the two servers (`SHARED_SECRET`).
+pub const VERIFY_KEY_LEN: usize = 32;
+/// Length of the per-report nonce chosen by the client.
+pub const NONCE_LEN: usize = 16;
+
+pub type VerifyKey = [u8; VERIFY_KEY_LEN];
+pub type Nonce = [u8; NONCE_LEN];
+
+/// A client's measurement before sharding: an integer for Count, Sum and
+/// Histogram (the bucket index), an integer vector for the vector VDAFs.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(untagged)]
+pub enum Measurement {
+    Scalar(u64),
+    Vector(Vec<u64>),
+}
+
+/// Errors on the client side or from misuse of the API (never a per-report rejection).
+#[derive(Debug, thiserror::Error)]
+pub enum VdafUseError {
+    #[error("measurement does not fit {vdaf}: {message}")]
+    Measurement { vdaf: &'static str, message: String },
+    #[error("prio: {0}")]
+    Prio(#[from] VdafError),
+    #[error("encoding: {0}")]
+    Codec(#[from] prio::codec::CodecError),
+}
+
+/// What each server receives from the client, inside its HPKE envelope.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReportShare {
+    pub nonce: Nonce,
+    pub public_share: Vec<u8>,
+    pub input_share: Vec<u8>,
+}
+
+impl ReportShare {
+    /// `nonce[16] || u32be(len(public_share)) || public_share || input_share`.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out =
+            Vec::with_capacity(NONCE_LEN + 4 + self.public_share.len() + self.input_share.len());
+        out.extend_from_slice(&self.nonce);
+        out.extend_from_slice(&(self.public_share.len() as u32).to_be_bytes());
+        out.extend_from_slice(&self.public_share);
+        out.extend_from_slice(&self.input_share);
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, Rejection> {
+        let nonce: Nonce = bytes
+            .get(..NONCE_LEN)
+            .and_then(|n| n.try_into().ok())
+            .ok_or(Rejection::Undecodable)?;
+        let len_bytes: [u8; 4] = bytes
+            .get(NONCE_LEN..NONCE_LEN + 4)
+            .and_then(|n| n.try_into().ok())
+            .ok_or(Rejection::Undecodable)?;
+        let public_end = (NONCE_LEN + 4)
+            .checked_add(u32::from_be_bytes(len_bytes) as usize)
+            .filter(|&end| end <= bytes.len())
+            .ok_or(Rejection::Undecodable)?;
+        Ok(ReportShare {
+            nonce,
+            public_share: bytes[NONCE_LEN + 4..public_end].to_vec(),
+            input_share: bytes[public_end..].to_vec(),
+        })
+    }
+}
+
+/// The VDAF application context: binds every proof to its batch id.
+pub fn context(batch_id: &str) -> Vec<u8> {
+    let mut ctx = b"prio-processor/v1/".to_vec();
+    ctx.extend_from_slice(batch_id.as_bytes());
+    ctx
+}
+
+/// Expands `$body` once per supported VDAF with the patterns bound to that
+/// VDAF's variant of each enum; `wrap = Enum` binds `wrap` to the constructor
+/// of the same variant of `Enum`. `else` covers mismatched variants.
+macro_rules! match_variants {
+    ($s:expr; $pats:tt; $($wrap:ident = $W:ident),* => $body:expr; else $other:expr) => {
+        match_variants!(@go $s; $pats; [$($wrap = $W),*]; $body; $other;
+            Prio2 Count Sum SumVec Histogram MultihotCountVec)
+    };
+    (@go $s:expr; $pats:tt; $wraps:tt; $body:expr; $other:expr; $($variant:ident)+) => {
+        match $s {
+            $(match_variants!(@pat $variant $pats) => {
+                match_variants!(@wrap $variant $wraps);
+                $body
+            })+
+            #[allow(unreachable_patterns)]
+            _ => $other,
+        }
+    };
+    (@pat $variant:ident [$E:ident($($bind:pat),*)]) => { $E::$variant($($bind),*) };
+    (@pat $variant:ident [$($E:ident($($bind:pat),*)),+]) => { ($($E::$variant($($bind),*)),+) };
+    (@wrap $variant:ident [$($wrap:ident = $W:ident),*]) => { $(let $wrap = $W::$variant;)* };
+}
+
+/// Declares the enums that hold one value per supported VDAF.
+macro_rules! vdaf_enums {
+    ($($variant:ident($ty:ty)),+ $(,)?) => {
+        #[derive(Clone, Debug)]
+        enum Inner { $($variant($ty)),+ }
+
+        #[derive(Clone)]
+        enum StateInner {
+            $($variant(
+                <$ty as Aggregator<VERIFY_KEY_LEN, NONCE_LEN>>::VerifyState,
+                <$ty as Aggregator<VERIFY_KEY_LEN, NONCE_LEN>>::VerifierShare,
+            )),+
+        }
+
+        #[derive(Clone, Debug)]
+        enum OutputInner { $($variant(<$ty as prio::vdaf::Vdaf>::OutputShare)),+ }
+
+        #[derive(Clone, Debug)]
+        enum AggregateInner { $($variant(<$ty as prio::vdaf::Vdaf>::AggregateShare)),+ }
+    };
+}
+
+vdaf_enums!(
+    Prio2(Prio2),
+    Count(Prio3Count),
+    Sum(Prio3Sum),
+    SumVec(Prio3SumVec),
+    Histogram(Prio3Histogram),
+    MultihotCountVec(Prio3MultihotCountVec),
+);
+
+/// A report's verification state on one server after `verify_init`.
+#[derive(Clone)]
+pub struct VerifyState(StateInner);
+
+/// One verified report's contribution to this server's aggregate.
+#[derive(Clone, Debug)]
+pub struct OutputShare(OutputInner);
+
+/// This server's running sum of output shares.
+#[derive(Clone, Debug)]
+pub struct AggregateShare(AggregateInner);
+
+const MISMATCH: &str = "values of different VDAFs were combined; they are built from one Vdaf";
+
+/// A batch's VDAF, built from its validated [`VdafSpec`].
+#[derive(Clone, Debug)]
+pub struct Vdaf {
+    spec: VdafSpec,
+    inner: Inner,
+}
+
+/// Converts our measurement or result types to and from a concrete VDAF's.
+trait Typed: prio::vdaf::Vdaf {
+    fn measurement(spec: &VdafSpec, m: &Measurement) -> Result<Self::Measurement, String>;
+    fn result(r: Self::AggregateResult) -> Vec<u128>;
+}
+
+fn vector<'a>(m: &'a Measurement, spec: &VdafSpec) -> Result<&'a [u64], String> {
+    match m {
+        Measurement::Vector(v) if v.len() == spec.output_len() => Ok(v),
+        Measurement::Vector(v) => Err(format!(
+            "expected {} elements, got {}",
+            spec.output_len(),
+            v.len()
+        )),
+        Measurement::Scalar(_) => Err("expected a JSON array".into()),
+    }
+}
+
+fn scalar(m: &Measurement, max: u64) -> Result<u64, String> {
+    match m {
+        Measurement::Scalar(x) if *x <= max => Ok(*x),
+        Measurement::Scalar(x) => Err(format!("{x} is above the maximum {max}")),
+        Measurement::Vector(_) => Err("expected an integer".into()),
+    }
+}
+
+fn bits(m: &Measurement, spec: &VdafSpec) -> Result<Vec<bool>, String> {
+    vector(m, spec)?
+        .iter()
+        .map(|&x| match x {
+            0 => Ok(false),
+            1 => Ok(true),
+            _ => Err(format!("elements must be 0 or 1, got {x}")),
+        })
+        .collect()
+}
+
+impl Typed for Prio2 {
+    fn measurement(spec: &VdafSpec, m: &Measurement) -> Result<Vec<u32>, String> {
+        Ok(bits(m, spec)?.into_iter().map(u32::from).collect())
+    }
+    fn result(r: Vec<u32>) -> Vec<u128> {
+        r.into_iter().map(u128::from).collect()
+    }
+}
+
+impl Typed for Prio3Count {
+    fn measurement(_: &VdafSpec, m: &Measurement) -> Result<bool, String> {
+        Ok(scalar(m, 1)? == 1)
+    }
+    fn result(r: u64) -> Vec<u128> {
+        vec![r.into()]
+    }
+}
+
+impl Typed for Prio3Sum {
+    fn measurement(spec: &VdafSpec, m: &Measurement) -> Result<u64, String> {
+        let VdafSpec::Sum { max_measurement } = spec else {
+            unreachable!("spec and VDAF are built together")
+        };
+        scalar(m, *max_measurement)
+    }
+    fn result(r: u64) -> Vec<u128> {
+        vec![r.into()]
+    }
+}
+
+impl Typed for Prio3SumVec {
+    fn measurement(spec: &VdafSpec, m: &Measurement) -> Result<Vec<u128>, String> {
+        let VdafSpec::SumVec {
+            max_measurement, ..
+        } = spec
+        else {
+            unreachable!("spec and VDAF are built together")
+        };
+        vector(m, spec)?
+            .iter()
+            .map(|&x| {
+                let x = u128::from(x);
+                if x <= *max_measurement {
+                    Ok(x)
+                } else {
+                    Err(format!("{x} is above the maximum {max_measurement}"))
+                }
+            })
+            .collect()
+    }
+    fn result(r: Vec<u128>) -> Vec<u128> {
+        r
+    }
+}
+
+impl Typed for Prio3Histogram {
+    fn measurement(spec: &VdafSpec, m: &Measurement) -> Result<usize, String> {
+        let bucket = scalar(m, spec.output_len() as u64 - 1)?;
+        Ok(bucket as usize)
+    }
+    fn result(r: Vec<u128>) -> Vec<u128> {
+        r
+    }
+}
+
+impl Typed for Prio3MultihotCountVec {
+    fn measurement(spec: &VdafSpec, m: &Measurement) -> Result<Vec<bool>, String> {
+        let VdafSpec::MultihotCountVec { max_weight, .. } = spec else {
+            unreachable!("spec and VDAF are built together")
+        };
+        let b = bits(m, spec)?;
+        let weight = b.iter().filter(|&&x| x).count();
+        if weight > *max_weight {
+            return Err(format!("{weight} bits set, at most {max_weight} allowed"));
+        }
+        Ok(b)
+    }
+    fn result(r: Vec<u128>) -> Vec<u128> {
+        r
+    }
+}
+
+/// The bound every concrete VDAF in the enum satisfies.
+trait Concrete:
+    Typed + Client<NONCE_LEN> + Aggregator<VERIFY_KEY_LEN, NONCE_LEN, AggregationParam = ()> + Collector
+{
+}
+
+impl<V> Concrete for V where
+    V: Typed
+        + Client<NONCE_LEN>
+        + Aggregator<VERIFY_KEY_LEN, NONCE_LEN, AggregationParam = ()>
+        + Collector
+{
+}
+
+fn shard<V: Concrete>(
+    v: &V,
+    spec: &VdafSpec,
+    ctx: &[u8],
+    m: &Measurement,
+    nonce: &Nonce,
+) -> Result<[ReportShare; 2], VdafUseError> {
+    let measurement = V::measurement(spec, m).map_err(|message| VdafUseError::Measurement {
+        vdaf: spec.name(),
+        message,
+    })?;
+    let (public, inputs) = v.shard(ctx, &measurement, nonce)?;
+    let public_share = public.get_encoded()?;
+    let share = |i: usize| -> Result<ReportShare, VdafUseError> {
+        Ok(ReportShare {
+            nonce: *nonce,
+            public_share: public_share.clone(),
+            input_share: inputs[i].get_encoded()?,
+        })
+    };
+    Ok([share(0)?, share(1)?])
+}
+
+type StateOf<V> = <V as Aggregator<VERIFY_KEY_LEN, NONCE_LEN>>::VerifyState;
+type ShareOf<V> = <V as Aggregator<VERIFY_KEY_LEN, NONCE_LEN>>::VerifierShare;
+
+fn verify_init<V: Concrete>(
+    v: &V,
+    verify_key: &VerifyKey,
+    ctx: &[u8],
+    role: Role,
+    report: &ReportShare,
+) -> Result<(StateOf<V>, ShareOf<V>), Rejection> {
+    let public = V::PublicShare::get_decoded_with_param(v, &report.public_share)
+        .map_err(|_| Rejection::Undecodable)?;
+    let input = V::InputShare::get_decoded_with_param(&(v, role.agg_id()), &report.input_share)
+        .map_err(|_| Rejection::Undecodable)?;
+    v.verify_init(
+        verify_key,
+        ctx,
+        role.agg_id(),
+        &(),
+        &report.nonce,
+        &public,
+        &input,
+    )
+    .map_err(|_| Rejection::InvalidProof)
+}
+
+fn verify_finish<V: Concrete>(
+    v: &V,
+    ctx: &[u8],
+    role: Role,
+    state: &StateOf<V>,
+    own: &ShareOf<V>,
+    peer: &[u8],
+) -> Result<V::OutputShare, Rejection> {
+    let peer = ShareOf::<V>::get_decoded_with_param(state, peer)
+        .map_err(|_| Rejection::PeerShareUndecodable)?;
+    let shares = match role {
+        Role::A => [own.clone(), peer],
+        Role::B => [peer, own.clone()],
+    };
+    let message = v
+        .verifier_shares_to_message(ctx, &(), shares)
+        .map_err(|_| Rejection::InvalidProof)?;
+    match v.verify_next(ctx, state.clone(), message) {
+        Ok(VerifyTransition::Finish(out)) => Ok(out),
+        // Every VDAF we support verifies in one round with two aggregators.
+        Ok(VerifyTransition::Continue(..)) | Err(_) => Err(Rejection::InvalidProof),
+    }
+}
+
+impl Vdaf {
+    /// Builds the prio VDAF for a spec; fails on parameters prio refuses.
+    pub fn new(spec: VdafSpec) -> Result<Self, VdafError> {
+        let inner = match &spec {
+            VdafSpec::Prio2 { length } => Inner::Prio2(Prio2::new(*length)?),
+            VdafSpec::Count => Inner::Count(Prio3Count::new_count(2)?),
+            VdafSpec::Sum { max_measurement } => {
+                Inner::Sum(Prio3Sum::new_sum(2, *max_measurement)?)
+            }
+            VdafSpec::SumVec {
+                length,
+                max_measurement,
+                chunk_length,
+            } => Inner::SumVec(Prio3SumVec::new_sum_vec(
+                2,
+                *max_measurement,
+                *length,
+                *chunk_length,
+            )?),
+            VdafSpec::Histogram {
+                length,
+                chunk_length,
+            } => Inner::Histogram(Prio3Histogram::new_histogram(2, *length, *chunk_length)?),
+            VdafSpec::MultihotCountVec {
+                length,
+                max_weight,
+                chunk_length,
+            } => Inner::MultihotCountVec(Prio3MultihotCountVec::new_multihot_count_vec(
+                2,
+                *length,
+                *max_weight,
+                *chunk_length,
+            )?),
+        };
+        Ok(Vdaf { spec, inner })
+    }
+
+    pub fn spec(&self) -> &VdafSpec {
+        &self.spec
+    }
+
+    /// Client: splits a measurement into the report shares for server `a` and `b`.
+    pub fn shard(
+        &self,
+        batch_id: &str,
+        measurement: &Measurement,
+        nonce: &Nonce,
+    ) -> Result<[ReportShare; 2], VdafUseError> {
+        let ctx = context(batch_id);
+        match_variants!(&self.inner; [Inner(v)]; =>
+            shard(v, &self.spec, &ctx, measurement, nonce); else unreachable!())
+    }
+
+    /// Server: decodes a report share and starts verification. Returns the
+    /// state to keep and the encoded verifier share to send to the peer.
+    pub fn verify_init(
+        &self,
+        verify_key: &VerifyKey,
+        batch_id: &str,
+        role: Role,
+        report: &ReportShare,
+    ) -> Result<(VerifyState, Vec<u8>), Rejection> {
+        let ctx = context(batch_id);
+        match_variants!(&self.inner; [Inner(v)]; wrap = StateInner => {
+            let (state, share) = verify_init(v, verify_key, &ctx, role, report)?;
+            let encoded = share.get_encoded().map_err(|_| Rejection::Undecodable)?;
+            Ok((VerifyState(wrap(state, share)), encoded))
+        }; else unreachable!())
+    }
+
+    /// Server: combines its own verifier share with the peer's and finishes
+    /// verification, yielding the output share of a valid report.
+    pub fn verify_finish(
+        &self,
+        batch_id: &str,
+        role: Role,
+        state: &VerifyState,
+        peer_share: &[u8],
+    ) -> Result<OutputShare, Rejection> {
+        let ctx = context(batch_id);
+        match_variants!((&self.inner, &state.0); [Inner(v), StateInner(s, own)]; wrap = OutputInner =>
+            verify_finish(v, &ctx, role, s, own, peer_share).map(|out| OutputShare(wrap(out)));
+            else panic!("{MISMATCH}"))
+    }
+
+    /// An empty aggregate share.
+    pub fn aggregate_init(&self) -> AggregateShare {
+        match_variants!(&self.inner; [Inner(v)]; wrap = AggregateInner =>
+            AggregateShare(wrap(v.aggregate_init(&()))); else unreachable!())
+    }
+
+    /// Adds one output share into an aggregate share.
+    pub fn accumulate(&self, agg: &mut AggregateShare, out: &OutputShare) {
+        match_variants!((&mut agg.0, &out.0); [AggregateInner(a), OutputInner(o)]; =>
+            a.accumulate(o).expect("output share length matches its VDAF"); else panic!("{MISMATCH}"))
+    }
+
+    /// Adds another aggregate share (e.g. another worker's) into `agg`.
+    pub fn merge(&self, agg: &mut AggregateShare, other: &AggregateShare) {
+        match_variants!((&mut agg.0, &other.0); [AggregateInner(a), AggregateInner(b)]; =>
+            a.merge(b).expect("aggregate share length matches its VDAF"); else panic!("{MISMATCH}"))
+    }
+
+    /// The aggregate share's bytes, as sent to the peer and published.
+    pub fn encode_aggregate(&self, agg: &AggregateShare) -> Vec<u8> {
+        match_variants!(&agg.0; [AggregateInner(a)]; =>
+            a.get_encoded().expect("field vectors always encode"); else unreachable!())
+    }
+
+    /// Decodes an aggregate share received from the peer.
+    pub fn decode_aggregate(&self, bytes: &[u8]) -> Result<AggregateShare, VdafUseError> {
+        match_variants!(&self.inner; [Inner(v)]; wrap = AggregateInner =>
+            Ok(AggregateShare(wrap(ParameterizedDecode::get_decoded_with_param(&(v, &()), bytes)?)));
+            else unreachable!())
+    }
+
+    /// Collector: combines both servers' aggregate shares into the result.
+    pub fn unshard(
+        &self,
+        a: &AggregateShare,
+        b: &AggregateShare,
+        num_measurements: usize,
+    ) -> Result<Vec<u128>, VdafUseError> {
+        match_variants!((&self.inner, &a.0, &b.0); [Inner(v), AggregateInner(x), AggregateInner(y)]; =>
+            Ok(typed_result(v, v.unshard(&(), [x.clone(), y.clone()], num_measurements)?));
+            else panic!("{MISMATCH}"))
+    }
+}
+
+fn typed_result<V: Concrete>(_: &V, r: V::AggregateResult) -> Vec<u128> {
+    V::result(r)
+}
