@@ -17,9 +17,9 @@ use super::{exit, parse_date, ConfigArg};
 use crate::wire::client::ServerPublicKeys;
 use crate::wire::config::BatchConfig;
 use crate::wire::envelope::generate_keypair;
-use crate::wire::ping::{parse_ping, parse_sink_line};
-use crate::wire::server::{open_and_verify_init, ServerSecrets};
-use crate::wire::Role;
+use crate::wire::ping::{decode_base64, parse_ping, parse_sink_line};
+use crate::wire::server::{verify_locally, ServerSecrets};
+use crate::wire::{Rejection, Role};
 
 /// Run the whole system locally and check the result against the known answer.
 #[derive(Args, Debug)]
@@ -140,22 +140,11 @@ fn check_dump(
                 };
                 let outcome = outcomes.entry(entry.batch_id.clone()).or_default();
                 outcome.reports += 1;
-                let opened = [(&secrets[0], &entry.share_a), (&secrets[1], &entry.share_b)]
-                    .map(|(s, share)| open_and_verify_init(&spec.vdaf, s, &entry.batch_id, share));
-                let result = match opened {
-                    [Ok((state_a, share_a)), Ok((state_b, share_b))] => spec
-                        .vdaf
-                        .verify_finish(&entry.batch_id, Role::A, &state_a, &share_b)
-                        .and_then(|out_a| {
-                            let out_b = spec.vdaf.verify_finish(
-                                &entry.batch_id,
-                                Role::B,
-                                &state_b,
-                                &share_a,
-                            )?;
-                            Ok([out_a, out_b])
-                        }),
-                    [Err(r), _] | [_, Err(r)] => Err(r),
+                let result = match [&entry.share_a, &entry.share_b].map(|s| decode_base64(s)) {
+                    [Some(a), Some(b)] => {
+                        verify_locally(&spec.vdaf, secrets, &entry.batch_id, [&a, &b])
+                    }
+                    _ => Err(Rejection::BadBase64),
                 };
                 match result {
                     Ok(outs) => {

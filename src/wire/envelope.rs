@@ -172,13 +172,15 @@ pub fn open(
     batch_id: &str,
     envelope: &[u8],
 ) -> Result<Vec<u8>, Rejection> {
+    // Anything that is not a whole v1 envelope (libprio v1 ciphertexts from
+    // Firefox 69, truncations) cannot be decrypted by us.
     if envelope.len() < 4 || envelope[0] != ENVELOPE_VERSION {
-        return Err(Rejection::MalformedEnvelope);
+        return Err(Rejection::Undecryptable);
     }
     let id_len = u16::from_be_bytes([envelope[2], envelope[3]]) as usize;
     let header_len = 4 + id_len;
     if envelope.len() < header_len + ENC_LEN + TAG_LEN {
-        return Err(Rejection::MalformedEnvelope);
+        return Err(Rejection::Undecryptable);
     }
     let (aad, rest) = envelope.split_at(header_len);
     if aad != header(role, batch_id).as_slice() {
@@ -228,11 +230,11 @@ mod tests {
         );
         assert_eq!(
             open(&key, Role::A, "batch-1", &sealed[..20]),
-            Err(Rejection::MalformedEnvelope)
+            Err(Rejection::Undecryptable)
         );
         assert_eq!(
             open(&key, Role::A, "batch-1", &[]),
-            Err(Rejection::MalformedEnvelope)
+            Err(Rejection::Undecryptable)
         );
     }
 

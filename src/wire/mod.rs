@@ -70,13 +70,14 @@ impl std::str::FromStr for Role {
 /// the pipeline counts them by [`Rejection::reason`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, thiserror::Error)]
 pub enum Rejection {
-    /// Not valid base64, or the envelope is shorter than its header says.
-    #[error("malformed envelope")]
-    MalformedEnvelope,
+    /// The share is not valid base64.
+    #[error("share is not valid base64")]
+    BadBase64,
     /// The envelope names another batch id or server than the one opening it.
     #[error("envelope bound to another batch id or server")]
     WrongBinding,
-    /// HPKE open failed: wrong key, tampered or truncated ciphertext.
+    /// Not a whole v1 envelope, or HPKE open failed: wrong key, tampered or
+    /// truncated ciphertext, or another system's ciphertext (libprio v1).
     #[error("envelope could not be decrypted")]
     Undecryptable,
     /// The plaintext is not a valid report share for the batch's VDAF.
@@ -94,7 +95,7 @@ impl Rejection {
     /// Stable snake_case name used as the counter key in summaries.
     pub fn reason(self) -> &'static str {
         match self {
-            Rejection::MalformedEnvelope => "malformed_envelope",
+            Rejection::BadBase64 => "bad_base64",
             Rejection::WrongBinding => "wrong_binding",
             Rejection::Undecryptable => "undecryptable",
             Rejection::Undecodable => "undecodable",

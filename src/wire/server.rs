@@ -2,8 +2,7 @@
 //! base64-decode, open the envelope, decode, and start verification.
 
 use super::envelope::{open, PrivateKey};
-use super::ping::decode_base64;
-use super::vdaf::{ReportShare, Vdaf, VerifyKey, VerifyState};
+use super::vdaf::{OutputShare, ReportShare, Vdaf, VerifyKey, VerifyState};
 use super::{Rejection, Role};
 
 /// One server's identity and secrets.
@@ -22,20 +21,9 @@ impl std::fmt::Debug for ServerSecrets {
     }
 }
 
-/// Opens a base64 share envelope and runs `verify_init` on it. Returns the
+/// Opens a share envelope and runs `verify_init` on it. Returns the
 /// verification state and the verifier share for the peer.
 pub fn open_and_verify_init(
-    vdaf: &Vdaf,
-    secrets: &ServerSecrets,
-    batch_id: &str,
-    share_base64: &str,
-) -> Result<(VerifyState, Vec<u8>), Rejection> {
-    let envelope = decode_base64(share_base64).ok_or(Rejection::MalformedEnvelope)?;
-    open_envelope_and_verify_init(vdaf, secrets, batch_id, &envelope)
-}
-
-/// [`open_and_verify_init`] on the raw envelope bytes.
-pub fn open_envelope_and_verify_init(
     vdaf: &Vdaf,
     secrets: &ServerSecrets,
     batch_id: &str,
@@ -44,4 +32,21 @@ pub fn open_envelope_and_verify_init(
     let plaintext = open(&secrets.private_key, secrets.role, batch_id, envelope)?;
     let report = ReportShare::decode(&plaintext)?;
     vdaf.verify_init(&secrets.verify_key, batch_id, secrets.role, &report)
+}
+
+/// Both servers' steps for one entry, in one process: open and verify-init
+/// each share, exchange verifier shares, finish. For self-checks, tests and
+/// benchmarks; the real servers run these steps apart, talking through buckets.
+pub fn verify_locally(
+    vdaf: &Vdaf,
+    secrets: &[ServerSecrets; 2],
+    batch_id: &str,
+    envelopes: [&[u8]; 2],
+) -> Result<[OutputShare; 2], Rejection> {
+    let (state_a, share_a) = open_and_verify_init(vdaf, &secrets[0], batch_id, envelopes[0])?;
+    let (state_b, share_b) = open_and_verify_init(vdaf, &secrets[1], batch_id, envelopes[1])?;
+    Ok([
+        vdaf.verify_finish(batch_id, secrets[0].role, &state_a, &share_b)?,
+        vdaf.verify_finish(batch_id, secrets[1].role, &state_b, &share_a)?,
+    ])
 }
