@@ -182,7 +182,6 @@ pub fn generate_dump(
     );
     progress.set_message("encoding");
 
-    let mut report_index = 0u64;
     for hour in 0..24usize {
         let range = opts.pings * hour / 24..opts.pings * (hour + 1) / 24;
         let mut planned = Vec::with_capacity(range.len());
@@ -192,18 +191,18 @@ pub fn generate_dump(
             let mut entries = Vec::new();
             for (batch_id, spec) in config.iter() {
                 for _ in 0..opts.entries_per_batch {
-                    let m = measurement(spec.spec(), opts.pattern, report_index, &mut rng);
                     let batch = expected.batches.get_mut(batch_id).expect("inserted above");
+                    let m = measurement(spec.spec(), opts.pattern, batch.reports, &mut rng);
                     batch.reports += 1;
                     add_plain(spec.spec(), &m, &mut batch.aggregate);
                     entries.push((batch_id.to_string(), m));
-                    report_index += 1;
                 }
             }
             if let Some(unknown) = &opts.unknown_batch_id {
-                let m = measurement(first_spec.spec(), opts.pattern, report_index, &mut rng);
+                let sent = expected.unknown_batches.entry(unknown.clone()).or_default();
+                let m = measurement(first_spec.spec(), opts.pattern, *sent, &mut rng);
                 entries.push((unknown.clone(), m));
-                *expected.unknown_batches.entry(unknown.clone()).or_default() += 1;
+                *sent += 1;
             }
             let second = (n * 3600 / opts.pings.max(1) * 24) % 3600;
             planned.push(PlannedPing {
@@ -395,10 +394,10 @@ fn malformed_record(kind: usize, id: &str, at: chrono::NaiveDateTime) -> (Vec<u8
 
 /// The seed's known-answer bit: element i is set when i % 3 == 0 or i % 5 == 0.
 fn seed_bit(i: u64) -> u64 {
-    u64::from(i % 3 == 0 || i % 5 == 0)
+    u64::from(i.is_multiple_of(3) || i.is_multiple_of(5))
 }
 
-/// The measurement of report number `k` under `pattern`.
+/// The measurement of a batch's report number `k` under `pattern`.
 fn measurement(spec: &VdafSpec, pattern: Pattern, k: u64, rng: &mut ChaCha20Rng) -> Measurement {
     let len = spec.output_len();
     match (spec, pattern) {

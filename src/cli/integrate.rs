@@ -184,8 +184,8 @@ fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
 fn print_summary(expected: &Expected, outcomes: &BTreeMap<String, BatchOutcome>) -> u8 {
     let mut all_match = true;
     println!(
-        "{:<54} {:>8} {:>10} {:>8}  {}",
-        "batch id", "reports", "aggregated", "rejected", "match"
+        "{:<54} {:>8} {:>10} {:>8}  match",
+        "batch id", "reports", "aggregated", "rejected"
     );
     for (batch_id, want) in &expected.batches {
         let got = outcomes.get(batch_id);

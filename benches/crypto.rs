@@ -1,0 +1,106 @@
+//! The "crypto limit": per-report client encode cost and per-server open +
+//! verify cost for the configurations the pipeline benchmarks compare with.
+//!
+//! `cargo bench --bench crypto` (add `-- --quick` for a fast pass).
+
+use std::hint::black_box;
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use prio_processor::wire::client::{encode_entry, ServerPublicKeys};
+use prio_processor::wire::config::BatchConfig;
+use prio_processor::wire::envelope::{generate_keypair, open};
+use prio_processor::wire::ping::decode_base64;
+use prio_processor::wire::server::{open_and_verify_init, ServerSecrets};
+use prio_processor::wire::vdaf::Measurement;
+use prio_processor::wire::Role;
+
+const CONFIGS: &[(&str, &str)] = &[
+    ("prio2-441", "441"),
+    ("prio2-2046", "2046"),
+    (
+        "sumvec-2046",
+        r#"{"vdaf": "sumvec", "length": 2046, "bits": 1}"#,
+    ),
+    ("count", r#"{"vdaf": "count"}"#),
+];
+
+fn seed_measurement(len: usize, vector: bool) -> Measurement {
+    if vector {
+        Measurement::Vector(
+            (0..len as u64)
+                .map(|i| u64::from(i % 3 == 0 || i % 5 == 0))
+                .collect(),
+        )
+    } else {
+        Measurement::Scalar(1)
+    }
+}
+
+fn crypto(c: &mut Criterion) {
+    let (key_a, key_b) = (generate_keypair(), generate_keypair());
+    let verify_key = rand::random();
+    let public = ServerPublicKeys {
+        a: key_a.public_key(),
+        b: key_b.public_key(),
+    };
+    let secrets = [
+        ServerSecrets {
+            role: Role::A,
+            private_key: key_a,
+            verify_key,
+        },
+        ServerSecrets {
+            role: Role::B,
+            private_key: key_b,
+            verify_key,
+        },
+    ];
+    for (name, spec) in CONFIGS {
+        let config = BatchConfig::from_json(&format!(r#"{{"{name}": {spec}}}"#)).unwrap();
+        let batch = config.get(name).unwrap();
+        let vdaf = &batch.vdaf;
+        let len = batch.spec().output_len();
+        let m = seed_measurement(
+            len,
+            !matches!(batch.spec(), prio_processor::wire::config::VdafSpec::Count),
+        );
+        let mut group = c.benchmark_group(*name);
+        group.bench_function("client_encode", |b| {
+            b.iter(|| encode_entry(vdaf, name, black_box(&m), &public).unwrap())
+        });
+        let entry = encode_entry(vdaf, name, &m, &public).unwrap();
+        let envelopes = [&entry.share_a, &entry.share_b].map(|s| decode_base64(s).unwrap());
+        let peer_shares = [1, 0].map(|i| {
+            open_and_verify_init(vdaf, &secrets[i], name, &envelopes[i])
+                .unwrap()
+                .1
+        });
+        for role in Role::BOTH {
+            let i = role.agg_id();
+            group.bench_function(format!("server_{role}_hpke_open"), |b| {
+                b.iter(|| {
+                    open(
+                        &secrets[i].private_key,
+                        role,
+                        name,
+                        black_box(&envelopes[i]),
+                    )
+                    .unwrap()
+                })
+            });
+            group.bench_function(format!("server_{role}_open_verify"), |b| {
+                b.iter(|| {
+                    let (state, _) =
+                        open_and_verify_init(vdaf, &secrets[i], name, black_box(&envelopes[i]))
+                            .unwrap();
+                    vdaf.verify_finish(name, role, &state, &peer_shares[i])
+                        .unwrap()
+                })
+            });
+        }
+        group.finish();
+    }
+}
+
+criterion_group!(benches, crypto);
+criterion_main!(benches);
