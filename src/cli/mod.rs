@@ -5,6 +5,7 @@ mod encode;
 mod generate;
 mod integrate;
 mod keys;
+mod stage;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -14,17 +15,7 @@ use clap::{Parser, Subcommand};
 
 use crate::wire::config::BatchConfig;
 
-/// Exit codes scripts can rely on.
-pub mod exit {
-    /// Everything worked (and, for `integrate`, every aggregate matched).
-    pub const OK: u8 = 0;
-    /// The command failed: bad configuration, unreadable input, I/O error.
-    pub const FAILURE: u8 = 1;
-    /// The command line was not understood (clap's own code).
-    pub const USAGE: u8 = 2;
-    /// The run finished but results did not match the expected answer.
-    pub const MISMATCH: u8 = 3;
-}
+pub use crate::exit;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -50,6 +41,7 @@ enum Command {
     SharedSeed(keys::SharedSeedArgs),
     EncodeShares(encode::EncodeArgs),
     Generate(generate::GenerateArgs),
+    Stage(stage::StageArgs),
     Integrate(integrate::IntegrateArgs),
 }
 
@@ -62,6 +54,7 @@ pub fn main() -> ExitCode {
         Command::SharedSeed(args) => keys::shared_seed(args),
         Command::EncodeShares(args) => encode::run(args),
         Command::Generate(args) => generate::run(args),
+        Command::Stage(args) => stage::run(args),
         Command::Integrate(args) => integrate::run(args),
     };
     match result {

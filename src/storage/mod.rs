@@ -2,6 +2,10 @@
 //! readers) for the sink's NDJSON, Parquet and Avro, and atomic writes.
 
 pub mod dump;
+pub mod input;
+pub mod location;
+pub mod spill;
+pub mod staged;
 
 use std::io::Write;
 use std::path::Path;

@@ -30,6 +30,8 @@ pub enum PingRejection {
     BadJson,
     #[error("payload is not valid base64")]
     BadBase64,
+    #[error("payload looks gzip-compressed but does not decompress")]
+    BadGzip,
     #[error("sink message has no string \"payload\"")]
     MissingPayload,
     #[error("not a prio ping (\"type\" is not \"prio\" or \"id\" is missing)")]
@@ -40,6 +42,8 @@ pub enum PingRejection {
     MissingEncoding,
     #[error("prioData entry's \"prio\" is not a map of exactly \"a\" and \"b\" strings")]
     BadShareMap,
+    #[error("submission timestamp is outside the requested date")]
+    DateOutside,
 }
 
 impl PingRejection {
@@ -47,11 +51,13 @@ impl PingRejection {
         match self {
             PingRejection::BadJson => "bad_json",
             PingRejection::BadBase64 => "bad_base64",
+            PingRejection::BadGzip => "bad_gzip",
             PingRejection::MissingPayload => "missing_payload",
             PingRejection::NotPrio => "not_prio",
             PingRejection::MissingPrioData => "missing_prio_data",
             PingRejection::MissingEncoding => "missing_encoding",
             PingRejection::BadShareMap => "bad_share_map",
+            PingRejection::DateOutside => "date_outside",
         }
     }
 }

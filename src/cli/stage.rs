@@ -1,0 +1,192 @@
+//! `stage`: an ingestion dump becomes per-server, per-batch-id partitions.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use super::{exit, parse_date};
+use crate::dataflow::stage::{run as run_stage, Counters, StageJob};
+use crate::dataflow::ClusterArgs;
+use crate::storage::input::InputFormat;
+use crate::storage::location::Location;
+use crate::storage::staged::{StagedFormat, StagedLayout};
+use crate::wire::report_id::MIN_SECRET_LEN;
+
+/// Stage an ingestion dump into per-server, per-batch-id partitions.
+#[derive(Args, Debug)]
+#[command(after_help = "Examples:\n  \
+    # one output for both servers: OUT/submission_date=D/server_id={a,b}/batch_id=X/part-NNNNN.parquet\n  \
+    prio-processor stage --date 2019-06-26 --input gs://ingest/prio/ --output gs://staging/prio/\n\n  \
+    # straight into each server's private bucket, in the raw/ layout `process` reads\n  \
+    prio-processor stage --date 2019-06-26 --input /data/dump/sink \\\n    \
+    --output-a s3://server-a-private --output-b gs://server-b-private --workers 4\n\n  \
+    # a two-process cluster on one machine (run both):\n  \
+    prio-processor stage ... --processes 2 --process 0\n  \
+    prio-processor stage ... --processes 2 --process 1\n\n\
+    STAGING_SECRET (base64, at least 16 bytes) keys the report ids: keep it, and keep it\n\
+    secret; a rerun with the same secret and input writes identical output.")]
+pub struct StageArgs {
+    /// Submission date to stage (YYYY-MM-DD).
+    #[arg(long, value_parser = parse_date)]
+    pub date: chrono::NaiveDate,
+    /// The dump: a URL or local path holding the sink layout DATE/HOUR/.../*.ndjson[.gz]
+    /// or Parquet/Avro exports of the decoded-payload table.
+    #[arg(long, value_name = "URL")]
+    pub input: String,
+    /// Read only files of this format (default: every .ndjson[.gz], .parquet and .avro file).
+    #[arg(long, value_enum)]
+    pub input_format: Option<InputFormat>,
+    /// Output for both servers.
+    #[arg(long, value_name = "URL", required_unless_present_all = ["output_a", "output_b"], conflicts_with_all = ["output_a", "output_b"])]
+    pub output: Option<String>,
+    /// Server A's private bucket (with --output-b instead of --output).
+    #[arg(long, value_name = "URL", requires = "output_b")]
+    pub output_a: Option<String>,
+    /// Server B's private bucket (with --output-a instead of --output).
+    #[arg(long, value_name = "URL", requires = "output_a")]
+    pub output_b: Option<String>,
+    /// File format of the staged parts.
+    #[arg(long, value_enum, default_value_t = StagedFormat::Parquet)]
+    pub output_format: StagedFormat,
+    /// Target size of a part, in share bytes (e.g. 250MB, 64MiB, 1GB).
+    #[arg(long, default_value = "250MB", value_parser = parse_size)]
+    pub partition_size: u64,
+    /// Key for report ids (base64, at least 16 bytes).
+    #[arg(long, env = "STAGING_SECRET", hide_env_values = true)]
+    pub staging_secret: String,
+    /// Count files that cannot be read at all (corrupt Parquet, truncated gzip) and go on.
+    #[arg(long)]
+    pub skip_unreadable: bool,
+    /// Local directory for spill files (default: the system temp dir).
+    #[arg(long, value_name = "DIR")]
+    pub spill_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+}
+
+/// Parses sizes like `250MB`, `64MiB`, `1GB` or a plain byte count.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let number: f64 = number
+        .parse()
+        .map_err(|_| format!("expected a size like 250MB, got {text:?}"))?;
+    let scale = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "kb" | "k" => 1e3,
+        "mb" | "m" => 1e6,
+        "gb" | "g" => 1e9,
+        "kib" => 1024.0,
+        "mib" => 1024.0 * 1024.0,
+        "gib" => 1024.0 * 1024.0 * 1024.0,
+        other => {
+            return Err(format!(
+                "unknown size unit {other:?} in {text:?}; use B, KB, MB, GB, KiB, MiB or GiB"
+            ))
+        }
+    };
+    let bytes = number * scale;
+    if bytes < 1.0 {
+        return Err(format!("size must be at least 1 byte, got {text:?}"));
+    }
+    Ok(bytes as u64)
+}
+
+pub fn run(args: StageArgs) -> anyhow::Result<u8> {
+    let secret = crate::wire::ping::decode_base64(&args.staging_secret)
+        .filter(|s| s.len() >= MIN_SECRET_LEN)
+        .with_context(|| {
+            format!("STAGING_SECRET must be base64 of at least {MIN_SECRET_LEN} bytes; make one with `prio-processor shared-seed`")
+        })?;
+    let date = args.date.format("%Y-%m-%d").to_string();
+    let input = Location::parse(&args.input)?;
+    let layout = match (&args.output, &args.output_a, &args.output_b) {
+        (Some(out), _, _) => StagedLayout::combined(&Location::parse(out)?, &date),
+        (None, Some(a), Some(b)) => {
+            StagedLayout::per_server(&Location::parse(a)?, &Location::parse(b)?, &date)
+        }
+        _ => bail!("give --output, or both --output-a and --output-b"),
+    };
+    let config = args.cluster.timely_config().map_err(anyhow::Error::msg)?;
+    let spill_root = args.spill_dir.clone().unwrap_or_else(std::env::temp_dir);
+    let spill_dir = spill_root.join(format!(
+        "prio-processor-stage-{}-{}",
+        std::process::id(),
+        args.cluster.process
+    ));
+    let progress = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr()).with_style(
+        ProgressStyle::with_template("staging {spinner} {pos} files read, {elapsed}")
+            .expect("template"),
+    );
+    let job = StageJob {
+        date: date.clone(),
+        input,
+        input_format: args.input_format,
+        layout: layout.clone(),
+        output_format: args.output_format,
+        partition_size: args.partition_size,
+        secret,
+        skip_unreadable: args.skip_unreadable,
+        spill_dir: spill_dir.clone(),
+        progress: progress.clone(),
+    };
+    let started = std::time::Instant::now();
+    let result = run_stage(job, config);
+    progress.finish_and_clear();
+    let _ = std::fs::remove_dir_all(&spill_dir);
+    let counters = result.map_err(anyhow::Error::msg)?;
+    if args.cluster.process == 0 {
+        print_summary(&counters, &layout, started.elapsed());
+    }
+    Ok(exit::OK)
+}
+
+fn print_summary(c: &Counters, layout: &StagedLayout, elapsed: std::time::Duration) {
+    let get = |k: &str| c.get(k).copied().unwrap_or(0);
+    println!(
+        "staged {} pings from {} files ({} bytes) in {:.1}s; {} duplicates dropped, {} files unreadable",
+        get("pings_read"),
+        get("files_read"),
+        get("bytes_read"),
+        elapsed.as_secs_f64(),
+        get("duplicates_dropped"),
+        get("files_unreadable"),
+    );
+    println!("{:<56} {:>10} {:>6}", "batch id", "reports", "parts");
+    for (key, n) in c.range("entries/".to_string().."entries0".to_string()) {
+        let batch = &key["entries/".len()..];
+        println!("{batch:<56} {n:>10} {:>6}", get(&format!("parts/{batch}")));
+    }
+    let rejected: Vec<_> = c
+        .range("rejected/".to_string().."rejected0".to_string())
+        .collect();
+    if !rejected.is_empty() {
+        println!("{:<56} {:>10}", "rejected", "records");
+        for (key, n) in rejected {
+            println!("{:<56} {n:>10}", &key["rejected/".len()..]);
+        }
+    }
+    for m in layout.markers() {
+        println!("output: {}", m.url());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes_parse_with_units() {
+        assert_eq!(parse_size("250MB"), Ok(250_000_000));
+        assert_eq!(parse_size("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_size("1.5 GB"), Ok(1_500_000_000));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("12 parsecs").is_err());
+        assert!(parse_size("0").is_err());
+    }
+}

@@ -1,0 +1,121 @@
+//! All timely code: cluster configuration and the jobs' dataflows. Workers
+//! build identical dataflows and split work deterministically, so the same
+//! input gives the same output for any number of workers or processes.
+
+pub mod stage;
+
+use std::hash::Hasher;
+
+/// How the job is spread: threads per process, and optionally several
+/// processes (on one or many machines) that find each other through a hostfile.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ClusterArgs {
+    /// Worker threads per process.
+    #[arg(long, short = 'w', default_value_t = 1, env = "WORKERS")]
+    pub workers: usize,
+    /// Number of processes in the cluster.
+    #[arg(long, default_value_t = 1)]
+    pub processes: usize,
+    /// This process's index, from 0 to --processes - 1.
+    #[arg(long, default_value_t = 0)]
+    pub process: usize,
+    /// File with one `host:port` per line, in process order. Without it,
+    /// processes listen on 127.0.0.1:2101, 2102, ...
+    #[arg(long, value_name = "FILE")]
+    pub hostfile: Option<std::path::PathBuf>,
+}
+
+impl ClusterArgs {
+    /// Builds timely's configuration from our own flags (timely's `-h` would clash with `--help`).
+    pub fn timely_config(&self) -> Result<timely::Config, String> {
+        if self.workers == 0 {
+            return Err("--workers must be at least 1".into());
+        }
+        if self.processes == 0 || self.process >= self.processes {
+            return Err(format!(
+                "--process must be between 0 and {} (--processes {})",
+                self.processes.saturating_sub(1),
+                self.processes
+            ));
+        }
+        let communication = if self.processes == 1 {
+            if self.workers == 1 {
+                timely::CommunicationConfig::Thread
+            } else {
+                timely::CommunicationConfig::Process(self.workers)
+            }
+        } else {
+            let addresses = match &self.hostfile {
+                Some(path) => {
+                    let text = std::fs::read_to_string(path)
+                        .map_err(|e| format!("reading hostfile {}: {e}", path.display()))?;
+                    let hosts: Vec<String> = text
+                        .lines()
+                        .map(str::trim)
+                        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                        .map(str::to_string)
+                        .collect();
+                    if hosts.len() != self.processes {
+                        return Err(format!(
+                            "hostfile {} lists {} hosts, --processes is {}",
+                            path.display(),
+                            hosts.len(),
+                            self.processes
+                        ));
+                    }
+                    hosts
+                }
+                None => (0..self.processes)
+                    .map(|i| format!("127.0.0.1:{}", 2101 + i))
+                    .collect(),
+            };
+            timely::CommunicationConfig::Cluster {
+                threads: self.workers,
+                process: self.process,
+                addresses,
+                report: false,
+                zerocopy: false,
+            }
+        };
+        Ok(timely::Config {
+            communication,
+            worker: timely::WorkerConfig::default(),
+        })
+    }
+}
+
+/// A hash that is the same in every process and run, for routing records to workers.
+pub fn route_hash(parts: &[&[u8]]) -> u64 {
+    // FNV-1a, then a final mix so that low bits are well spread.
+    let mut h = FnvHasher(0xcbf2_9ce4_8422_2325);
+    for p in parts {
+        h.write(p);
+        h.write(&[0xff]);
+    }
+    let mut x = h.finish();
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    x ^= x >> 33;
+    x
+}
+
+struct FnvHasher(u64);
+
+impl Hasher for FnvHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 ^= u64::from(*b);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// Stops the whole job on a real fault. timely is fail-stop: a worker that
+/// leaves its dataflows early would leave the others waiting forever.
+pub fn fatal(err: impl std::fmt::Display) -> ! {
+    eprintln!("error: {err}");
+    std::process::exit(crate::cli::exit::FAILURE.into())
+}

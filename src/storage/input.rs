@@ -1,0 +1,188 @@
+//! Readers for ingestion dumps. Each turns one whole input object into ping
+//! bodies (or per-record rejections); a file that cannot be read at all is an
+//! error naming the file, which the caller fails on or counts.
+
+use std::io::Read;
+
+use apache_avro::types::Value as AvroValue;
+use arrow::array::{Array, AsArray};
+use arrow::datatypes::TimestampMicrosecondType;
+use bytes::Bytes;
+
+use crate::wire::ping::{parse_sink_line, PingRejection};
+
+/// Input formats `stage` reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, clap::ValueEnum)]
+pub enum InputFormat {
+    /// The telemetry sink's NDJSON of PubSub messages (`.ndjson`, `.ndjson.gz`).
+    Ndjson,
+    /// Parquet export of the decoded-payload table.
+    Parquet,
+    /// Avro export of the decoded-payload table.
+    Avro,
+}
+
+impl InputFormat {
+    /// The format a file name implies, if any.
+    pub fn of_path(path: &str) -> Option<InputFormat> {
+        let name = path.rsplit('/').next().unwrap_or(path);
+        if name.starts_with('.') || name.starts_with('_') {
+            return None;
+        }
+        if name.ends_with(".ndjson") || name.ends_with(".ndjson.gz") || name.ends_with(".json.gz") {
+            Some(InputFormat::Ndjson)
+        } else if name.ends_with(".parquet") {
+            Some(InputFormat::Parquet)
+        } else if name.ends_with(".avro") {
+            Some(InputFormat::Avro)
+        } else {
+            None
+        }
+    }
+}
+
+/// One ping body as read from a dump, with its submission date if the record carries one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawPing {
+    pub body: Vec<u8>,
+    /// `YYYY-MM-DD` of the submission timestamp.
+    pub submission_date: Option<String>,
+}
+
+/// Why a whole input file could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: cannot be read as {format:?}: {message}")]
+pub struct UnreadableFile {
+    pub path: String,
+    pub format: InputFormat,
+    pub message: String,
+}
+
+fn gunzip(bytes: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(bytes.len() * 4);
+    flate2::read::MultiGzDecoder::new(bytes).read_to_end(&mut out)?;
+    Ok(out)
+}
+
+fn is_gzip(bytes: &[u8]) -> bool {
+    bytes.starts_with(&[0x1f, 0x8b])
+}
+
+/// A decoded-table payload is gzip of the ping JSON, or the raw JSON.
+fn table_payload(bytes: &[u8]) -> Result<Vec<u8>, PingRejection> {
+    if is_gzip(bytes) {
+        gunzip(bytes).map_err(|_| PingRejection::BadGzip)
+    } else {
+        Ok(bytes.to_vec())
+    }
+}
+
+fn date_of_micros(micros: i64) -> Option<String> {
+    chrono::DateTime::from_timestamp_micros(micros).map(|t| t.format("%Y-%m-%d").to_string())
+}
+
+/// Reads every record of one input object, calling `emit` for each in order.
+pub fn read_records(
+    path: &str,
+    format: InputFormat,
+    data: Bytes,
+    mut emit: impl FnMut(Result<RawPing, PingRejection>),
+) -> Result<(), UnreadableFile> {
+    let unreadable = |message: String| UnreadableFile {
+        path: path.to_string(),
+        format,
+        message,
+    };
+    match format {
+        InputFormat::Ndjson => {
+            let text = if is_gzip(&data) {
+                Bytes::from(gunzip(&data).map_err(|e| unreadable(format!("gzip: {e}")))?)
+            } else {
+                data
+            };
+            for line in text.split(|&b| b == b'\n') {
+                let line = line.strip_suffix(b"\r").unwrap_or(line);
+                if line.iter().all(u8::is_ascii_whitespace) {
+                    continue;
+                }
+                emit(parse_sink_line(line).map(|(message, body)| {
+                    RawPing {
+                        submission_date: message
+                            .submission_timestamp()
+                            .and_then(|ts| ts.get(..10))
+                            .map(str::to_string),
+                        body,
+                    }
+                }));
+            }
+        }
+        InputFormat::Parquet => {
+            let reader =
+                parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(data)
+                    .and_then(|b| b.build())
+                    .map_err(|e| unreadable(e.to_string()))?;
+            for batch in reader {
+                let batch = batch.map_err(|e| unreadable(e.to_string()))?;
+                let payload = batch
+                    .column_by_name("payload")
+                    .ok_or_else(|| unreadable("no payload column".into()))?;
+                let timestamps = batch
+                    .column_by_name("submission_timestamp")
+                    .and_then(|c| c.as_primitive_opt::<TimestampMicrosecondType>().cloned());
+                let payloads: Vec<Option<&[u8]>> = match (
+                    payload.as_binary_opt::<i32>(),
+                    payload.as_binary_opt::<i64>(),
+                ) {
+                    (Some(a), _) => a.iter().collect(),
+                    (_, Some(a)) => a.iter().collect(),
+                    _ => {
+                        return Err(unreadable(format!(
+                            "payload column has type {}, expected binary",
+                            payload.data_type()
+                        )))
+                    }
+                };
+                for (i, payload) in payloads.into_iter().enumerate() {
+                    let date = timestamps
+                        .as_ref()
+                        .filter(|t| !t.is_null(i))
+                        .and_then(|t| date_of_micros(t.value(i)));
+                    emit(match payload {
+                        None => Err(PingRejection::MissingPayload),
+                        Some(bytes) => table_payload(bytes).map(|body| RawPing {
+                            body,
+                            submission_date: date,
+                        }),
+                    });
+                }
+            }
+        }
+        InputFormat::Avro => {
+            let reader =
+                apache_avro::Reader::new(data.as_ref()).map_err(|e| unreadable(e.to_string()))?;
+            for value in reader {
+                let value = value.map_err(|e| unreadable(e.to_string()))?;
+                let AvroValue::Record(fields) = value else {
+                    return Err(unreadable("records expected".into()));
+                };
+                let mut body = Err(PingRejection::MissingPayload);
+                let mut date = None;
+                for (name, v) in &fields {
+                    match (name.as_str(), v) {
+                        ("payload", AvroValue::Bytes(b)) => body = table_payload(b),
+                        (
+                            "submission_timestamp",
+                            AvroValue::TimestampMicros(t) | AvroValue::Long(t),
+                        ) => date = date_of_micros(*t),
+                        _ => {}
+                    }
+                }
+                emit(body.map(|body| RawPing {
+                    body,
+                    submission_date: date,
+                }));
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,221 @@
+//! Object-store locations: a URL (`file://`, `s3://`, `gs://`, `az://`,
+//! `memory://`) or a plain local path, resolved once into a store and a
+//! prefix. Calls block on a small shared tokio runtime, so callers (timely
+//! workers, CLI code) stay synchronous and never see tokio.
+
+use std::sync::{Arc, OnceLock};
+
+use bytes::Bytes;
+use futures::TryStreamExt;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+
+/// A storage failure, naming the object it concerns and what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("{url:?} is not a storage URL or path: {message}")]
+    BadUrl { url: String, message: String },
+    #[error("{url}: not found")]
+    NotFound { url: String },
+    #[error("{url}: access denied; check the credentials for this bucket ({hint})")]
+    Denied { url: String, hint: &'static str },
+    #[error("{url}: {source}")]
+    Other {
+        url: String,
+        source: object_store::Error,
+    },
+}
+
+fn runtime() -> &'static tokio::runtime::Runtime {
+    static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RUNTIME.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("storage-io")
+            .enable_all()
+            .build()
+            .expect("a tokio runtime for storage I/O")
+    })
+}
+
+/// A directory-like prefix in some object store.
+#[derive(Clone, Debug)]
+pub struct Location {
+    store: Arc<dyn ObjectStore>,
+    prefix: Path,
+    url: String,
+}
+
+/// The variable that holds credentials for a URL's scheme, for error messages.
+fn credential_hint(url: &str) -> &'static str {
+    match url.split("://").next() {
+        Some("s3" | "s3a") => "set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, and AWS_ENDPOINT_URL for S3-compatible stores",
+        Some("gs") => "set GOOGLE_APPLICATION_CREDENTIALS",
+        Some("az" | "azure" | "abfs" | "abfss" | "adl") => "set AZURE_STORAGE_ACCOUNT_NAME and AZURE_STORAGE_ACCOUNT_KEY",
+        _ => "check file permissions",
+    }
+}
+
+impl Location {
+    /// Resolves a URL or a local path. Cloud credentials come from the
+    /// environment (`AWS_*`, `GOOGLE_*`, `AZURE_*`), as each SDK documents.
+    pub fn parse(text: &str) -> Result<Location, StorageError> {
+        let bad = |message: String| StorageError::BadUrl {
+            url: text.to_string(),
+            message,
+        };
+        let url = if text.contains("://") {
+            url::Url::parse(text).map_err(|e| bad(e.to_string()))?
+        } else {
+            let path = std::path::absolute(text).map_err(|e| bad(e.to_string()))?;
+            url::Url::from_directory_path(&path).map_err(|_| bad("not an absolute path".into()))?
+        };
+        let (store, prefix) =
+            object_store::parse_url_opts(&url, std::env::vars()).map_err(|e| bad(e.to_string()))?;
+        Ok(Location {
+            store: Arc::from(store),
+            prefix,
+            url: url.to_string().trim_end_matches('/').to_string(),
+        })
+    }
+
+    /// The location `rel` (slash-separated) below this one.
+    pub fn child(&self, rel: &str) -> Location {
+        let mut prefix = self.prefix.clone();
+        for part in rel.split('/').filter(|p| !p.is_empty()) {
+            prefix = prefix.clone().join(part);
+        }
+        Location {
+            store: self.store.clone(),
+            prefix,
+            url: format!("{}/{}", self.url, rel.trim_matches('/')),
+        }
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    fn path(&self, rel: &str) -> Path {
+        self.child(rel).prefix
+    }
+
+    fn error(&self, rel: &str, source: object_store::Error) -> StorageError {
+        let url = if rel.is_empty() {
+            self.url.clone()
+        } else {
+            format!("{}/{}", self.url, rel)
+        };
+        match source {
+            object_store::Error::NotFound { .. } => StorageError::NotFound { url },
+            object_store::Error::PermissionDenied { .. }
+            | object_store::Error::Unauthenticated { .. } => StorageError::Denied {
+                hint: credential_hint(&url),
+                url,
+            },
+            source => StorageError::Other { url, source },
+        }
+    }
+
+    /// Every object below this location, as (relative path, size), sorted by path.
+    pub fn list(&self) -> Result<Vec<(String, u64)>, StorageError> {
+        let prefix = self.prefix.clone();
+        let listed: Vec<_> = runtime()
+            .block_on(self.store.list(Some(&prefix)).try_collect::<Vec<_>>())
+            .map_err(|e| self.error("", e))?;
+        let mut out: Vec<(String, u64)> = listed
+            .into_iter()
+            .filter_map(|meta| {
+                let rel: Vec<String> = meta
+                    .location
+                    .prefix_match(&prefix)?
+                    .map(|p| p.as_ref().to_string())
+                    .collect();
+                Some((rel.join("/"), meta.size))
+            })
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    /// Reads a whole object.
+    pub fn get(&self, rel: &str) -> Result<Bytes, StorageError> {
+        let path = self.path(rel);
+        runtime()
+            .block_on(async { self.store.get(&path).await?.bytes().await })
+            .map_err(|e| self.error(rel, e))
+    }
+
+    /// Writes a whole object in one put: readers see the old object or the new one, never part.
+    pub fn put(&self, rel: &str, data: impl Into<PutPayload>) -> Result<(), StorageError> {
+        let path = self.path(rel);
+        let payload = data.into();
+        runtime()
+            .block_on(self.store.put(&path, payload))
+            .map(|_| ())
+            .map_err(|e| self.error(rel, e))
+    }
+
+    /// Whether an object exists.
+    pub fn exists(&self, rel: &str) -> Result<bool, StorageError> {
+        let path = self.path(rel);
+        match runtime().block_on(self.store.head(&path)) {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(self.error(rel, e)),
+        }
+    }
+
+    /// Deletes one object; a missing object is not an error.
+    pub fn delete(&self, rel: &str) -> Result<(), StorageError> {
+        let path = self.path(rel);
+        match runtime().block_on(self.store.delete(&path)) {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.error(rel, e)),
+        }
+    }
+
+    /// Deletes every object below `rel`; returns how many.
+    pub fn delete_all(&self, rel: &str) -> Result<usize, StorageError> {
+        let below = self.child(rel);
+        let objects = below.list()?;
+        for (name, _) in &objects {
+            below.delete(name)?;
+        }
+        Ok(objects.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_paths_and_file_urls_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let loc = Location::parse(dir.path().to_str().unwrap()).unwrap();
+        loc.put("a/b/c.txt", Bytes::from_static(b"hello")).unwrap();
+        loc.put("a/d.txt", Bytes::from_static(b"x")).unwrap();
+        assert_eq!(loc.get("a/b/c.txt").unwrap(), Bytes::from_static(b"hello"));
+        assert!(loc.exists("a/d.txt").unwrap());
+        assert!(!loc.exists("nope").unwrap());
+        let url = format!("file://{}", dir.path().display());
+        let same = Location::parse(&url).unwrap();
+        assert_eq!(
+            same.child("a").list().unwrap(),
+            vec![("b/c.txt".to_string(), 5), ("d.txt".to_string(), 1)]
+        );
+        assert!(matches!(
+            loc.get("missing"),
+            Err(StorageError::NotFound { .. })
+        ));
+        assert_eq!(loc.delete_all("a/b").unwrap(), 1);
+        assert_eq!(loc.list().unwrap(), vec![("a/d.txt".to_string(), 1)]);
+    }
+
+    #[test]
+    fn unknown_scheme_is_a_clear_error() {
+        let err = Location::parse("ftp://host/x").unwrap_err().to_string();
+        assert!(err.contains("ftp://host/x"), "{err}");
+    }
+}
