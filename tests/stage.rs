@@ -1,0 +1,425 @@
+//! `stage` end to end through the binary: the real Firefox ping, malformed
+//! and duplicated input, the three input formats, worker and process counts,
+//! reruns, and unreadable files.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use prio_processor::wire::envelope::generate_keypair;
+use prio_processor::wire::ping::SinkMessage;
+
+const SECRET: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+const DATE: &str = "2019-06-26";
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_prio-processor"));
+    c.env("STAGING_SECRET", SECRET).env_remove("DATA_CONFIG");
+    c
+}
+
+fn run(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{:?} failed:\n{}{}",
+        cmd,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn stage(input: &Path, output: &Path, extra: &[&str]) -> Output {
+    run(bin()
+        .args(["stage", "--date", DATE, "--input"])
+        .arg(input)
+        .arg("--output")
+        .arg(output)
+        .args(extra))
+}
+
+/// Every file below `dir`, relative path -> bytes.
+fn tree(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.insert(
+                    p.strip_prefix(dir).unwrap().display().to_string(),
+                    std::fs::read(&p).unwrap(),
+                );
+            }
+        }
+    }
+    out
+}
+
+/// The staged parts only (markers hold run-specific fields like the input URL).
+fn parts(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    tree(dir)
+        .into_iter()
+        .filter(|(k, _)| !k.ends_with("_SUMMARY.json"))
+        .collect()
+}
+
+fn counters(dir: &Path) -> BTreeMap<String, u64> {
+    let summary: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(dir.join(format!("submission_date={DATE}/_SUMMARY.json"))).unwrap(),
+    )
+    .unwrap();
+    serde_json::from_value(summary["counters"].clone()).unwrap()
+}
+
+/// Reads a staged Parquet part: (batch_id, server_id, id, payload) rows.
+fn rows(path: &Path) -> Vec<(String, String, String, Vec<u8>)> {
+    use arrow::array::AsArray;
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+        std::fs::File::open(path).unwrap(),
+    )
+    .unwrap()
+    .build()
+    .unwrap();
+    let mut out = Vec::new();
+    for batch in reader {
+        let b = batch.unwrap();
+        let s = |i: usize| b.column(i).as_string::<i32>().clone();
+        let (batch_id, server, id) = (s(0), s(1), s(2));
+        let payload = b.column(3).as_binary::<i32>().clone();
+        for i in 0..b.num_rows() {
+            out.push((
+                batch_id.value(i).into(),
+                server.value(i).into(),
+                id.value(i).into(),
+                payload.value(i).to_vec(),
+            ));
+        }
+    }
+    out
+}
+
+/// A generated dump with duplicates, malformed records and an unknown batch id.
+fn generated_dump(dir: &Path, pings: usize) -> serde_json::Value {
+    let (a, b) = (generate_keypair(), generate_keypair());
+    run(bin()
+        .args([
+            "generate",
+            "--config",
+            r#"{"x": 64, "y": 16}"#,
+            "--pings",
+            &pings.to_string(),
+        ])
+        .args([
+            "--duplicate-rate",
+            "0.2",
+            "--malformed-rate",
+            "0.2",
+            "--entries-per-batch",
+            "2",
+            "--unknown-batch-id",
+            "bad-id",
+        ])
+        .arg("--output")
+        .arg(dir)
+        .env("PUBLIC_KEY_HEX_A", a.public_key().to_hex())
+        .env("PUBLIC_KEY_HEX_B", b.public_key().to_hex()));
+    serde_json::from_slice(&std::fs::read(dir.join("expected.json")).unwrap()).unwrap()
+}
+
+#[test]
+fn firefox_ping_is_staged_with_matching_ids_for_both_servers() {
+    let dir = tempfile::tempdir().unwrap();
+    let ping = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../shared/fixtures/fx-69.0a1.json"
+    ))
+    .unwrap();
+    let line = serde_json::to_vec(&SinkMessage::wrap(
+        &ping,
+        "91450ff2",
+        "2019-06-26T12:45:08.000000Z",
+    ))
+    .unwrap();
+    let input = dir.path().join("in");
+    let file = input.join("2019-06-26/12/telemetry/prio/4/part-0.ndjson");
+    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+    std::fs::write(&file, [line.as_slice(), b"\n"].concat()).unwrap();
+    let out = dir.path().join("out");
+    stage(&input, &out, &[]);
+    let c = counters(&out);
+    assert_eq!(c["pings_read"], 1);
+    let base = out.join(format!("submission_date={DATE}"));
+    assert!(base.join("_SUCCESS").exists());
+    for batch in [
+        "content.blocking_blocked_TESTONLY-0",
+        "content.blocking_blocked_TESTONLY-1",
+    ] {
+        assert_eq!(c[&format!("entries/{batch}")], 3, "{batch}");
+        let a = rows(&base.join(format!("server_id=a/batch_id={batch}/part-00000.parquet")));
+        let b = rows(&base.join(format!("server_id=b/batch_id={batch}/part-00000.parquet")));
+        assert_eq!(a.len(), 3);
+        let ids = |r: &[(String, String, String, Vec<u8>)]| {
+            r.iter().map(|x| x.2.clone()).collect::<Vec<_>>()
+        };
+        assert_eq!(
+            ids(&a),
+            ids(&b),
+            "both servers get the same report ids in the same order"
+        );
+        let mut sorted = ids(&a);
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted, ids(&a), "sorted and unique");
+        assert!(a
+            .iter()
+            .all(|r| r.0 == batch && r.1 == "a" && r.2.len() == 32));
+        assert!(b.iter().all(|r| r.1 == "b"));
+        // The ping id does not appear anywhere in the output.
+        assert!(!ids(&a).iter().any(|id| id.contains("91450ff2")));
+        // Server a's shares are the large ones, as in the ping.
+        assert!(a[0].3.len() > b[0].3.len());
+    }
+}
+
+#[test]
+fn malformed_and_duplicate_records_are_counted_and_formats_agree() {
+    let dir = tempfile::tempdir().unwrap();
+    let dump = dir.path().join("dump");
+    let expected = generated_dump(&dump, 240);
+    let out = |n: &str| dir.path().join(n);
+    stage(
+        &dump.join("sink"),
+        &out("ndjson"),
+        &["--partition-size", "200KB"],
+    );
+    stage(
+        &dump.join("parquet"),
+        &out("parquet"),
+        &["--partition-size", "200KB"],
+    );
+    stage(
+        &dump.join("avro"),
+        &out("avro"),
+        &["--partition-size", "200KB", "--workers", "2"],
+    );
+
+    let c = counters(&out("ndjson"));
+    let pings = expected["pings"].as_u64().unwrap();
+    let duplicates = expected["duplicates"].as_u64().unwrap();
+    assert_eq!(c["pings_read"], pings + duplicates);
+    assert_eq!(c["duplicates_dropped"], duplicates);
+    assert!(duplicates > 20, "the dump has duplicates: {duplicates}");
+    for (format, dir_name) in [
+        ("ndjson", "ndjson"),
+        ("table", "parquet"),
+        ("table", "avro"),
+    ] {
+        let c = counters(&out(dir_name));
+        let rejected: BTreeMap<String, u64> = c
+            .iter()
+            .filter_map(|(k, v)| Some((k.strip_prefix("rejected/")?.to_string(), *v)))
+            .collect();
+        let want: BTreeMap<String, u64> =
+            serde_json::from_value(expected["malformed"][format].clone()).unwrap();
+        assert_eq!(rejected, want, "{dir_name}");
+    }
+    for batch in ["x", "y"] {
+        assert_eq!(
+            c[&format!("entries/{batch}")],
+            expected["batches"][batch]["reports"].as_u64().unwrap()
+        );
+        assert!(
+            c[&format!("parts/{batch}")] >= 2,
+            "{batch} is split into several parts"
+        );
+    }
+    assert_eq!(
+        c["entries/bad-id"], pings,
+        "unknown batch ids are staged; process skips them"
+    );
+    let reference = parts(&out("ndjson"));
+    assert_eq!(
+        parts(&out("parquet")),
+        reference,
+        "Parquet input stages identically"
+    );
+    assert_eq!(
+        parts(&out("avro")),
+        reference,
+        "Avro input stages identically"
+    );
+    // Both servers get the same parts.
+    let names = |server: &str| {
+        reference
+            .keys()
+            .filter_map(|k| {
+                k.split_once(&format!("server_id={server}/"))
+                    .map(|(_, rest)| rest.to_string())
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(names("a"), names("b"));
+}
+
+/// Free loopback ports for a cluster's hostfile.
+fn hostfile(dir: &Path, n: usize) -> PathBuf {
+    let listeners: Vec<_> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let hosts: Vec<String> = listeners
+        .iter()
+        .map(|l| l.local_addr().unwrap().to_string())
+        .collect();
+    let path = dir.join("hosts.txt");
+    std::fs::write(&path, hosts.join("\n")).unwrap();
+    path
+}
+
+#[test]
+fn output_is_identical_for_any_worker_or_process_count_and_reruns() {
+    let dir = tempfile::tempdir().unwrap();
+    let dump = dir.path().join("dump");
+    generated_dump(&dump, 120);
+    let input = dump.join("sink");
+    let out = |n: &str| dir.path().join(n);
+    let size = ["--partition-size", "100KB"];
+    stage(&input, &out("one"), &size);
+    stage(
+        &input,
+        &out("two"),
+        &[&size[..], &["--workers", "2"]].concat(),
+    );
+    let hosts = hostfile(dir.path(), 2);
+    let cluster = |i: usize| {
+        let mut cmd = bin();
+        cmd.args(["stage", "--date", DATE, "--input"])
+            .arg(&input)
+            .arg("--output")
+            .arg(out("procs"))
+            .args(size)
+            .args([
+                "--processes",
+                "2",
+                "--process",
+                &i.to_string(),
+                "--hostfile",
+            ])
+            .arg(&hosts);
+        cmd.spawn().unwrap()
+    };
+    let (p0, p1) = (cluster(0), cluster(1));
+    for p in [p0, p1] {
+        assert!(p.wait_with_output().unwrap().status.success());
+    }
+    let reference = parts(&out("one"));
+    assert!(reference.len() > 4);
+    assert_eq!(parts(&out("two")), reference, "2 workers");
+    assert_eq!(parts(&out("procs")), reference, "2 processes");
+
+    // A rerun replaces the output: stale files from a run with other parts disappear.
+    stage(&input, &out("one"), &["--partition-size", "10KB"]);
+    let smaller = parts(&out("one"));
+    assert!(smaller.len() > reference.len());
+    stage(&input, &out("one"), &size);
+    assert_eq!(
+        parts(&out("one")),
+        reference,
+        "rerun gives identical output, nothing stale"
+    );
+}
+
+#[test]
+fn per_server_outputs_use_the_raw_layout() {
+    let dir = tempfile::tempdir().unwrap();
+    let dump = dir.path().join("dump");
+    generated_dump(&dump, 24);
+    let (a, b) = (dir.path().join("bucket-a"), dir.path().join("bucket-b"));
+    run(bin()
+        .args(["stage", "--date", DATE, "--input"])
+        .arg(dump.join("sink"))
+        .arg("--output-a")
+        .arg(&a)
+        .arg("--output-b")
+        .arg(&b));
+    for (bucket, server) in [(&a, "a"), (&b, "b")] {
+        let raw = bucket.join(format!("{DATE}/raw"));
+        assert!(raw.join("_SUCCESS").exists());
+        let part = raw.join("batch_id=x/part-00000.parquet");
+        let r = rows(&part);
+        assert_eq!(r.len(), 48);
+        assert!(r.iter().all(|x| x.1 == server));
+    }
+    assert!(!a.join(format!("{DATE}/raw/server_id=b")).exists());
+}
+
+#[test]
+fn unreadable_files_fail_with_their_name_unless_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let dump = dir.path().join("dump");
+    let expected = generated_dump(&dump, 48);
+    let bad = dump.join("sink/2019-06-26/03/telemetry/prio/4/broken.ndjson.gz");
+    std::fs::write(&bad, [0x1f, 0x8b, 0x08, 0x00, 0x01, 0x02]).unwrap();
+    let out = dir.path().join("out");
+    let failed = bin()
+        .args(["stage", "--date", DATE, "--input"])
+        .arg(dump.join("sink"))
+        .arg("--output")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert_eq!(failed.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&failed.stderr);
+    assert!(
+        stderr.contains("broken.ndjson.gz") && stderr.contains("--skip-unreadable"),
+        "{stderr}"
+    );
+    assert!(!out
+        .join(format!("submission_date={DATE}/_SUCCESS"))
+        .exists());
+
+    stage(&dump.join("sink"), &out, &["--skip-unreadable"]);
+    let c = counters(&out);
+    assert_eq!(c["files_unreadable"], 1);
+    assert_eq!(
+        c["pings_read"] - c["duplicates_dropped"],
+        expected["pings"].as_u64().unwrap(),
+        "nothing valid is lost"
+    );
+}
+
+#[test]
+fn a_missing_secret_or_input_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = bin()
+        .args(["stage", "--date", DATE, "--input"])
+        .arg(dir.path())
+        .arg("--output")
+        .arg(dir.path().join("out"))
+        .env("STAGING_SECRET", "c2hvcnQ=")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("STAGING_SECRET") && !stderr.contains("c2hvcnQ="),
+        "{stderr}"
+    );
+    let out = run_fails(
+        bin()
+            .args(["stage", "--date", DATE, "--input"])
+            .arg(dir.path())
+            .arg("--output")
+            .arg(dir.path().join("o")),
+    );
+    assert!(out.contains("no input files"), "{out}");
+}
+
+fn run_fails(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    String::from_utf8_lossy(&out.stderr).to_string()
+}
