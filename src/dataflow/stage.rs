@@ -109,9 +109,20 @@ fn stage_worker(worker: &mut Worker, job: &StageJob) -> Counters {
         job.layout.clear().unwrap_or_else(|e| fatal(e));
     }
     let mut local = Counters::new();
+    let started = std::time::Instant::now();
     let owner = scan(worker, job, &files, &mut local);
+    tracing::debug!(
+        worker = worker.index(),
+        seconds = started.elapsed().as_secs_f64(),
+        "scan done"
+    );
     let totals = all_reduce(worker, &local);
     let mut written = partition(worker, job, owner, &totals);
+    tracing::debug!(
+        worker = worker.index(),
+        seconds = started.elapsed().as_secs_f64(),
+        "partition done"
+    );
     bump(
         &mut written,
         "files_listed",
@@ -425,6 +436,7 @@ fn partition(
     while !probe.done() {
         worker.step();
     }
+    tracing::debug!(worker = index, "parts gathered");
 
     for ((batch_id, part), spill) in spills.take() {
         let mut rows: Vec<StagedReport> = spill

@@ -8,6 +8,9 @@ use std::sync::Arc;
 use arrow::array::{ArrayRef, BinaryArray, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
 use arrow::record_batch::RecordBatch;
+use parquet::basic::Compression;
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::schema::types::ColumnPath;
 
 use super::location::{Location, StorageError};
 use crate::wire::ping::encode_base64;
@@ -76,13 +79,28 @@ pub fn encode_part(
             )
             .expect("columns match the schema");
             let mut out = Vec::new();
-            let mut writer = parquet::arrow::ArrowWriter::try_new(&mut out, batch.schema(), None)
-                .expect("in-memory writer");
+            let mut writer = parquet::arrow::ArrowWriter::try_new(
+                &mut out,
+                batch.schema(),
+                Some(writer_properties()),
+            )
+            .expect("in-memory writer");
             writer.write(&batch).expect("in-memory write");
             writer.close().expect("in-memory close");
             out
         }
     }
+}
+
+/// Shares are random bytes: dictionaries, statistics and compression only cost time on them.
+fn writer_properties() -> WriterProperties {
+    let payload = ColumnPath::from("payload");
+    WriterProperties::builder()
+        .set_column_dictionary_enabled(payload.clone(), false)
+        .set_column_statistics_enabled(payload.clone(), EnabledStatistics::None)
+        .set_column_compression(payload, Compression::UNCOMPRESSED)
+        .set_compression(Compression::SNAPPY)
+        .build()
 }
 
 /// Where staged parts and markers go for each server.
