@@ -152,6 +152,17 @@ fn firefox_ping_is_staged_with_matching_ids_for_both_servers() {
     stage(&input, &out, &[]);
     let c = counters(&out);
     assert_eq!(c["pings_read"], 1);
+    // The sink also writes gzip-compressed NDJSON: same output.
+    let gz_input = dir.path().join("gz");
+    let gz = gz_input.join("2019-06-26/12/telemetry/prio/4/part-0.ndjson.gz");
+    std::fs::create_dir_all(gz.parent().unwrap()).unwrap();
+    std::fs::write(
+        &gz,
+        prio_processor::storage::dump::gzip(&std::fs::read(&file).unwrap()),
+    )
+    .unwrap();
+    stage(&gz_input, &dir.path().join("out-gz"), &[]);
+    assert_eq!(parts(&dir.path().join("out-gz")), parts(&out));
     let base = out.join(format!("submission_date={DATE}"));
     assert!(base.join("_SUCCESS").exists());
     for batch in [

@@ -73,8 +73,8 @@ struct PingRecord {
     ping_id: String,
     /// (file index, record index): the first copy in this order wins.
     order: (u32, u32),
-    /// (batch id, share a, share b), base64 as in the ping.
-    entries: Vec<(String, String, String)>,
+    /// (batch id, k, share a, share b): `k` numbers the ping's entries of that batch id.
+    entries: Vec<(String, u32, Vec<u8>, Vec<u8>)>,
 }
 
 /// A report on its way to the worker that owns its part.
@@ -304,21 +304,28 @@ fn scan(
             for bad in &ping.bad_entries {
                 bump(local, format!("rejected/{}", bad.reason()), 1);
             }
-            for e in &ping.entries {
+            let mut entries = Vec::with_capacity(ping.entries.len());
+            let mut seen: HashMap<String, u32> = HashMap::new();
+            for e in ping.entries {
+                let k = seen.entry(e.batch_id.clone()).or_default();
+                let number = *k;
+                *k += 1;
+                let (Some(a), Some(b)) = (decode_base64(&e.share_a), decode_base64(&e.share_b))
+                else {
+                    bump(local, "rejected/bad_share_base64", 1);
+                    continue;
+                };
                 bump(
                     local,
                     format!("share_bytes/{}", e.batch_id),
-                    (e.share_a.len() + e.share_b.len()) as u64,
+                    (a.len() + b.len()) as u64,
                 );
+                entries.push((e.batch_id, number, a, b));
             }
             pings.send(PingRecord {
                 ping_id: ping.id,
                 order: (file_index as u32, record_index as u32),
-                entries: ping
-                    .entries
-                    .into_iter()
-                    .map(|e| (e.batch_id, e.share_a, e.share_b))
-                    .collect(),
+                entries,
             });
         }
         job.progress.inc(1);
@@ -349,6 +356,26 @@ fn part_hash(batch_id: &str, part: u32) -> u64 {
     route_hash(&[batch_id.as_bytes(), &part.to_be_bytes()])
 }
 
+/// The worker that gathers and writes each part: round-robin over all
+/// (batch id, part) pairs in order, so every worker writes its share of parts.
+fn part_owners(parts: &HashMap<String, u32>, peers: usize) -> HashMap<String, Vec<u64>> {
+    let mut batches: Vec<_> = parts.iter().collect();
+    batches.sort();
+    let mut next = 0u64;
+    batches
+        .into_iter()
+        .map(|(batch, &n)| {
+            let owners = (0..n)
+                .map(|_| {
+                    next += 1;
+                    (next - 1) % peers as u64
+                })
+                .collect();
+            (batch.clone(), owners)
+        })
+        .collect()
+}
+
 /// The part owner's spill files, one per (batch id, part).
 type PartSpills = BTreeMap<(String, u32), SpillWriter>;
 
@@ -360,6 +387,7 @@ fn partition(
     totals: &Counters,
 ) -> Counters {
     let index = worker.index();
+    let peers = worker.peers();
     let parts = parts_per_batch(totals, job.partition_size);
     let mut counters = Counters::new();
     let spills: Rc<RefCell<PartSpills>> = Rc::new(RefCell::new(BTreeMap::new()));
@@ -368,7 +396,8 @@ fn partition(
     let sink = spills.clone();
     let spill_dir = job.spill_dir.clone();
     worker.dataflow::<u64, _, _>(|scope| {
-        let pact = ExchangePact::new(|r: &StagedReport| part_hash(&r.batch_id, r.part));
+        let owners = part_owners(&parts, peers);
+        let pact = ExchangePact::new(move |r: &StagedReport| owners[&r.batch_id][r.part as usize]);
         consume_into(
             scope.input_from(&mut reports),
             pact,
@@ -409,19 +438,12 @@ fn partition(
         if first.get(&record.ping_id) != Some(&record.order) {
             continue;
         }
-        let mut seen: HashMap<&str, u32> = HashMap::new();
-        for (batch_id, a, b) in &record.entries {
-            let k = seen.entry(batch_id).or_default();
-            let id = report_id(&job.secret, &record.ping_id, batch_id, *k);
-            *k += 1;
-            let (Some(share_a), Some(share_b)) = (decode_base64(a), decode_base64(b)) else {
-                bump(&mut counters, "rejected/bad_share_base64", 1);
-                continue;
-            };
+        for (batch_id, k, share_a, share_b) in record.entries {
+            let id = report_id(&job.secret, &record.ping_id, &batch_id, k);
             let part = (u64::from_be_bytes(id[..8].try_into().expect("8 bytes"))
-                % u64::from(parts[batch_id])) as u32;
+                % u64::from(parts[&batch_id])) as u32;
             reports.send(StagedReport {
-                batch_id: batch_id.clone(),
+                batch_id,
                 part,
                 report_id: id,
                 share_a,

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Stage a sample dump on this machine, one process, all cores.
+# Copy and edit: INPUT may be a local path or a bucket URL (s3://, gs://, az://).
+set -euo pipefail
+: "${DATE:=2019-06-26}"
+: "${INPUT:=data/work/dump/sink}"          # written by `prio-processor integrate`
+: "${OUTPUT:=data/work/staged}"
+: "${WORKERS:=$(nproc)}"
+: "${STAGING_SECRET:?set STAGING_SECRET (base64, >= 16 bytes), e.g. from prio-processor shared-seed; keep it}"
+export STAGING_SECRET
+exec prio-processor stage --date "$DATE" --input "$INPUT" --output "$OUTPUT" --workers "$WORKERS"

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Stage an ingestion dump straight into both servers' private buckets (raw/ layout),
+# as one process of a cluster. Run the same script on every machine with its PROCESS.
+#
+#   hosts.txt: one host:port per line, in process order (the same file everywhere)
+#   PROCESS=0 jobs/stage-to-server-buckets.sh    # on host 0
+#   PROCESS=1 jobs/stage-to-server-buckets.sh    # on host 1
+set -euo pipefail
+: "${DATE:?set DATE=YYYY-MM-DD}"
+: "${INPUT:?set INPUT, e.g. gs://ingestion-sink/telemetry-decoded_gcs-sink-doctype_prio/output}"
+: "${BUCKET_A:?set BUCKET_A, server A private bucket URL}"
+: "${BUCKET_B:?set BUCKET_B, server B private bucket URL}"
+: "${HOSTFILE:=jobs/hosts.txt}"
+: "${PROCESSES:=$(grep -cv '^\s*\(#\|$\)' "$HOSTFILE")}"
+: "${PROCESS:?set PROCESS, this machine's line in the hostfile, from 0}"
+: "${WORKERS:=$(nproc)}"
+: "${STAGING_SECRET:?set STAGING_SECRET (base64, >= 16 bytes)}"
+export STAGING_SECRET
+exec prio-processor stage --date "$DATE" --input "$INPUT" \
+  --output-a "$BUCKET_A" --output-b "$BUCKET_B" \
+  --workers "$WORKERS" --processes "$PROCESSES" --process "$PROCESS" --hostfile "$HOSTFILE"
