@@ -5,6 +5,7 @@ mod encode;
 mod generate;
 mod integrate;
 mod keys;
+mod process;
 mod stage;
 
 use std::path::PathBuf;
@@ -13,6 +14,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+use crate::dataflow::process::Step;
 use crate::wire::config::BatchConfig;
 
 pub use crate::exit;
@@ -42,6 +44,16 @@ enum Command {
     EncodeShares(encode::EncodeArgs),
     Generate(generate::GenerateArgs),
     Stage(stage::StageArgs),
+    /// One server's whole pipeline: verify1, verify2, aggregate, publish.
+    Process(process::ServerArgs),
+    /// Step 1: open and verify-init own shares; send verifier shares to the peer.
+    Verify1(process::ServerArgs),
+    /// Step 2: combine with the peer's verifier shares; send verdicts.
+    Verify2(process::ServerArgs),
+    /// Step 3: sum reports both servers accepted; send the aggregate share.
+    Aggregate(process::ServerArgs),
+    /// Step 4: check the peer's aggregate covers the same reports; publish.
+    Publish(process::ServerArgs),
     Integrate(integrate::IntegrateArgs),
 }
 
@@ -55,6 +67,11 @@ pub fn main() -> ExitCode {
         Command::EncodeShares(args) => encode::run(args),
         Command::Generate(args) => generate::run(args),
         Command::Stage(args) => stage::run(args),
+        Command::Process(args) => process::run_steps(args, &Step::ALL),
+        Command::Verify1(args) => process::run_steps(args, &[Step::Verify1]),
+        Command::Verify2(args) => process::run_steps(args, &[Step::Verify2]),
+        Command::Aggregate(args) => process::run_steps(args, &[Step::Aggregate]),
+        Command::Publish(args) => process::run_steps(args, &[Step::Publish]),
         Command::Integrate(args) => integrate::run(args),
     };
     match result {

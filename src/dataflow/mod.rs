@@ -2,7 +2,19 @@
 //! build identical dataflows and split work deterministically, so the same
 //! input gives the same output for any number of workers or processes.
 
+pub mod process;
 pub mod stage;
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::{ParallelizationContract, Pipeline};
+use timely::dataflow::operators::vec::Broadcast;
+use timely::dataflow::operators::{Input, Operator, Probe};
+use timely::dataflow::{InputHandleVec, ProbeHandle, StreamVec};
+use timely::worker::Worker;
 
 use std::hash::Hasher;
 
@@ -117,5 +129,56 @@ impl Hasher for FnvHasher {
 /// leaves its dataflows early would leave the others waiting forever.
 pub fn fatal(err: impl std::fmt::Display) -> ! {
     eprintln!("error: {err}");
-    std::process::exit(crate::cli::exit::FAILURE.into())
+    std::process::exit(crate::exit::FAILURE.into())
+}
+
+/// Named counts, summed across workers: `pings_read`, `rejected/<reason>`,
+/// `entries/<batch id>`, ...
+pub type Counters = BTreeMap<String, u64>;
+
+pub fn bump(counters: &mut Counters, key: impl Into<String>, by: u64) {
+    *counters.entry(key.into()).or_default() += by;
+}
+
+/// Feeds every record of `stream`, routed by `pact`, to `consume` on the
+/// receiving worker; `probe` completes once every record was consumed.
+pub fn consume_into<'s, D, P>(
+    stream: StreamVec<'s, u64, D>,
+    pact: P,
+    name: &str,
+    probe: &ProbeHandle<u64>,
+    mut consume: impl FnMut(D) + 'static,
+) where
+    D: 'static,
+    P: ParallelizationContract<u64, Vec<D>>,
+{
+    stream
+        .unary::<CapacityContainerBuilder<Vec<()>>, _, _, _>(pact, name, move |_, _| {
+            move |input, _output| {
+                input.for_each(|_, data| data.drain(..).for_each(&mut consume));
+            }
+        })
+        .probe_with(probe);
+}
+
+/// Sums counters across all workers; every worker gets the totals.
+pub fn all_reduce(worker: &mut Worker, local: &Counters) -> Counters {
+    let mut input = InputHandleVec::<u64, (String, u64)>::new();
+    let probe = ProbeHandle::<u64>::new();
+    let total = Rc::new(RefCell::new(Counters::new()));
+    let sink = total.clone();
+    worker.dataflow::<u64, _, _>(|scope| {
+        let stream = scope.input_from(&mut input).broadcast();
+        consume_into(stream, Pipeline, "SumCounters", &probe, move |(k, v)| {
+            *sink.borrow_mut().entry(k).or_default() += v;
+        });
+    });
+    for (k, v) in local {
+        input.send((k.clone(), *v));
+    }
+    input.close();
+    while !probe.done() {
+        worker.step();
+    }
+    total.take()
 }

@@ -21,16 +21,12 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use timely::container::CapacityContainerBuilder;
-use timely::dataflow::channels::pact::{
-    Exchange as ExchangePact, ParallelizationContract, Pipeline,
-};
-use timely::dataflow::operators::vec::Broadcast;
-use timely::dataflow::operators::{Input, Operator, Probe};
-use timely::dataflow::{InputHandleVec, ProbeHandle, StreamVec};
+use timely::dataflow::channels::pact::Exchange as ExchangePact;
+use timely::dataflow::operators::Input;
+use timely::dataflow::{InputHandleVec, ProbeHandle};
 use timely::worker::Worker;
 
-use super::{fatal, route_hash};
+use super::{all_reduce, bump, consume_into, fatal, route_hash};
 use crate::storage::input::{read_records, InputFormat};
 use crate::storage::location::Location;
 use crate::storage::spill::{SpillReader, SpillWriter};
@@ -39,9 +35,7 @@ use crate::wire::ping::{decode_base64, parse_ping, PingRejection};
 use crate::wire::report_id::{report_id, ReportId};
 use crate::wire::Role;
 
-/// Named counts, summed across workers: `pings_read`, `duplicates_dropped`,
-/// `rejected/<reason>`, `entries/<batch id>`, `parts/<batch id>`, ...
-pub type Counters = BTreeMap<String, u64>;
+pub use super::Counters;
 
 /// Everything a staging run needs; shared read-only by all workers.
 pub struct StageJob {
@@ -85,10 +79,6 @@ struct StagedReport {
     report_id: ReportId,
     share_a: Vec<u8>,
     share_b: Vec<u8>,
-}
-
-fn bump(counters: &mut Counters, key: impl Into<String>, by: u64) {
-    *counters.entry(key.into()).or_default() += by;
 }
 
 /// Runs the job on a timely cluster; returns the global counters.
@@ -173,49 +163,6 @@ fn list_inputs(job: &StageJob) -> Result<Vec<InputFile>, String> {
 
 fn looks_like_date(s: &str) -> bool {
     s.len() == 10 && chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d").is_ok()
-}
-
-/// Feeds every record of `stream`, routed by `pact`, to `consume` on the
-/// receiving worker; `probe` completes once every record was consumed.
-fn consume_into<'s, D, P>(
-    stream: StreamVec<'s, u64, D>,
-    pact: P,
-    name: &str,
-    probe: &ProbeHandle<u64>,
-    mut consume: impl FnMut(D) + 'static,
-) where
-    D: 'static,
-    P: ParallelizationContract<u64, Vec<D>>,
-{
-    stream
-        .unary::<CapacityContainerBuilder<Vec<()>>, _, _, _>(pact, name, move |_, _| {
-            move |input, _output| {
-                input.for_each(|_, data| data.drain(..).for_each(&mut consume));
-            }
-        })
-        .probe_with(probe);
-}
-
-/// Sums counters across all workers; every worker gets the totals.
-fn all_reduce(worker: &mut Worker, local: &Counters) -> Counters {
-    let mut input = InputHandleVec::<u64, (String, u64)>::new();
-    let probe = ProbeHandle::<u64>::new();
-    let total = Rc::new(RefCell::new(Counters::new()));
-    let sink = total.clone();
-    worker.dataflow::<u64, _, _>(|scope| {
-        let stream = scope.input_from(&mut input).broadcast();
-        consume_into(stream, Pipeline, "SumCounters", &probe, move |(k, v)| {
-            *sink.borrow_mut().entry(k).or_default() += v;
-        });
-    });
-    for (k, v) in local {
-        input.send((k.clone(), *v));
-    }
-    input.close();
-    while !probe.done() {
-        worker.step();
-    }
-    total.take()
 }
 
 /// What the owner of a set of ping ids keeps: the spilled records and, per

@@ -4,6 +4,8 @@
 pub mod dump;
 pub mod input;
 pub mod location;
+pub mod messages;
+pub mod published;
 pub mod spill;
 pub mod staged;
 

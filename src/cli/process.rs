@@ -1,0 +1,149 @@
+//! `process` and its steps (`verify1`, `verify2`, `aggregate`, `publish`):
+//! one server's side of the two-server pipeline.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+
+use super::keys::parse_shared_secret;
+use super::{exit, parse_date, ConfigArg};
+use crate::dataflow::process::{run, BatchOutcome, Retry, ServerJob, Step};
+use crate::dataflow::ClusterArgs;
+use crate::storage::location::Location;
+use crate::wire::envelope::{PrivateKey, PublicKey};
+use crate::wire::server::ServerSecrets;
+use crate::wire::Role;
+
+/// One server's configuration; every flag can also come from the environment (names from the seed).
+#[derive(Args, Debug)]
+#[command(
+    after_help = "Example (server A; server B swaps the buckets and keys):\n  \
+    export SERVER_ID=A PRIVATE_KEY_HEX=... SHARED_SECRET=... DATA_CONFIG=data/content.json\n  \
+    export BUCKET_INTERNAL_PRIVATE=s3://a-private BUCKET_INTERNAL_SHARED=s3://a-inbox \\\n         \
+    BUCKET_EXTERNAL_SHARED=gs://b-inbox\n  \
+    prio-processor process --date 2019-06-26 --workers 4\n\n\
+    Layout under BUCKET/DATE/: raw/ (from stage), intermediate/{internal,external}/STEP/,\n\
+    processed/batch_id=X/aggregate.{json,parquet}. Exit codes: 0 published (or withheld below\n\
+    min_batch_size), 1 failure or a batch refused because the servers disagree."
+)]
+pub struct ServerArgs {
+    /// Which server this is: A or B.
+    #[arg(long, env = "SERVER_ID")]
+    pub server_id: Role,
+    /// This server's X25519 private key (hex), from `keygen`.
+    #[arg(long, env = "PRIVATE_KEY_HEX", hide_env_values = true)]
+    pub private_key_hex: String,
+    /// This server's public key; when given, checked against the private key.
+    #[arg(long, env = "PUBLIC_KEY_HEX_INTERNAL")]
+    pub public_key_hex_internal: Option<String>,
+    /// The peer's public key; when given, checked for form only (clients seal to it).
+    #[arg(long, env = "PUBLIC_KEY_HEX_EXTERNAL")]
+    pub public_key_hex_external: Option<String>,
+    /// VDAF verify key shared by both servers (base64 of 32 bytes), from `shared-seed`.
+    #[arg(long, env = "SHARED_SECRET", hide_env_values = true)]
+    pub shared_secret: String,
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// This server's own bucket (raw shares, its own messages, results).
+    #[arg(long, env = "BUCKET_INTERNAL_PRIVATE", value_name = "URL")]
+    pub bucket_internal_private: String,
+    /// This server's inbox: the peer writes its messages here.
+    #[arg(long, env = "BUCKET_INTERNAL_SHARED", value_name = "URL")]
+    pub bucket_internal_shared: String,
+    /// The peer's inbox: this server writes its messages there.
+    #[arg(long, env = "BUCKET_EXTERNAL_SHARED", value_name = "URL")]
+    pub bucket_external_shared: String,
+    /// How many times to poll for the peer's message before giving up.
+    #[arg(long, env = "RETRY_LIMIT", default_value_t = 8)]
+    pub retry_limit: u32,
+    /// Seconds before the first retry.
+    #[arg(long, env = "RETRY_DELAY", default_value_t = 2.0)]
+    pub retry_delay: f64,
+    /// Each wait is this many times the previous one.
+    #[arg(long, env = "RETRY_BACKOFF_EXPONENT", default_value_t = 2.0)]
+    pub retry_backoff_exponent: f64,
+    /// Submission date to process (YYYY-MM-DD).
+    #[arg(long, value_parser = parse_date)]
+    pub date: chrono::NaiveDate,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+}
+
+pub fn run_steps(args: ServerArgs, steps: &[Step]) -> anyhow::Result<u8> {
+    let private_key = PrivateKey::from_hex(&args.private_key_hex).context("PRIVATE_KEY_HEX")?;
+    if let Some(own) = &args.public_key_hex_internal {
+        let own = PublicKey::from_hex(own).context("PUBLIC_KEY_HEX_INTERNAL")?;
+        anyhow::ensure!(
+            own == private_key.public_key(),
+            "PUBLIC_KEY_HEX_INTERNAL is not the public key of PRIVATE_KEY_HEX; check that both belong to server {}",
+            args.server_id
+        );
+    }
+    if let Some(peer) = &args.public_key_hex_external {
+        PublicKey::from_hex(peer).context("PUBLIC_KEY_HEX_EXTERNAL")?;
+    }
+    anyhow::ensure!(
+        args.retry_delay >= 0.0 && args.retry_backoff_exponent >= 1.0,
+        "RETRY_DELAY must be >= 0 and RETRY_BACKOFF_EXPONENT >= 1"
+    );
+    let job = ServerJob {
+        secrets: ServerSecrets {
+            role: args.server_id,
+            private_key,
+            verify_key: parse_shared_secret(&args.shared_secret)?,
+        },
+        config: args.config.load()?,
+        date: args.date.format("%Y-%m-%d").to_string(),
+        private: Location::parse(&args.bucket_internal_private)
+            .context("BUCKET_INTERNAL_PRIVATE")?,
+        inbox: Location::parse(&args.bucket_internal_shared).context("BUCKET_INTERNAL_SHARED")?,
+        outbox: Location::parse(&args.bucket_external_shared).context("BUCKET_EXTERNAL_SHARED")?,
+        retry: Retry {
+            limit: args.retry_limit,
+            delay: Duration::from_secs_f64(args.retry_delay),
+            exponent: args.retry_backoff_exponent,
+        },
+        steps: steps.to_vec(),
+    };
+    let config = args.cluster.timely_config().map_err(anyhow::Error::msg)?;
+    let outcomes = run(job, config).map_err(anyhow::Error::msg)?;
+    if args.cluster.process != 0 || !steps.contains(&Step::Publish) {
+        return Ok(exit::OK);
+    }
+    print_summary(args.server_id, &outcomes);
+    let refused: Vec<_> = outcomes.iter().filter(|o| o.status == "refused").collect();
+    if refused.is_empty() {
+        Ok(exit::OK)
+    } else {
+        for o in &refused {
+            eprintln!(
+                "error: batch {:?} refused: {}",
+                o.batch_id,
+                o.message.as_deref().unwrap_or("")
+            );
+        }
+        Ok(exit::FAILURE)
+    }
+}
+
+fn print_summary(role: Role, outcomes: &[BatchOutcome]) {
+    println!("server {role}");
+    println!(
+        "{:<54} {:>8} {:>10} {:>8}  {:<9} rejected by reason",
+        "batch id", "reports", "aggregated", "rejected", "status"
+    );
+    for o in outcomes {
+        let rejected: u64 = o.rejected.values().sum();
+        let reasons: Vec<String> = o.rejected.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        println!(
+            "{:<54} {:>8} {:>10} {:>8}  {:<9} {}",
+            o.batch_id,
+            o.reports_total,
+            o.reports_aggregated,
+            rejected,
+            o.status,
+            reasons.join(" ")
+        );
+    }
+}

@@ -1,0 +1,375 @@
+//! The two-server pipeline as two separate OS processes over `file://`
+//! buckets. Every published aggregate is compared with the plaintext totals
+//! that `generate` computed from the measurements, independently of the VDAFs.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output};
+
+use prio_processor::storage::messages::decode_staged;
+use prio_processor::storage::staged::{encode_part, StagedFormat};
+use prio_processor::wire::envelope::generate_keypair;
+use prio_processor::wire::Role;
+
+const DATE: &str = "2019-06-26";
+
+const ALL_VDAFS: &str = r#"{
+    "prio2": 64,
+    "count": {"vdaf": "count"},
+    "sum": {"vdaf": "sum", "max_measurement": 100},
+    "sumvec": {"vdaf": "sumvec", "length": 20, "bits": 2},
+    "histogram": {"vdaf": "histogram", "length": 7},
+    "multihot": {"vdaf": "multihotcountvec", "length": 12, "max_weight": 4}
+}"#;
+
+/// Two servers' keys and buckets under one temp dir.
+struct World {
+    dir: tempfile::TempDir,
+    keys: [(String, String); 2],
+    shared_secret: String,
+    config: String,
+}
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_prio-processor"));
+    c.env(
+        "STAGING_SECRET",
+        "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",
+    );
+    for var in [
+        "SERVER_ID",
+        "PRIVATE_KEY_HEX",
+        "SHARED_SECRET",
+        "DATA_CONFIG",
+        "BUCKET_INTERNAL_PRIVATE",
+    ] {
+        c.env_remove(var);
+    }
+    c
+}
+
+fn ok(out: Output) -> Output {
+    assert!(
+        out.status.success(),
+        "failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+impl World {
+    fn new(config: &str, pings: usize, extra: &[&str]) -> (World, serde_json::Value) {
+        let dir = tempfile::tempdir().unwrap();
+        let keys =
+            [generate_keypair(), generate_keypair()].map(|k| (k.to_hex(), k.public_key().to_hex()));
+        let world = World {
+            dir,
+            shared_secret: "BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=".into(),
+            keys,
+            config: config.into(),
+        };
+        ok(bin()
+            .args([
+                "generate",
+                "--config",
+                config,
+                "--pings",
+                &pings.to_string(),
+                "--unknown-batch-id",
+                "bad-id",
+            ])
+            .args(["--duplicate-rate", "0.1", "--malformed-rate", "0.1"])
+            .args(extra)
+            .arg("--output")
+            .arg(world.path("dump"))
+            .env("PUBLIC_KEY_HEX_A", &world.keys[0].1)
+            .env("PUBLIC_KEY_HEX_B", &world.keys[1].1)
+            .output()
+            .unwrap());
+        ok(bin()
+            .args([
+                "stage",
+                "--date",
+                DATE,
+                "--partition-size",
+                "20KB",
+                "--input",
+            ])
+            .arg(world.path("dump/sink"))
+            .arg("--output-a")
+            .arg(world.private(Role::A))
+            .arg("--output-b")
+            .arg(world.private(Role::B))
+            .output()
+            .unwrap());
+        let expected =
+            serde_json::from_slice(&std::fs::read(world.path("dump/expected.json")).unwrap())
+                .unwrap();
+        (world, expected)
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    fn private(&self, role: Role) -> PathBuf {
+        self.path(&format!("server-{role}/private"))
+    }
+
+    fn inbox(&self, role: Role) -> PathBuf {
+        self.path(&format!("server-{role}/shared"))
+    }
+
+    /// A server's command for `steps` (e.g. "process", "verify1").
+    fn server(&self, role: Role, step: &str, extra: &[&str]) -> Command {
+        let i = role.agg_id();
+        let mut c = bin();
+        c.args([step, "--date", DATE])
+            .args(extra)
+            .env("SERVER_ID", role.as_str())
+            .env("PRIVATE_KEY_HEX", &self.keys[i].0)
+            .env("PUBLIC_KEY_HEX_INTERNAL", &self.keys[i].1)
+            .env("PUBLIC_KEY_HEX_EXTERNAL", &self.keys[1 - i].1)
+            .env("SHARED_SECRET", &self.shared_secret)
+            .env("DATA_CONFIG", &self.config)
+            .env("BUCKET_INTERNAL_PRIVATE", self.private(role))
+            .env("BUCKET_INTERNAL_SHARED", self.inbox(role))
+            .env("BUCKET_EXTERNAL_SHARED", self.inbox(role.peer()))
+            .env("RETRY_DELAY", "0.05")
+            .env("RETRY_BACKOFF_EXPONENT", "1.5")
+            .env("RETRY_LIMIT", "40");
+        c
+    }
+
+    fn spawn(&self, role: Role, step: &str, extra: &[&str]) -> Child {
+        self.server(role, step, extra)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
+    /// Runs both servers' `step` concurrently as separate processes.
+    fn run_both(&self, step: &str, extra_a: &[&str], extra_b: &[&str]) -> [Output; 2] {
+        let (a, b) = (
+            self.spawn(Role::A, step, extra_a),
+            self.spawn(Role::B, step, extra_b),
+        );
+        [a.wait_with_output().unwrap(), b.wait_with_output().unwrap()]
+    }
+
+    fn published(&self, role: Role, batch: &str) -> Option<serde_json::Value> {
+        let path = self
+            .private(role)
+            .join(format!("{DATE}/processed/batch_id={batch}/aggregate.json"));
+        std::fs::read(path)
+            .ok()
+            .map(|b| serde_json::from_slice(&b).unwrap())
+    }
+
+    fn staged_parts(&self, role: Role, batch: &str) -> Vec<PathBuf> {
+        let dir = self
+            .private(role)
+            .join(format!("{DATE}/raw/batch_id={batch}"));
+        let mut parts: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        parts.sort();
+        parts
+    }
+
+    /// Rewrites one staged part through `edit` on its (id, payload) rows.
+    fn edit_part(
+        &self,
+        path: &Path,
+        role: Role,
+        batch: &str,
+        edit: impl FnOnce(&mut Vec<(String, Vec<u8>)>),
+    ) {
+        let rows = decode_staged(
+            "part",
+            StagedFormat::Parquet,
+            std::fs::read(path).unwrap().into(),
+        )
+        .unwrap();
+        let mut rows: Vec<(String, Vec<u8>)> =
+            rows.into_iter().map(|r| (r.id, r.payload)).collect();
+        edit(&mut rows);
+        let ids: Vec<([u8; 16], &[u8])> = rows
+            .iter()
+            .map(|(id, p)| (hex::decode(id).unwrap().try_into().unwrap(), p.as_slice()))
+            .collect();
+        std::fs::write(path, encode_part(StagedFormat::Parquet, batch, role, &ids)).unwrap();
+    }
+}
+
+fn aggregate_of(v: &serde_json::Value) -> Vec<u128> {
+    serde_json::from_value(v["aggregate"].clone()).unwrap()
+}
+
+#[test]
+fn every_vdaf_publishes_the_known_answer_and_bad_reports_are_excluded() {
+    // The seed pattern: every client sends the same sumvec vector, so the
+    // answer without two excluded reports is known exactly.
+    let (world, expected) = World::new(ALL_VDAFS, 40, &[]);
+    let parts_a = world.staged_parts(Role::A, "sumvec");
+    let parts_b = world.staged_parts(Role::B, "sumvec");
+    assert!(parts_a.len() >= 2, "several parts per batch");
+    let (mut tampered, mut missing) = (String::new(), String::new());
+    world.edit_part(&parts_a[0], Role::A, "sumvec", |rows| {
+        tampered = rows[0].0.clone();
+        let last = rows[0].1.len() - 1;
+        rows[0].1[last] ^= 1; // tampered ciphertext
+        let dup = rows[1].clone();
+        rows.insert(2, dup); // duplicated report id
+    });
+    world.edit_part(&parts_b[1], Role::B, "sumvec", |rows| {
+        missing = rows.remove(0).0; // missing on server b
+    });
+    let [a, b] = world.run_both("process", &["--workers", "2"], &[]);
+    let (a, b) = (ok(a), ok(b));
+    let summary = String::from_utf8_lossy(&a.stdout);
+    assert!(summary.contains("published"), "{summary}");
+
+    for (batch, want) in expected["batches"].as_object().unwrap() {
+        let pub_a = world
+            .published(Role::A, batch)
+            .unwrap_or_else(|| panic!("{batch} published by a"));
+        let pub_b = world.published(Role::B, batch).unwrap();
+        assert_eq!(
+            aggregate_of(&pub_a),
+            aggregate_of(&pub_b),
+            "{batch}: both servers publish the same"
+        );
+        let n = want["reports"].as_u64().unwrap();
+        if batch == "sumvec" {
+            assert_eq!(pub_a["reports_aggregated"], n - 2);
+            assert_eq!(pub_a["rejected"]["undecryptable"], 1);
+            assert_eq!(pub_a["rejected"]["duplicate_report_id"], 1);
+            assert_eq!(pub_a["rejected"]["missing_on_peer"], 1);
+            assert_eq!(pub_b["rejected"]["peer_rejected"], 1);
+            let total: Vec<u128> = serde_json::from_value(want["aggregate"].clone()).unwrap();
+            let without_two: Vec<u128> = total
+                .iter()
+                .map(|t| t / n as u128 * (n as u128 - 2))
+                .collect();
+            assert_eq!(aggregate_of(&pub_a), without_two);
+        } else {
+            assert_eq!(pub_a["reports_aggregated"], n, "{batch}");
+            assert_eq!(
+                pub_a["aggregate"], want["aggregate"],
+                "{batch}: published aggregate is the plaintext sum"
+            );
+        }
+    }
+    assert!(
+        world.published(Role::A, "bad-id").is_none(),
+        "unknown batch ids are never published"
+    );
+    assert!(
+        String::from_utf8_lossy(&a.stderr).contains("bad-id"),
+        "skipping an unknown batch id is reported"
+    );
+    let _ = b;
+    assert_ne!(tampered, missing);
+}
+
+#[test]
+fn below_threshold_is_withheld_and_mismatched_report_sets_are_refused() {
+    let config = r#"{"small": {"vdaf": "count", "min_batch_size": 1000}, "big": 16}"#;
+    let (world, expected) = World::new(config, 24, &[]);
+    for step in ["verify1", "verify2", "aggregate"] {
+        let [a, b] = world.run_both(step, &[], &[]);
+        ok(a);
+        ok(b);
+    }
+    // Server a receives an aggregate from b that claims other reports.
+    let inbox_a = world.inbox(Role::A).join(format!(
+        "{DATE}/intermediate/external/aggregate/batch_id=big/aggregate.json"
+    ));
+    let mut message: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&inbox_a).unwrap()).unwrap();
+    message["digest"] = serde_json::json!("00".repeat(32));
+    std::fs::write(&inbox_a, serde_json::to_vec(&message).unwrap()).unwrap();
+    let [a, b] = world.run_both("publish", &[], &[]);
+    assert_eq!(a.status.code(), Some(1), "a refuses");
+    let stderr = String::from_utf8_lossy(&a.stderr);
+    assert!(
+        stderr.contains("\"big\" refused") && stderr.contains("different reports"),
+        "{stderr}"
+    );
+    assert!(
+        world.published(Role::A, "big").is_none(),
+        "nothing published for a refused batch"
+    );
+    let b = ok(b);
+    assert_eq!(
+        world.published(Role::B, "big").unwrap()["aggregate"],
+        expected["batches"]["big"]["aggregate"]
+    );
+    for (role, out) in [(Role::A, &a), (Role::B, &b)] {
+        assert!(
+            world.published(role, "small").is_none(),
+            "below min_batch_size: withheld"
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).contains("withheld"));
+    }
+}
+
+#[test]
+fn a_peer_that_never_answers_is_a_clear_error_after_the_retry_limit() {
+    let (world, _) = World::new(r#"{"x": 8}"#, 6, &[]);
+    let out = world
+        .server(Role::A, "process", &[])
+        .env("RETRY_LIMIT", "3")
+        .env("RETRY_DELAY", "0.01")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("verify1")
+            && stderr.contains("_SUCCESS")
+            && stderr.contains("after 3 retries"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_server_killed_mid_run_and_restarted_publishes_the_same_answer() {
+    let (world, expected) = World::new(
+        r#"{"x": 32, "n": {"vdaf": "sum", "max_measurement": 50}}"#,
+        30,
+        &[],
+    );
+    // Server a finishes verify1 and then waits for b, which has not started: kill it there.
+    let mut a = world.spawn(Role::A, "process", &[]);
+    let marker = world
+        .private(Role::A)
+        .join(format!("{DATE}/intermediate/internal/verify1/_SUCCESS"));
+    let started = std::time::Instant::now();
+    while !marker.exists() {
+        assert!(started.elapsed().as_secs() < 60, "verify1 did not finish");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    a.kill().unwrap();
+    a.wait().unwrap();
+    let [a, b] = world.run_both("process", &[], &["--workers", "2"]);
+    let a = ok(a);
+    ok(b);
+    assert!(String::from_utf8_lossy(&a.stderr).contains("verify1: already done"));
+    for batch in ["x", "n"] {
+        for role in Role::BOTH {
+            let published = world.published(role, batch).unwrap();
+            assert_eq!(
+                published["aggregate"], expected["batches"][batch]["aggregate"],
+                "{batch} at {role}"
+            );
+            assert_eq!(
+                published["reports_aggregated"],
+                expected["batches"][batch]["reports"]
+            );
+        }
+    }
+}
