@@ -1,31 +1,30 @@
-//! `integrate`: the main job on the embedded default (local files).
-//!
-//! Today it makes keys, generates a dump with a known answer, and checks the
-//! dump by opening, verifying and aggregating every report in-process with
-//! both servers' keys. Staging and the two-server timely pipeline join it as
-//! `stage` and `process` land.
+//! `integrate`: the whole system on the local filesystem, as the README's
+//! first command. Keys, a simulated dump with a known answer, staging into
+//! both servers' private buckets, then server A and server B as two separate
+//! OS processes that share nothing but their inboxes; the published
+//! aggregates are checked against the plaintext totals.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 
-use anyhow::Context;
+use anyhow::{bail, Context};
+use base64::Engine;
 use clap::Args;
 
 use super::generate::{generate_dump, DumpOptions, Expected, Pattern};
-use super::keys::parse_shared_secret;
 use super::{exit, parse_date, ConfigArg};
 use crate::wire::client::ServerPublicKeys;
-use crate::wire::config::BatchConfig;
 use crate::wire::envelope::generate_keypair;
-use crate::wire::ping::{decode_base64, parse_ping, parse_sink_line};
-use crate::wire::server::{verify_locally, ServerSecrets};
-use crate::wire::{Rejection, Role};
+use crate::wire::Role;
 
 /// Run the whole system locally and check the result against the known answer.
 #[derive(Args, Debug)]
 #[command(after_help = "Example:\n  prio-processor integrate\n  \
-    prio-processor integrate --pings 2000 --config '{\"clicks\": {\"vdaf\": \"sumvec\", \"length\": 64, \"bits\": 4}}'\n\n\
-    Exit code 0 when every batch's aggregate matches the expected totals, 3 when one does not.")]
+    prio-processor integrate --pings 2000 --workers 2 \\\n    \
+    --config '{\"clicks\": {\"vdaf\": \"sumvec\", \"length\": 64, \"bits\": 4}}'\n\n\
+    Exit code 0 when every batch's published aggregate matches the expected totals, 3 when one\n\
+    does not, 1 when a step fails.")]
 pub struct IntegrateArgs {
     /// Batch config (default: the seed's four batch ids in data/content.json).
     #[arg(
@@ -34,59 +33,68 @@ pub struct IntegrateArgs {
         default_value = "data/content.json"
     )]
     pub config: String,
-    /// Work directory for the dump and results.
+    /// Work directory for the dump, the buckets and the results (its previous run is replaced).
     #[arg(long, default_value = "data/work")]
     pub work_dir: PathBuf,
     /// Number of simulated clients.
     #[arg(long, default_value_t = 200)]
     pub pings: usize,
-    /// VDAF verify key shared by the servers (base64); a fresh one when unset.
-    #[arg(long, env = "SHARED_SECRET", hide_env_values = true)]
-    pub shared_secret: Option<String>,
+    /// Worker threads per server (and for staging).
+    #[arg(long, default_value_t = 1)]
+    pub workers: usize,
     /// Submission date.
     #[arg(long, default_value = "2019-06-26", value_parser = parse_date)]
     pub date: chrono::NaiveDate,
 }
 
-/// What happened to one batch in the local check.
-#[derive(Debug, Default)]
-struct BatchOutcome {
-    reports: u64,
-    aggregated: u64,
-    rejected: BTreeMap<&'static str, u64>,
-    aggregate: Option<Vec<u128>>,
+fn fresh_secret() -> String {
+    base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 32]>())
+}
+
+/// Runs this binary with `args` and `envs`, failing with its stderr.
+fn run_self(
+    what: &str,
+    args: &[&str],
+    envs: &[(&str, String)],
+) -> anyhow::Result<std::process::Child> {
+    let exe = std::env::current_exe().context("locating this binary")?;
+    let mut cmd = Command::new(exe);
+    cmd.args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    for var in [
+        "SERVER_ID",
+        "PRIVATE_KEY_HEX",
+        "BUCKET_INTERNAL_PRIVATE",
+        "BUCKET_INTERNAL_SHARED",
+        "BUCKET_EXTERNAL_SHARED",
+    ] {
+        cmd.env_remove(var);
+    }
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    cmd.spawn().with_context(|| format!("starting {what}"))
 }
 
 pub fn run(args: IntegrateArgs) -> anyhow::Result<u8> {
-    let config = ConfigArg {
+    let config_arg = ConfigArg {
         config: args.config.clone(),
-    }
-    .load()?;
-    let dump_dir = args.work_dir.join("dump");
-    if dump_dir.exists() {
-        std::fs::remove_dir_all(&dump_dir)
-            .with_context(|| format!("clearing {}", dump_dir.display()))?;
-    }
-    let (key_a, key_b) = (generate_keypair(), generate_keypair());
-    let verify_key = match &args.shared_secret {
-        Some(text) => parse_shared_secret(text)?,
-        None => rand::random(),
     };
-    let secrets = [
-        ServerSecrets {
-            role: Role::A,
-            private_key: key_a.clone(),
-            verify_key,
-        },
-        ServerSecrets {
-            role: Role::B,
-            private_key: key_b.clone(),
-            verify_key,
-        },
-    ];
+    let config = config_arg.load()?;
+    let work = std::path::absolute(&args.work_dir)?;
+    for dir in ["dump", "server-a", "server-b"] {
+        let path = work.join(dir);
+        if path.exists() {
+            std::fs::remove_dir_all(&path)
+                .with_context(|| format!("clearing {}", path.display()))?;
+        }
+    }
+    let date = args.date.format("%Y-%m-%d").to_string();
+    let keys = [generate_keypair(), generate_keypair()];
     let public = ServerPublicKeys {
-        a: key_a.public_key(),
-        b: key_b.public_key(),
+        a: keys[0].public_key(),
+        b: keys[1].public_key(),
     };
     let options = DumpOptions {
         pings: args.pings,
@@ -98,117 +106,129 @@ pub fn run(args: IntegrateArgs) -> anyhow::Result<u8> {
         seed: 0,
         unknown_batch_id: Some("bad-id".into()),
     };
+    let dump = work.join("dump");
     eprintln!(
-        "[1/3] generating {} pings into {}",
+        "[1/4] generating {} pings into {}",
         args.pings,
-        dump_dir.display()
+        dump.display()
     );
-    let expected = generate_dump(&config, &public, &options, &dump_dir)?;
-    eprintln!("[2/3] stage and process on timely: not yet available in this build (issues #4, #5)");
-    eprintln!("[3/3] checking the dump in-process with both servers' keys");
-    let outcomes = check_dump(&config, &secrets, &dump_dir.join("sink"))?;
-    Ok(print_summary(&expected, &outcomes))
-}
+    let expected = generate_dump(&config, &public, &options, &dump)?;
 
-/// Opens, verifies and aggregates every report of a sink dump in-process.
-fn check_dump(
-    config: &BatchConfig,
-    secrets: &[ServerSecrets; 2],
-    sink_dir: &Path,
-) -> anyhow::Result<BTreeMap<String, BatchOutcome>> {
-    let mut files = Vec::new();
-    collect_files(sink_dir, &mut files)?;
-    files.sort();
-    let mut seen = HashSet::new();
-    let mut outcomes: BTreeMap<String, BatchOutcome> = BTreeMap::new();
-    let mut aggregates: BTreeMap<&str, [_; 2]> = config
+    let bucket = |role: Role, name: &str| {
+        work.join(format!("server-{role}/{name}"))
+            .display()
+            .to_string()
+    };
+    let workers = args.workers.to_string();
+    eprintln!("[2/4] staging into each server's private bucket");
+    let stage = run_self(
+        "stage",
+        &[
+            "stage",
+            "--date",
+            &date,
+            "--input",
+            &dump.join("sink").display().to_string(),
+            "--workers",
+            &workers,
+            "--output-a",
+            &bucket(Role::A, "private"),
+            "--output-b",
+            &bucket(Role::B, "private"),
+        ],
+        &[("STAGING_SECRET", fresh_secret())],
+    )?;
+    let staged = stage.wait_with_output()?;
+    if !staged.status.success() {
+        bail!("stage failed (exit {:?})", staged.status.code());
+    }
+
+    eprintln!("[3/4] running server A and server B as separate processes");
+    let shared_secret = fresh_secret();
+    let servers: Vec<_> = Role::BOTH
         .iter()
-        .map(|(id, spec)| (id, [spec.vdaf.aggregate_init(), spec.vdaf.aggregate_init()]))
-        .collect();
-    for file in files {
-        let text = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
-        for line in text.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-            let Ok(ping) = parse_sink_line(line).and_then(|(_, body)| parse_ping(&body)) else {
-                continue;
-            };
-            if !seen.insert(ping.id.clone()) {
-                continue;
-            }
-            for entry in ping.entries {
-                let Some(spec) = config.get(&entry.batch_id) else {
-                    continue;
-                };
-                let outcome = outcomes.entry(entry.batch_id.clone()).or_default();
-                outcome.reports += 1;
-                let result = match [&entry.share_a, &entry.share_b].map(|s| decode_base64(s)) {
-                    [Some(a), Some(b)] => {
-                        verify_locally(&spec.vdaf, secrets, &entry.batch_id, [&a, &b])
-                    }
-                    _ => Err(Rejection::BadBase64),
-                };
-                match result {
-                    Ok(outs) => {
-                        let aggs = aggregates
-                            .get_mut(entry.batch_id.as_str())
-                            .expect("config batch");
-                        for (agg, out) in aggs.iter_mut().zip(&outs) {
-                            spec.vdaf.accumulate(agg, out);
-                        }
-                        outcome.aggregated += 1;
-                    }
-                    Err(r) => *outcome.rejected.entry(r.reason()).or_default() += 1,
-                }
-            }
+        .map(|&role| {
+            let i = role.agg_id();
+            run_self(
+                &format!("server {role}"),
+                &["process", "--date", &date, "--workers", &workers],
+                &[
+                    ("SERVER_ID", role.as_str().to_string()),
+                    ("PRIVATE_KEY_HEX", keys[i].to_hex()),
+                    ("SHARED_SECRET", shared_secret.clone()),
+                    ("DATA_CONFIG", args.config.clone()),
+                    ("BUCKET_INTERNAL_PRIVATE", bucket(role, "private")),
+                    ("BUCKET_INTERNAL_SHARED", bucket(role, "inbox")),
+                    ("BUCKET_EXTERNAL_SHARED", bucket(role.peer(), "inbox")),
+                    ("RETRY_DELAY", "0.2".into()),
+                    ("RETRY_LIMIT", "12".into()),
+                ],
+            )
+        })
+        .collect::<anyhow::Result<_>>()?;
+    for (role, server) in Role::BOTH.iter().zip(servers) {
+        let out = server.wait_with_output()?;
+        if !out.status.success() {
+            bail!("server {role} failed (exit {:?})", out.status.code());
         }
     }
-    for (batch_id, [a, b]) in &aggregates {
-        let outcome = outcomes.entry(batch_id.to_string()).or_default();
-        let vdaf = &config.get(batch_id).expect("config batch").vdaf;
-        outcome.aggregate = Some(vdaf.unshard(a, b, outcome.aggregated as usize)?);
-    }
-    Ok(outcomes)
+
+    eprintln!("[4/4] checking the published aggregates against the plaintext totals");
+    Ok(print_summary(&expected, &work, &date))
 }
 
-fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
-    for entry in std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
-        let path = entry?.path();
-        if path.is_dir() {
-            collect_files(&path, out)?;
-        } else if path.extension().is_some_and(|e| e == "ndjson") {
-            out.push(path);
-        }
-    }
-    Ok(())
+/// One server's published result for a batch, if any.
+fn published(work: &Path, role: Role, date: &str, batch: &str) -> Option<serde_json::Value> {
+    let path = work.join(format!(
+        "server-{role}/private/{date}/processed/batch_id={batch}/aggregate.json"
+    ));
+    serde_json::from_slice(&std::fs::read(path).ok()?).ok()
 }
 
-fn print_summary(expected: &Expected, outcomes: &BTreeMap<String, BatchOutcome>) -> u8 {
+fn print_summary(expected: &Expected, work: &Path, date: &str) -> u8 {
     let mut all_match = true;
     println!(
-        "{:<54} {:>8} {:>10} {:>8}  match",
+        "{:<54} {:>8} {:>10} {:>8}  match  rejected by reason",
         "batch id", "reports", "aggregated", "rejected"
     );
     for (batch_id, want) in &expected.batches {
-        let got = outcomes.get(batch_id);
-        let matches = got.is_some_and(|g| {
-            g.aggregated == want.reports && g.aggregate.as_ref() == Some(&want.aggregate)
-        });
+        let [a, b] = [Role::A, Role::B].map(|r| published(work, r, date, batch_id));
+        let matches = match (&a, &b) {
+            (Some(a), Some(b)) => {
+                a["aggregate"] == b["aggregate"]
+                    && a["aggregate"] == serde_json::json!(want.aggregate)
+                    && a["reports_aggregated"] == want.reports
+            }
+            _ => false,
+        };
         all_match &= matches;
-        let (reports, aggregated, rejected) = got.map_or((0, 0, 0), |g| {
-            (g.reports, g.aggregated, g.rejected.values().sum::<u64>())
-        });
+        let field = |k: &str| a.as_ref().and_then(|a| a[k].as_u64()).unwrap_or(0);
+        let rejected: BTreeMap<String, u64> = a
+            .as_ref()
+            .and_then(|a| serde_json::from_value(a["rejected"].clone()).ok())
+            .unwrap_or_default();
+        let reasons: Vec<String> = rejected.iter().map(|(k, v)| format!("{k}={v}")).collect();
         println!(
-            "{batch_id:<54} {reports:>8} {aggregated:>10} {rejected:>8}  {}",
-            if matches { "yes" } else { "NO" }
+            "{batch_id:<54} {:>8} {:>10} {:>8}  {:<5}  {}",
+            field("reports_total"),
+            field("reports_aggregated"),
+            rejected.values().sum::<u64>(),
+            if matches { "yes" } else { "NO" },
+            reasons.join(" ")
         );
     }
     for (batch_id, count) in &expected.unknown_batches {
+        let published = published(work, Role::A, date, batch_id).is_some();
+        all_match &= !published;
         println!(
-            "{batch_id:<54} {count:>8} {:>10} {:>8}  skipped: not in config",
-            0, 0
+            "{batch_id:<54} {count:>8} {:>10} {:>8}  {:<5}  not in the config: skipped",
+            0,
+            0,
+            if published { "NO" } else { "yes" }
         );
     }
     println!(
-        "pings: {} distinct, {} duplicates dropped, malformed records: {}",
+        "pings: {} distinct, {} duplicates, {} malformed records",
         expected.pings,
         expected.duplicates,
         expected
@@ -216,8 +236,15 @@ fn print_summary(expected: &Expected, outcomes: &BTreeMap<String, BatchOutcome>)
             .get("ndjson")
             .map_or(0, |m| m.values().sum::<u64>())
     );
+    for role in Role::BOTH {
+        println!(
+            "results of server {role}: {}",
+            work.join(format!("server-{role}/private/{date}/processed"))
+                .display()
+        );
+    }
     if all_match {
-        println!("result: every aggregate matches the expected totals");
+        println!("result: every published aggregate matches the expected totals");
         exit::OK
     } else {
         println!("result: MISMATCH against the expected totals");
