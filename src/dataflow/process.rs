@@ -319,11 +319,12 @@ fn read_received(job: &ServerJob, step: Step, part: &Part) -> HashMap<String, Me
     }
 }
 
-fn read_own(job: &ServerJob, step: Step, part: &Part) -> HashMap<String, MessageRow> {
+/// This server's own rows of `step` for a part, in order.
+fn read_own(job: &ServerJob, step: Step, part: &Part) -> Vec<MessageRow> {
     let own = job.own(step);
     let name = part.message_name();
     let data = own.get(&name).unwrap_or_else(|e| fatal(e));
-    by_id(decode_message(&format!("{}/{name}", own.url()), data).unwrap_or_else(|e| fatal(e)))
+    decode_message(&format!("{}/{name}", own.url()), data).unwrap_or_else(|e| fatal(e))
 }
 
 /// Message rows by report id. A repeated id keeps its first row, as
@@ -356,57 +357,78 @@ fn init_rows(job: &ServerJob, vdaf: &Vdaf, part: &Part) -> Vec<(String, Initiali
         .collect()
 }
 
-fn verify1_part(job: &ServerJob, vdaf: &Vdaf, part: &Part) -> Vec<MessageRow> {
-    init_rows(job, vdaf, part)
-        .into_iter()
-        .map(|(id, result)| match result {
-            Ok((_, share)) => MessageRow {
-                id,
-                status: OK.into(),
-                share,
-            },
-            Err(reason) => MessageRow {
-                id,
-                status: reason.into(),
-                share: Vec::new(),
-            },
-        })
-        .collect()
+/// What a step writes for one part: the rows for the peer, and this
+/// server's own rows, which also keep its secrets for the next step.
+struct PartMessages {
+    sent: Vec<MessageRow>,
+    own: Vec<MessageRow>,
 }
 
-/// Combines this server's verification with the peer's verifier share for one report.
-fn finish(
-    job: &ServerJob,
-    vdaf: &Vdaf,
-    part: &Part,
-    own: Initialized,
-    peer: Option<&MessageRow>,
-) -> Result<crate::wire::vdaf::OutputShare, &'static str> {
-    let (state, _) = own?;
-    let peer = peer.ok_or("missing_on_peer")?;
-    if peer.status != OK {
-        return Err("peer_rejected");
+impl PartMessages {
+    fn push(&mut self, id: &str, status: &str, own_share: Vec<u8>, sent_share: Vec<u8>) {
+        self.sent.push(MessageRow {
+            id: id.to_string(),
+            status: status.to_string(),
+            share: sent_share,
+        });
+        self.own.push(MessageRow {
+            id: id.to_string(),
+            status: status.to_string(),
+            share: own_share,
+        });
     }
-    vdaf.verify_finish(&part.batch_id, job.role(), &state, &peer.share)
-        .map_err(|r| r.reason())
 }
 
-fn verify2_part(job: &ServerJob, vdaf: &Vdaf, part: &Part) -> Vec<MessageRow> {
+/// verify1: verifier shares for the peer; this server keeps its verification states.
+fn verify1_part(job: &ServerJob, vdaf: &Vdaf, part: &Part) -> PartMessages {
+    let mut out = PartMessages {
+        sent: Vec::new(),
+        own: Vec::new(),
+    };
+    for (id, result) in init_rows(job, vdaf, part) {
+        match result {
+            Ok((state, share)) => out.push(&id, OK, vdaf.encode_state(&state), share),
+            Err(reason) => out.push(&id, reason, Vec::new(), Vec::new()),
+        }
+    }
+    out
+}
+
+/// verify2: verdicts for the peer; this server keeps the output shares of the reports it accepts.
+fn verify2_part(job: &ServerJob, vdaf: &Vdaf, part: &Part) -> PartMessages {
     let peer = read_received(job, Step::Verify1, part);
-    init_rows(job, vdaf, part)
-        .into_iter()
-        .map(|(id, own)| {
-            let status = match finish(job, vdaf, part, own, peer.get(&id)) {
-                Ok(_) => OK,
-                Err(reason) => reason,
-            };
-            MessageRow {
-                id,
-                status: status.into(),
-                share: Vec::new(),
+    let mut out = PartMessages {
+        sent: Vec::new(),
+        own: Vec::new(),
+    };
+    for own in read_own(job, Step::Verify1, part) {
+        let verdict = if own.status != OK {
+            Err(own.status.as_str())
+        } else {
+            match peer.get(&own.id) {
+                None => Err("missing_on_peer"),
+                Some(p) if p.status != OK => Err("peer_rejected"),
+                Some(p) => {
+                    let state = vdaf
+                        .decode_state(job.role(), &own.share)
+                        .unwrap_or_else(|e| {
+                            fatal(format!(
+                                "{}: stored verification state of {}: {e}",
+                                job.own(Step::Verify1).url(),
+                                own.id
+                            ))
+                        });
+                    vdaf.verify_finish(&part.batch_id, job.role(), &state, &p.share)
+                        .map_err(|r| r.reason())
+                }
             }
-        })
-        .collect()
+        };
+        match verdict {
+            Ok(output) => out.push(&own.id, OK, vdaf.encode_output(&output), Vec::new()),
+            Err(reason) => out.push(&own.id, reason, Vec::new(), Vec::new()),
+        }
+    }
+    out
 }
 
 /// Runs a step that turns each part into a message for the peer.
@@ -415,7 +437,7 @@ fn message_step(
     job: &ServerJob,
     parts: &[Part],
     step: Step,
-    compute: fn(&ServerJob, &Vdaf, &Part) -> Vec<MessageRow>,
+    compute: fn(&ServerJob, &Vdaf, &Part) -> PartMessages,
 ) {
     let mut counters = Counters::new();
     for part in my_parts(worker, parts) {
@@ -424,20 +446,21 @@ fn message_step(
             .get(&part.batch_id)
             .expect("listed parts are configured")
             .vdaf;
-        let rows = compute(job, vdaf, part);
-        for row in &rows {
+        let messages = compute(job, vdaf, part);
+        for row in &messages.sent {
             bump(
                 &mut counters,
                 format!("{}/{}/{}", step.name(), part.batch_id, row.status),
                 1,
             );
         }
-        let bytes = encode_message(&rows);
         let name = part.message_name();
         job.sent(step)
-            .put(&name, bytes.clone())
+            .put(&name, encode_message(&messages.sent))
             .unwrap_or_else(|e| fatal(e));
-        job.own(step).put(&name, bytes).unwrap_or_else(|e| fatal(e));
+        job.own(step)
+            .put(&name, encode_message(&messages.own))
+            .unwrap_or_else(|e| fatal(e));
     }
     let totals = all_reduce(worker, &counters);
     if worker.index() == 0 {
@@ -459,34 +482,37 @@ fn finish_step(job: &ServerJob, step: Step, summary: &[u8]) {
     tracing::info!("{}: done", step.name());
 }
 
+/// aggregate: sums the output shares of reports both servers accepted.
 fn aggregate_part(job: &ServerJob, vdaf: &Vdaf, part: &Part) -> PartAggregate {
-    let peer_shares = read_received(job, Step::Verify1, part);
     let peer_verdicts = read_received(job, Step::Verify2, part);
-    let own_verdicts = read_own(job, Step::Verify2, part);
     let mut agg: AggregateShare = vdaf.aggregate_init();
     let mut ids = Sha256::new();
     let (mut reports, mut aggregated) = (0, 0);
     let mut rejected: BTreeMap<String, u64> = BTreeMap::new();
-    for (id, own) in init_rows(job, vdaf, part) {
+    for own in read_own(job, Step::Verify2, part) {
         reports += 1;
-        let own_verdict = own_verdicts
-            .get(&id)
-            .map_or("missing_verdict", |r| r.status.as_str());
-        let peer_verdict = peer_verdicts.get(&id).map(|r| r.status.as_str());
-        let result = match (own_verdict, peer_verdict) {
-            (OK, Some(OK)) => finish(job, vdaf, part, own, peer_shares.get(&id)),
-            (OK, Some(_)) => Err("peer_verdict_reject"),
-            (OK, None) => Err("missing_on_peer"),
-            (reason, _) => Err(reason),
-        };
-        match result {
-            Ok(out) => {
-                vdaf.accumulate(&mut agg, &out);
-                ids.update(id.as_bytes());
+        let reason = match (
+            own.status.as_str(),
+            peer_verdicts.get(&own.id).map(|r| r.status.as_str()),
+        ) {
+            (OK, Some(OK)) => {
+                let output = vdaf.decode_output(&own.share).unwrap_or_else(|e| {
+                    fatal(format!(
+                        "{}: stored output share of {}: {e}",
+                        job.own(Step::Verify2).url(),
+                        own.id
+                    ))
+                });
+                vdaf.accumulate(&mut agg, &output);
+                ids.update(own.id.as_bytes());
                 aggregated += 1;
+                continue;
             }
-            Err(reason) => *rejected.entry(reason.to_string()).or_default() += 1,
-        }
+            (OK, Some(_)) => "peer_verdict_reject",
+            (OK, None) => "missing_on_peer",
+            (reason, _) => reason,
+        };
+        *rejected.entry(reason.to_string()).or_default() += 1;
     }
     PartAggregate {
         batch_id: part.batch_id.clone(),

@@ -294,6 +294,20 @@ impl<V> Concrete for V where
 {
 }
 
+/// Splits `u32be(len(state)) || state || own verifier share`.
+fn split_state(bytes: &[u8]) -> Result<(&[u8], &[u8]), prio::codec::CodecError> {
+    let truncated = || prio::codec::CodecError::UnexpectedValue;
+    let len = u32::from_be_bytes(
+        bytes
+            .get(..4)
+            .ok_or_else(truncated)?
+            .try_into()
+            .expect("4 bytes"),
+    ) as usize;
+    let state = bytes.get(4..4 + len).ok_or_else(truncated)?;
+    Ok((state, &bytes[4 + len..]))
+}
+
 fn shard<V: Concrete>(
     v: &V,
     spec: &VdafSpec,
@@ -450,6 +464,41 @@ impl Vdaf {
         match_variants!((&self.inner, &state.0); [Inner(v), StateInner(s, own)]; wrap = OutputInner =>
             verify_finish(v, &ctx, role, s, own, peer_share).map(|out| OutputShare(wrap(out)));
             else panic!("{MISMATCH}"))
+    }
+
+    /// A verification state's bytes, kept by the server between steps:
+    /// `u32be(len(state)) || state || own verifier share`.
+    pub fn encode_state(&self, state: &VerifyState) -> Vec<u8> {
+        match_variants!(&state.0; [StateInner(s, own)]; => {
+            let s = s.get_encoded().expect("verify states always encode");
+            let mut out = (s.len() as u32).to_be_bytes().to_vec();
+            out.extend_from_slice(&s);
+            own.encode(&mut out).expect("verifier shares always encode");
+            out
+        }; else unreachable!())
+    }
+
+    /// Reads back [`Vdaf::encode_state`] for `role`.
+    pub fn decode_state(&self, role: Role, bytes: &[u8]) -> Result<VerifyState, VdafUseError> {
+        let (state_bytes, share_bytes) = split_state(bytes)?;
+        match_variants!(&self.inner; [Inner(v)]; wrap = StateInner => {
+            let state = ParameterizedDecode::get_decoded_with_param(&(v, role.agg_id()), state_bytes)?;
+            let share = ParameterizedDecode::get_decoded_with_param(&state, share_bytes)?;
+            Ok(VerifyState(wrap(state, share)))
+        }; else unreachable!())
+    }
+
+    /// An output share's bytes, kept by the server until the peer's verdicts arrive.
+    pub fn encode_output(&self, out: &OutputShare) -> Vec<u8> {
+        match_variants!(&out.0; [OutputInner(o)]; =>
+            o.get_encoded().expect("field vectors always encode"); else unreachable!())
+    }
+
+    /// Reads back [`Vdaf::encode_output`].
+    pub fn decode_output(&self, bytes: &[u8]) -> Result<OutputShare, VdafUseError> {
+        match_variants!(&self.inner; [Inner(v)]; wrap = OutputInner =>
+            Ok(OutputShare(wrap(ParameterizedDecode::get_decoded_with_param(&(v, &()), bytes)?)));
+            else unreachable!())
     }
 
     /// An empty aggregate share.
