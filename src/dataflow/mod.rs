@@ -96,6 +96,27 @@ impl ClusterArgs {
     }
 }
 
+/// Runs `work` on every worker of a timely cluster and returns the first
+/// local worker's result (every worker computes the same global answer).
+pub fn execute<J, T>(
+    job: J,
+    config: timely::Config,
+    work: fn(&mut Worker, &J) -> T,
+) -> Result<T, String>
+where
+    J: Send + Sync + 'static,
+    T: Send + 'static,
+{
+    let job = std::sync::Arc::new(job);
+    let guards = timely::execute(config, move |worker| work(worker, &job))?;
+    let mut results = guards.join().into_iter();
+    let first = results.next().ok_or("no workers ran")??;
+    for other in results {
+        other?;
+    }
+    Ok(first)
+}
+
 /// A hash that is the same in every process and run, for routing records to workers.
 pub fn route_hash(parts: &[&[u8]]) -> u64 {
     // FNV-1a, then a final mix so that low bits are well spread.

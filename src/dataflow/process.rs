@@ -11,7 +11,6 @@
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::rc::Rc;
-use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
@@ -176,14 +175,7 @@ struct PartAggregate {
 
 /// Runs the job's steps on a timely cluster; returns the published outcomes (process 0).
 pub fn run(job: ServerJob, config: timely::Config) -> Result<Vec<BatchOutcome>, String> {
-    let job = Arc::new(job);
-    let guards = timely::execute(config, move |worker| server_worker(worker, &job))?;
-    let mut results = guards.join().into_iter();
-    let first = results.next().ok_or("no workers ran")??;
-    for other in results {
-        other?;
-    }
-    Ok(first)
+    super::execute(job, config, server_worker)
 }
 
 fn server_worker(worker: &mut Worker, job: &ServerJob) -> Vec<BatchOutcome> {

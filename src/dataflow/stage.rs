@@ -18,7 +18,6 @@ use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::rc::Rc;
-use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use timely::dataflow::channels::pact::Exchange as ExchangePact;
@@ -83,14 +82,7 @@ struct StagedReport {
 
 /// Runs the job on a timely cluster; returns the global counters.
 pub fn run(job: StageJob, config: timely::Config) -> Result<Counters, String> {
-    let job = Arc::new(job);
-    let guards = timely::execute(config, move |worker| stage_worker(worker, &job))?;
-    let mut results = guards.join().into_iter();
-    let first = results.next().ok_or("no workers ran")??;
-    for other in results {
-        other?;
-    }
-    Ok(first)
+    super::execute(job, config, stage_worker)
 }
 
 fn stage_worker(worker: &mut Worker, job: &StageJob) -> Counters {

@@ -37,3 +37,16 @@ pub fn write_atomic(
     }
     result
 }
+
+/// A record batch as one in-memory Parquet file.
+pub fn parquet_bytes(
+    batch: &arrow::record_batch::RecordBatch,
+    properties: Option<parquet::file::properties::WriterProperties>,
+) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut writer = parquet::arrow::ArrowWriter::try_new(&mut out, batch.schema(), properties)
+        .expect("in-memory writer");
+    writer.write(batch).expect("in-memory write");
+    writer.close().expect("in-memory close");
+    out
+}

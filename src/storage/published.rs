@@ -52,10 +52,5 @@ pub fn encode_published(
         ],
     )
     .expect("columns match the schema");
-    let mut out = Vec::new();
-    let mut writer = parquet::arrow::ArrowWriter::try_new(&mut out, batch.schema(), None)
-        .expect("in-memory writer");
-    writer.write(&batch).expect("in-memory write");
-    writer.close().expect("in-memory close");
-    out
+    super::parquet_bytes(&batch, None)
 }

@@ -78,16 +78,7 @@ pub fn encode_part(
                 ],
             )
             .expect("columns match the schema");
-            let mut out = Vec::new();
-            let mut writer = parquet::arrow::ArrowWriter::try_new(
-                &mut out,
-                batch.schema(),
-                Some(writer_properties()),
-            )
-            .expect("in-memory writer");
-            writer.write(&batch).expect("in-memory write");
-            writer.close().expect("in-memory close");
-            out
+            super::parquet_bytes(&batch, Some(writer_properties()))
         }
     }
 }
