@@ -373,3 +373,44 @@ fn a_server_killed_mid_run_and_restarted_publishes_the_same_answer() {
         }
     }
 }
+
+#[test]
+fn a_server_run_as_a_two_process_cluster_publishes_the_same_answer() {
+    let (world, expected) = World::new(
+        r#"{"x": 48, "h": {"vdaf": "histogram", "length": 5}}"#,
+        40,
+        &[],
+    );
+    let listeners: Vec<_> = (0..2)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let hosts: Vec<String> = listeners
+        .iter()
+        .map(|l| l.local_addr().unwrap().to_string())
+        .collect();
+    drop(listeners);
+    let hostfile = world.path("hosts.txt");
+    std::fs::write(&hostfile, hosts.join("\n")).unwrap();
+    let hostfile = hostfile.display().to_string();
+    let cluster = |i: &str| {
+        world.spawn(
+            Role::A,
+            "process",
+            &["--processes", "2", "--process", i, "--hostfile", &hostfile],
+        )
+    };
+    let (a0, a1) = (cluster("0"), cluster("1"));
+    let b = world.spawn(Role::B, "process", &["--workers", "2"]);
+    for child in [a0, a1, b] {
+        ok(child.wait_with_output().unwrap());
+    }
+    for batch in ["x", "h"] {
+        for role in Role::BOTH {
+            let published = world.published(role, batch).unwrap();
+            assert_eq!(
+                published["aggregate"], expected["batches"][batch]["aggregate"],
+                "{batch} at {role}"
+            );
+        }
+    }
+}
