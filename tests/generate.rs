@@ -7,6 +7,8 @@ use std::io::Read;
 use std::path::Path;
 use std::process::Command;
 
+mod common;
+
 use prio_processor::wire::config::BatchConfig;
 use prio_processor::wire::envelope::generate_keypair;
 use prio_processor::wire::ping::{decode_base64, parse_ping, parse_sink_line, Ping};
@@ -16,20 +18,10 @@ use prio_processor::wire::Role;
 const CONFIG: &str = r#"{"bits-64": 64, "flag": {"vdaf": "count"}}"#;
 
 fn files(dir: &Path, ext: &str) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.extension().is_some_and(|x| x == ext) {
-                out.push(p);
-            }
-        }
-    }
-    out.sort();
-    out
+    common::files_below(dir)
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|x| x == ext))
+        .collect()
 }
 
 fn gunzip(bytes: &[u8]) -> Vec<u8> {

@@ -5,6 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};
 
+mod common;
+
 use prio_processor::storage::messages::decode_staged;
 use prio_processor::storage::staged::{encode_part, StagedFormat};
 use prio_processor::wire::envelope::generate_keypair;
@@ -381,16 +383,7 @@ fn a_server_run_as_a_two_process_cluster_publishes_the_same_answer() {
         40,
         &[],
     );
-    let listeners: Vec<_> = (0..2)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    let hosts: Vec<String> = listeners
-        .iter()
-        .map(|l| l.local_addr().unwrap().to_string())
-        .collect();
-    drop(listeners);
-    let hostfile = world.path("hosts.txt");
-    std::fs::write(&hostfile, hosts.join("\n")).unwrap();
+    let hostfile = common::hostfile(&world.path(""), 2);
     let hostfile = hostfile.display().to_string();
     let cluster = |i: &str| {
         world.spawn(

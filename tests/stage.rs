@@ -3,8 +3,10 @@
 //! reruns, and unreadable files.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
+
+mod common;
 
 use prio_processor::wire::envelope::generate_keypair;
 use prio_processor::wire::ping::SinkMessage;
@@ -41,22 +43,15 @@ fn stage(input: &Path, output: &Path, extra: &[&str]) -> Output {
 
 /// Every file below `dir`, relative path -> bytes.
 fn tree(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.insert(
-                    p.strip_prefix(dir).unwrap().display().to_string(),
-                    std::fs::read(&p).unwrap(),
-                );
-            }
-        }
-    }
-    out
+    common::files_below(dir)
+        .into_iter()
+        .map(|p| {
+            (
+                p.strip_prefix(dir).unwrap().display().to_string(),
+                std::fs::read(&p).unwrap(),
+            )
+        })
+        .collect()
 }
 
 /// The staged parts only (markers hold run-specific fields like the input URL).
@@ -276,20 +271,6 @@ fn malformed_and_duplicate_records_are_counted_and_formats_agree() {
     assert_eq!(names("a"), names("b"));
 }
 
-/// Free loopback ports for a cluster's hostfile.
-fn hostfile(dir: &Path, n: usize) -> PathBuf {
-    let listeners: Vec<_> = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    let hosts: Vec<String> = listeners
-        .iter()
-        .map(|l| l.local_addr().unwrap().to_string())
-        .collect();
-    let path = dir.join("hosts.txt");
-    std::fs::write(&path, hosts.join("\n")).unwrap();
-    path
-}
-
 #[test]
 fn output_is_identical_for_any_worker_or_process_count_and_reruns() {
     let dir = tempfile::tempdir().unwrap();
@@ -304,7 +285,7 @@ fn output_is_identical_for_any_worker_or_process_count_and_reruns() {
         &out("two"),
         &[&size[..], &["--workers", "2"]].concat(),
     );
-    let hosts = hostfile(dir.path(), 2);
+    let hosts = common::hostfile(dir.path(), 2);
     let cluster = |i: usize| {
         let mut cmd = bin();
         cmd.args(["stage", "--date", DATE, "--input"])

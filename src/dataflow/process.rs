@@ -278,6 +278,13 @@ fn wait_for_peer(job: &ServerJob, step: Step) {
     ));
 }
 
+fn part_vdaf<'a>(job: &'a ServerJob, part: &Part) -> &'a Vdaf {
+    &job.config
+        .get(&part.batch_id)
+        .expect("listed parts are configured")
+        .vdaf
+}
+
 /// The parts this worker handles: every `peers`-th in sorted order.
 fn my_parts<'a>(worker: &Worker, parts: &'a [Part]) -> impl Iterator<Item = &'a Part> {
     let (index, peers) = (worker.index(), worker.peers());
@@ -433,11 +440,7 @@ fn message_step(
 ) {
     let mut counters = Counters::new();
     for part in my_parts(worker, parts) {
-        let vdaf = &job
-            .config
-            .get(&part.batch_id)
-            .expect("listed parts are configured")
-            .vdaf;
+        let vdaf = part_vdaf(job, part);
         let messages = compute(job, vdaf, part);
         for row in &messages.sent {
             bump(
@@ -533,11 +536,7 @@ fn aggregate_step(worker: &mut Worker, job: &ServerJob, parts: &[Part]) {
         );
     });
     for part in my_parts(worker, parts) {
-        let vdaf = &job
-            .config
-            .get(&part.batch_id)
-            .expect("listed parts are configured")
-            .vdaf;
+        let vdaf = part_vdaf(job, part);
         input.send(aggregate_part(job, vdaf, part));
         worker.step();
     }
