@@ -1,6 +1,7 @@
 //! Command line: clap commands, environment variables, exit codes, progress
 //! output. Errors here are `anyhow` with context; layers below use typed errors.
 
+mod cleanup;
 mod encode;
 mod generate;
 mod integrate;
@@ -55,6 +56,7 @@ enum Command {
     /// Step 4: check the peer's aggregate covers the same reports; publish.
     Publish(process::ServerArgs),
     Integrate(integrate::IntegrateArgs),
+    Cleanup(cleanup::CleanupArgs),
 }
 
 /// Parses arguments, runs the command, and maps the outcome to an exit code.
@@ -73,6 +75,7 @@ pub fn main() -> ExitCode {
         Command::Aggregate(args) => process::run_steps(args, &[Step::Aggregate]),
         Command::Publish(args) => process::run_steps(args, &[Step::Publish]),
         Command::Integrate(args) => integrate::run(args),
+        Command::Cleanup(args) => cleanup::run(args),
     };
     match result {
         Ok(code) => ExitCode::from(code),

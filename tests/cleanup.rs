@@ -1,0 +1,82 @@
+//! `cleanup` deletes one date (or all) from the private bucket and the inbox,
+//! and nothing else; `--dry-run` only lists.
+
+use std::path::Path;
+use std::process::Command;
+
+mod common;
+
+fn write(path: &Path) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, b"x").unwrap();
+}
+
+fn cleanup(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_prio-processor"))
+        .arg("cleanup")
+        .args(args)
+        .env("BUCKET_INTERNAL_PRIVATE", dir.join("private"))
+        .env("BUCKET_INTERNAL_SHARED", dir.join("inbox"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+fn remaining(dir: &Path) -> Vec<String> {
+    let mut files: Vec<String> = common::files_below(dir)
+        .iter()
+        .map(|p| p.strip_prefix(dir).unwrap().display().to_string())
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn cleanup_removes_one_date_and_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    for f in [
+        "private/2019-06-26/raw/batch_id=x/part-00000.parquet",
+        "private/2019-06-26/raw/_SUCCESS",
+        "private/2019-06-27/raw/_SUCCESS",
+        "inbox/2019-06-26/intermediate/external/verify1/_SUCCESS",
+        "inbox/2019-06-27/intermediate/external/verify1/_SUCCESS",
+        "outbox/2019-06-26/intermediate/external/verify1/_SUCCESS",
+        "private-other/2019-06-26/raw/_SUCCESS",
+    ] {
+        write(&d.join(f));
+    }
+    let before = remaining(d);
+    let listed = cleanup(d, &["--date", "2019-06-26", "--dry-run"]);
+    assert_eq!(listed.matches("would delete").count(), 3, "{listed}");
+    assert_eq!(remaining(d), before, "a dry run deletes nothing");
+
+    let said = cleanup(d, &["--date", "2019-06-26"]);
+    assert!(
+        said.contains("BUCKET_INTERNAL_PRIVATE: deleted 2 objects")
+            && said.contains("BUCKET_INTERNAL_SHARED: deleted 1 objects"),
+        "{said}"
+    );
+    assert_eq!(
+        remaining(d),
+        [
+            "inbox/2019-06-27/intermediate/external/verify1/_SUCCESS",
+            "outbox/2019-06-26/intermediate/external/verify1/_SUCCESS",
+            "private-other/2019-06-26/raw/_SUCCESS",
+            "private/2019-06-27/raw/_SUCCESS",
+        ]
+    );
+    cleanup(d, &["--all"]);
+    assert_eq!(
+        remaining(d),
+        [
+            "outbox/2019-06-26/intermediate/external/verify1/_SUCCESS",
+            "private-other/2019-06-26/raw/_SUCCESS"
+        ]
+    );
+}
