@@ -225,11 +225,7 @@ fn list_parts(job: &ServerJob) -> Vec<Part> {
         .filter_map(|(name, _)| {
             let (dir, file) = name.split_once('/')?;
             let batch_id = dir.strip_prefix("batch_id=")?;
-            let format = match file.rsplit('.').next()? {
-                "parquet" => StagedFormat::Parquet,
-                "ndjson" => StagedFormat::Ndjson,
-                _ => return None,
-            };
+            let format = StagedFormat::of_extension(file.rsplit('.').next()?)?;
             if job.config.get(batch_id).is_none() {
                 unknown.insert(batch_id.to_string());
                 return None;

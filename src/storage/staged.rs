@@ -26,6 +26,13 @@ pub enum StagedFormat {
 }
 
 impl StagedFormat {
+    /// The format a part's file extension names.
+    pub fn of_extension(ext: &str) -> Option<StagedFormat> {
+        [StagedFormat::Parquet, StagedFormat::Ndjson]
+            .into_iter()
+            .find(|f| f.extension() == ext)
+    }
+
     pub fn extension(self) -> &'static str {
         match self {
             StagedFormat::Parquet => "parquet",
@@ -138,16 +145,14 @@ impl StagedLayout {
     }
 
     /// Removes a previous run's output for this date, `_SUCCESS` first so
-    /// that no reader trusts a half-deleted output.
+    /// that no reader trusts a half-deleted output. The marker directories
+    /// hold the server directories in both layouts.
     pub fn clear(&self) -> Result<(), StorageError> {
         for m in &self.markers {
             m.delete(SUCCESS)?;
         }
         for m in &self.markers {
             m.delete_all("")?;
-        }
-        for s in &self.servers {
-            s.delete_all("")?;
         }
         Ok(())
     }
