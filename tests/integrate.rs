@@ -12,6 +12,9 @@ fn integrate_runs_the_whole_system_to_a_green_summary() {
         .arg(dir.path())
         .env_remove("DATA_CONFIG")
         .env_remove("SHARED_SECRET")
+        .env_remove("STAGING_SECRET")
+        .env_remove("PRIVATE_KEY_HEX_A")
+        .env_remove("PRIVATE_KEY_HEX_B")
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);

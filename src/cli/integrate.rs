@@ -1,11 +1,13 @@
-//! `integrate`: the whole system on the local filesystem, as the README's
-//! first command. Keys, a simulated dump with a known answer, staging into
-//! both servers' private buckets, then server A and server B as two separate
-//! OS processes that share nothing but their inboxes; the published
-//! aggregates are checked against the plaintext totals.
+//! `integrate`: the whole system on one machine, as the README's first
+//! command. Keys, a simulated dump with a known answer, staging into both
+//! servers' private buckets, then server A and server B as two separate OS
+//! processes that share nothing but their inboxes; the published aggregates
+//! are checked against the plaintext totals. The buckets live under the work
+//! directory, or under any storage URL (`--storage s3://...`), which is how
+//! the backend tests run the whole system against real storage servers.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context};
@@ -14,15 +16,20 @@ use clap::Args;
 
 use super::generate::{generate_dump, DumpOptions, Expected, Pattern};
 use super::{exit, parse_date, ConfigArg};
+use crate::storage::location::{Location, StorageError};
 use crate::wire::client::ServerPublicKeys;
-use crate::wire::envelope::generate_keypair;
+use crate::wire::envelope::{generate_keypair, PrivateKey};
 use crate::wire::Role;
 
 /// Run the whole system locally and check the result against the known answer.
 #[derive(Args, Debug)]
 #[command(after_help = "Example:\n  prio-processor integrate\n  \
     prio-processor integrate --pings 2000 --workers 2 \\\n    \
-    --config '{\"clicks\": {\"vdaf\": \"sumvec\", \"length\": 64, \"bits\": 4}}'\n\n\
+    --config '{\"clicks\": {\"vdaf\": \"sumvec\", \"length\": 64, \"bits\": 4}}'\n  \
+    AWS_ENDPOINT_URL=http://127.0.0.1:9000 AWS_ALLOW_HTTP=true prio-processor integrate \\\n    \
+    --storage s3://test-bucket/integrate\n\n\
+    Keys and secrets are fresh for each run unless PRIVATE_KEY_HEX_A, PRIVATE_KEY_HEX_B,\n\
+    SHARED_SECRET or STAGING_SECRET are set.\n\n\
     Exit code 0 when every batch's published aggregate matches the expected totals, 3 when one\n\
     does not, 1 when a step fails.")]
 pub struct IntegrateArgs {
@@ -36,6 +43,10 @@ pub struct IntegrateArgs {
     /// Work directory for the dump, the buckets and the results (its previous run is replaced).
     #[arg(long, default_value = "data/work")]
     pub work_dir: PathBuf,
+    /// Put the dump and both servers' buckets under this storage URL instead of the work
+    /// directory (s3://, gs://, az://, file://; credentials from the environment).
+    #[arg(long)]
+    pub storage: Option<String>,
     /// Number of simulated clients.
     #[arg(long, default_value_t = 200)]
     pub pings: usize,
@@ -47,8 +58,22 @@ pub struct IntegrateArgs {
     pub date: chrono::NaiveDate,
 }
 
-fn fresh_secret() -> String {
-    base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 32]>())
+/// A secret from the environment, or a fresh random one.
+fn secret_from_env(var: &str) -> String {
+    std::env::var(var).unwrap_or_else(|_| {
+        base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 32]>())
+    })
+}
+
+/// A server's key from `PRIVATE_KEY_HEX_<A|B>`, or a fresh one.
+fn key_from_env(role: Role) -> anyhow::Result<PrivateKey> {
+    let var = format!("PRIVATE_KEY_HEX_{}", role.as_str().to_uppercase());
+    match std::env::var(&var) {
+        Ok(hex) => {
+            PrivateKey::from_hex(&hex).with_context(|| format!("{var} is not a private key"))
+        }
+        Err(_) => Ok(generate_keypair()),
+    }
 }
 
 /// Runs this binary with `args` and `envs`, failing with its stderr.
@@ -83,15 +108,17 @@ pub fn run(args: IntegrateArgs) -> anyhow::Result<u8> {
     };
     let config = config_arg.load()?;
     let work = std::path::absolute(&args.work_dir)?;
+    let root = Location::parse(&args.storage.clone().unwrap_or(work.display().to_string()))?;
     for dir in ["dump", "server-a", "server-b"] {
-        let path = work.join(dir);
-        if path.exists() {
-            std::fs::remove_dir_all(&path)
-                .with_context(|| format!("clearing {}", path.display()))?;
-        }
+        root.delete_all(dir)?;
+    }
+    let local_dump = work.join("dump");
+    if local_dump.exists() {
+        std::fs::remove_dir_all(&local_dump)
+            .with_context(|| format!("clearing {}", local_dump.display()))?;
     }
     let date = args.date.format("%Y-%m-%d").to_string();
-    let keys = [generate_keypair(), generate_keypair()];
+    let keys = [key_from_env(Role::A)?, key_from_env(Role::B)?];
     let public = ServerPublicKeys {
         a: keys[0].public_key(),
         b: keys[1].public_key(),
@@ -106,17 +133,23 @@ pub fn run(args: IntegrateArgs) -> anyhow::Result<u8> {
         seed: 0,
         unknown_batch_id: Some("bad-id".into()),
     };
-    let dump = work.join("dump");
     eprintln!(
         "[1/4] generating {} pings into {}",
         args.pings,
-        dump.display()
+        local_dump.display()
     );
-    let expected = generate_dump(&config, &public, &options, &dump)?;
+    let expected = generate_dump(&config, &public, &options, &local_dump)?;
+    let input = root.child("dump/sink");
+    if args.storage.is_some() {
+        copy_all(
+            &Location::parse(&local_dump.join("sink").display().to_string())?,
+            &input,
+        )?;
+    }
 
     let bucket = |role: Role, name: &str| {
-        work.join(format!("server-{role}/{name}"))
-            .display()
+        root.child(&format!("server-{role}/{name}"))
+            .url()
             .to_string()
     };
     let workers = args.workers.to_string();
@@ -128,7 +161,7 @@ pub fn run(args: IntegrateArgs) -> anyhow::Result<u8> {
             "--date",
             &date,
             "--input",
-            &dump.join("sink").display().to_string(),
+            input.url(),
             "--workers",
             &workers,
             "--output-a",
@@ -136,7 +169,7 @@ pub fn run(args: IntegrateArgs) -> anyhow::Result<u8> {
             "--output-b",
             &bucket(Role::B, "private"),
         ],
-        &[("STAGING_SECRET", fresh_secret())],
+        &[("STAGING_SECRET", secret_from_env("STAGING_SECRET"))],
     )?;
     let staged = stage.wait_with_output()?;
     if !staged.status.success() {
@@ -144,7 +177,7 @@ pub fn run(args: IntegrateArgs) -> anyhow::Result<u8> {
     }
 
     eprintln!("[3/4] running server A and server B as separate processes");
-    let shared_secret = fresh_secret();
+    let shared_secret = secret_from_env("SHARED_SECRET");
     let servers: Vec<_> = Role::BOTH
         .iter()
         .map(|&role| {
@@ -174,25 +207,45 @@ pub fn run(args: IntegrateArgs) -> anyhow::Result<u8> {
     }
 
     eprintln!("[4/4] checking the published aggregates against the plaintext totals");
-    Ok(print_summary(&expected, &work, &date))
+    print_summary(&expected, &root, &date)
+}
+
+/// Copies every object below `from` to the same place below `to`.
+fn copy_all(from: &Location, to: &Location) -> anyhow::Result<()> {
+    for (rel, _) in from.list()? {
+        to.put(&rel, from.get(&rel)?)?;
+    }
+    Ok(())
+}
+
+/// Where a server publishes its results for a date.
+fn processed(root: &Location, role: Role, date: &str) -> Location {
+    root.child(&format!("server-{role}/private/{date}/processed"))
 }
 
 /// One server's published result for a batch, if any.
-fn published(work: &Path, role: Role, date: &str, batch: &str) -> Option<serde_json::Value> {
-    let path = work.join(format!(
-        "server-{role}/private/{date}/processed/batch_id={batch}/aggregate.json"
-    ));
-    serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+fn published(
+    root: &Location,
+    role: Role,
+    date: &str,
+    batch: &str,
+) -> anyhow::Result<Option<serde_json::Value>> {
+    match processed(root, role, date).get(&format!("batch_id={batch}/aggregate.json")) {
+        Ok(bytes) => Ok(Some(serde_json::from_slice(&bytes)?)),
+        Err(StorageError::NotFound { .. }) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
 }
 
-fn print_summary(expected: &Expected, work: &Path, date: &str) -> u8 {
+fn print_summary(expected: &Expected, root: &Location, date: &str) -> anyhow::Result<u8> {
     let mut all_match = true;
     println!(
         "{:<54} {:>8} {:>10} {:>8}  match  rejected by reason",
         "batch id", "reports", "aggregated", "rejected"
     );
     for (batch_id, want) in &expected.batches {
-        let [a, b] = [Role::A, Role::B].map(|r| published(work, r, date, batch_id));
+        let a = published(root, Role::A, date, batch_id)?;
+        let b = published(root, Role::B, date, batch_id)?;
         let matches = match (&a, &b) {
             (Some(a), Some(b)) => {
                 a["aggregate"] == b["aggregate"]
@@ -218,7 +271,7 @@ fn print_summary(expected: &Expected, work: &Path, date: &str) -> u8 {
         );
     }
     for (batch_id, count) in &expected.unknown_batches {
-        let published = published(work, Role::A, date, batch_id).is_some();
+        let published = published(root, Role::A, date, batch_id)?.is_some();
         all_match &= !published;
         println!(
             "{batch_id:<54} {count:>8} {:>10} {:>8}  {:<5}  not in the config: skipped",
@@ -239,15 +292,14 @@ fn print_summary(expected: &Expected, work: &Path, date: &str) -> u8 {
     for role in Role::BOTH {
         println!(
             "results of server {role}: {}",
-            work.join(format!("server-{role}/private/{date}/processed"))
-                .display()
+            processed(root, role, date).url()
         );
     }
     if all_match {
         println!("result: every published aggregate matches the expected totals");
-        exit::OK
+        Ok(exit::OK)
     } else {
         println!("result: MISMATCH against the expected totals");
-        exit::MISMATCH
+        Ok(exit::MISMATCH)
     }
 }

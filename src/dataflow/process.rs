@@ -4,9 +4,12 @@
 //! peer's message of the step before it.
 //!
 //! Work is split by staged part (all parts in order, `index % peers`), so a
-//! worker holds one part at a time. Verification state is recomputed from the
-//! raw shares in each step instead of being stored. A step whose `_SUCCESS`
-//! exists is not redone, so a killed server can simply be started again.
+//! worker holds one part at a time. Each step keeps what the next one needs
+//! (verification states, then output shares) in the private bucket, part by
+//! part, so memory stays bounded by a part. A step whose `_SUCCESS` exists is
+//! not redone, so a killed server can simply be started again. What goes to
+//! the peer is written once ([`Location::put_once`]): a rerun rewrites the
+//! same bytes, and can never change a message the peer may have read.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -14,6 +17,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use base64::Engine;
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use timely::dataflow::channels::pact::Exchange as ExchangePact;
@@ -447,7 +451,7 @@ fn message_step(
         }
         let name = part.message_name();
         job.sent(step)
-            .put(&name, encode_message(&messages.sent))
+            .put_once(&name, encode_message(&messages.sent).into())
             .unwrap_or_else(|e| fatal(e));
         job.own(step)
             .put(&name, encode_message(&messages.own))
@@ -465,11 +469,15 @@ fn message_step(
 
 /// Marks a step done: the peer's copy first, then this server's (the skip marker).
 fn finish_step(job: &ServerJob, step: Step, summary: &[u8]) {
-    for loc in [job.sent(step), job.own(step)] {
-        loc.put("_SUMMARY.json", summary.to_vec())
-            .unwrap_or_else(|e| fatal(e));
-        loc.put(SUCCESS, Vec::new()).unwrap_or_else(|e| fatal(e));
-    }
+    let sent = job.sent(step);
+    sent.put_once("_SUMMARY.json", Bytes::copy_from_slice(summary))
+        .unwrap_or_else(|e| fatal(e));
+    sent.put_once(SUCCESS, Bytes::new())
+        .unwrap_or_else(|e| fatal(e));
+    let own = job.own(step);
+    own.put("_SUMMARY.json", summary.to_vec())
+        .unwrap_or_else(|e| fatal(e));
+    own.put(SUCCESS, Vec::new()).unwrap_or_else(|e| fatal(e));
     tracing::info!("{}: done", step.name());
 }
 
@@ -582,7 +590,7 @@ fn aggregate_step(worker: &mut Worker, job: &ServerJob, parts: &[Part]) {
         let bytes = serde_json::to_vec_pretty(&message).expect("JSON");
         let name = format!("batch_id={batch_id}/aggregate.json");
         job.sent(Step::Aggregate)
-            .put(&name, bytes.clone())
+            .put_once(&name, Bytes::from(bytes.clone()))
             .unwrap_or_else(|e| fatal(e));
         job.own(Step::Aggregate)
             .put(&name, bytes)

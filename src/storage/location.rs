@@ -13,12 +13,17 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 /// A storage failure, naming the object it concerns and what to do about it.
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
-    #[error("{url:?} is not a storage URL or path: {message}")]
+    #[error("cannot open storage location {url:?}: {message}")]
     BadUrl { url: String, message: String },
     #[error("{url}: not found")]
     NotFound { url: String },
     #[error("{url}: access denied; check the credentials for this bucket ({hint})")]
     Denied { url: String, hint: &'static str },
+    #[error(
+        "{url} already exists with different content; it was written by an earlier run \
+         from other inputs. Reset both servers for this date (prio-processor cleanup) and rerun"
+    )]
+    Conflict { url: String },
     #[error("{url}: {source}")]
     Other {
         url: String,
@@ -60,6 +65,16 @@ impl Location {
     /// Resolves a URL or a local path. Cloud credentials come from the
     /// environment (`AWS_*`, `GOOGLE_*`, `AZURE_*`), as each SDK documents.
     pub fn parse(text: &str) -> Result<Location, StorageError> {
+        Location::parse_with(text, std::iter::empty::<(String, String)>())
+    }
+
+    /// Like [`Location::parse`], with store options (object_store config
+    /// keys such as `aws_endpoint` or `google_service_account_key`) that
+    /// override the environment.
+    pub fn parse_with(
+        text: &str,
+        options: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Location, StorageError> {
         let bad = |message: String| StorageError::BadUrl {
             url: text.to_string(),
             message,
@@ -70,8 +85,8 @@ impl Location {
             let path = std::path::absolute(text).map_err(|e| bad(e.to_string()))?;
             url::Url::from_directory_path(&path).map_err(|_| bad("not an absolute path".into()))?
         };
-        let (store, prefix) =
-            object_store::parse_url_opts(&url, std::env::vars()).map_err(|e| bad(e.to_string()))?;
+        let (store, prefix) = object_store::parse_url_opts(&url, std::env::vars().chain(options))
+            .map_err(|e| bad(format!("{e} ({})", credential_hint(text))))?;
         Ok(Location {
             store: Arc::from(store),
             prefix,
@@ -100,12 +115,16 @@ impl Location {
         self.child(rel).prefix
     }
 
-    fn error(&self, rel: &str, source: object_store::Error) -> StorageError {
-        let url = if rel.is_empty() {
+    fn object_url(&self, rel: &str) -> String {
+        if rel.is_empty() {
             self.url.clone()
         } else {
             format!("{}/{}", self.url, rel)
-        };
+        }
+    }
+
+    fn error(&self, rel: &str, source: object_store::Error) -> StorageError {
+        let url = self.object_url(rel);
         match source {
             object_store::Error::NotFound { .. } => StorageError::NotFound { url },
             object_store::Error::PermissionDenied { .. }
@@ -154,6 +173,24 @@ impl Location {
             .block_on(self.store.put(&path, payload))
             .map(|_| ())
             .map_err(|e| self.error(rel, e))
+    }
+
+    /// Writes an object that must never change once written, such as a
+    /// message the peer may already have read: created if absent, accepted
+    /// if already there with the same bytes (a rerun), and a
+    /// [`StorageError::Conflict`] otherwise. The create is conditional
+    /// (`PutMode::Create`) on every store that supports it.
+    pub fn put_once(&self, rel: &str, data: Bytes) -> Result<(), StorageError> {
+        let path = self.path(rel);
+        let options = object_store::PutOptions::from(object_store::PutMode::Create);
+        match runtime().block_on(self.store.put_opts(&path, data.clone().into(), options)) {
+            Ok(_) => Ok(()),
+            Err(object_store::Error::AlreadyExists { .. }) if self.get(rel)? == data => Ok(()),
+            Err(object_store::Error::AlreadyExists { .. }) => Err(StorageError::Conflict {
+                url: self.object_url(rel),
+            }),
+            Err(e) => Err(self.error(rel, e)),
+        }
     }
 
     /// Whether an object exists.
@@ -211,6 +248,98 @@ mod tests {
         ));
         assert_eq!(loc.delete_all("a/b").unwrap(), 1);
         assert_eq!(loc.list().unwrap(), vec![("a/d.txt".to_string(), 1)]);
+    }
+
+    #[test]
+    fn put_once_accepts_a_rerun_and_refuses_a_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let loc = Location::parse(dir.path().to_str().unwrap()).unwrap();
+        loc.put_once("m/x", Bytes::from_static(b"same")).unwrap();
+        loc.put_once("m/x", Bytes::from_static(b"same")).unwrap();
+        let err = loc.put_once("m/x", Bytes::from_static(b"new")).unwrap_err();
+        assert!(matches!(err, StorageError::Conflict { .. }), "{err}");
+        assert!(err.to_string().contains("cleanup"), "{err}");
+        assert_eq!(loc.get("m/x").unwrap(), Bytes::from_static(b"same"));
+    }
+
+    /// A one-request HTTP server on loopback: answers `status`, returns the request line.
+    fn answer_once(status: &'static str) -> (String, std::thread::JoinHandle<String>) {
+        use std::io::{BufRead, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let handle = std::thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            let mut reader = std::io::BufReader::new(stream);
+            let mut request_line = String::new();
+            reader.read_line(&mut request_line).unwrap();
+            let mut line = String::new();
+            while reader.read_line(&mut line).unwrap() > 2 {
+                line.clear();
+            }
+            write!(
+                reader.get_mut(),
+                "HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            )
+            .unwrap();
+            request_line.trim_end().to_string()
+        });
+        (base, handle)
+    }
+
+    #[test]
+    fn gcs_urls_address_the_bucket_and_object_and_denials_name_the_variable() {
+        let (base, request) = answer_once("403 Forbidden");
+        // A service-account key without OAuth that points the client at loopback.
+        let key = serde_json::json!({
+            "private_key": "", "private_key_id": "", "client_email": "",
+            "disable_oauth": true, "gcs_base_url": base,
+        });
+        let loc = Location::parse_with(
+            "gs://telemetry-bucket/prio/a",
+            [("google_service_account_key".to_string(), key.to_string())],
+        )
+        .unwrap();
+        assert_eq!(loc.url(), "gs://telemetry-bucket/prio/a");
+        let err = loc.child("2019-06-26").get("raw/_SUCCESS").unwrap_err();
+        // object_store percent-encodes the whole object name; GCS decodes it.
+        let request = request.join().unwrap();
+        let mut decoded = Vec::new();
+        let mut bytes = request.bytes();
+        while let Some(b) = bytes.next() {
+            if b == b'%' {
+                let hex = [bytes.next().unwrap(), bytes.next().unwrap()];
+                decoded.push(u8::from_str_radix(std::str::from_utf8(&hex).unwrap(), 16).unwrap());
+            } else {
+                decoded.push(b);
+            }
+        }
+        assert_eq!(
+            String::from_utf8(decoded).unwrap(),
+            "GET /telemetry-bucket/prio/a/2019-06-26/raw/_SUCCESS HTTP/1.1"
+        );
+        let text = err.to_string();
+        assert!(matches!(err, StorageError::Denied { .. }), "{text}");
+        assert!(
+            text.contains("gs://telemetry-bucket/prio/a/2019-06-26/raw/_SUCCESS"),
+            "{text}"
+        );
+        assert!(text.contains("GOOGLE_APPLICATION_CREDENTIALS"), "{text}");
+    }
+
+    #[test]
+    fn gcs_credentials_file_that_cannot_be_read_is_a_clear_error() {
+        let err = Location::parse_with(
+            "gs://bucket/prefix",
+            [(
+                "google_application_credentials".to_string(),
+                "/nonexistent/prio-key.json".to_string(),
+            )],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("gs://bucket/prefix"), "{err}");
+        assert!(err.contains("/nonexistent/prio-key.json"), "{err}");
+        assert!(err.contains("GOOGLE_APPLICATION_CREDENTIALS"), "{err}");
     }
 
     #[test]

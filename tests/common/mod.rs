@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)] // each test binary uses a subset
 
+pub mod storage_servers;
+
 use std::path::{Path, PathBuf};
 
 /// Every file below `dir`, sorted by path.

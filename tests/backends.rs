@@ -1,0 +1,231 @@
+//! Every storage backend against a real server on 127.0.0.1: one
+//! conformance suite for the `Location` operations the jobs rely on, then
+//! the whole two-server pipeline (`integrate --storage`) in separate OS
+//! processes. GCS runs the conformance suite against a real bucket when
+//! `GOOGLE_APPLICATION_CREDENTIALS` and `PRIO_TEST_GCS_BUCKET` are set.
+
+mod common;
+
+use std::process::Command;
+
+use bytes::Bytes;
+use common::storage_servers::{Backend, StorageServer};
+use prio_processor::storage::location::{Location, StorageError};
+
+/// What the jobs need from a store, checked the same way on each backend.
+fn conformance(loc: &Location) {
+    // Round trips, including names with the '=' of partition directories.
+    let big = Bytes::from(
+        (0..3_000_000u32)
+            .map(|i| (i % 251) as u8)
+            .collect::<Vec<_>>(),
+    );
+    loc.put("batch_id=x/part-00000.parquet", big.clone())
+        .unwrap();
+    loc.put("batch_id=x/_SUCCESS", Bytes::new()).unwrap();
+    loc.put(
+        "batch_id=xy/part-00000.parquet",
+        Bytes::from_static(b"sibling"),
+    )
+    .unwrap();
+    loc.put("top.json", Bytes::from_static(b"{}")).unwrap();
+    assert_eq!(loc.get("batch_id=x/part-00000.parquet").unwrap(), big);
+    assert_eq!(loc.get("batch_id=x/_SUCCESS").unwrap(), Bytes::new());
+
+    // Listing: sorted, relative, with sizes, and a prefix is a directory, not a string prefix.
+    assert_eq!(
+        loc.list().unwrap(),
+        vec![
+            ("batch_id=x/_SUCCESS".to_string(), 0),
+            (
+                "batch_id=x/part-00000.parquet".to_string(),
+                big.len() as u64
+            ),
+            ("batch_id=xy/part-00000.parquet".to_string(), 7),
+            ("top.json".to_string(), 2),
+        ]
+    );
+    assert_eq!(loc.child("batch_id=x").list().unwrap().len(), 2);
+    assert!(loc.child("nothing-here").list().unwrap().is_empty());
+
+    assert!(loc.exists("batch_id=x/_SUCCESS").unwrap());
+    assert!(!loc.exists("batch_id=x/missing").unwrap());
+    assert!(matches!(
+        loc.get("batch_id=x/missing"),
+        Err(StorageError::NotFound { .. })
+    ));
+
+    // A plain put replaces.
+    loc.put("top.json", Bytes::from_static(b"{\"v\":2}"))
+        .unwrap();
+    assert_eq!(
+        loc.get("top.json").unwrap(),
+        Bytes::from_static(b"{\"v\":2}")
+    );
+
+    // Write-once objects: a rerun with the same bytes passes, other bytes are refused.
+    loc.put_once("sent/part.parquet", Bytes::from_static(b"first"))
+        .unwrap();
+    loc.put_once("sent/part.parquet", Bytes::from_static(b"first"))
+        .unwrap();
+    let err = loc
+        .put_once("sent/part.parquet", Bytes::from_static(b"other"))
+        .unwrap_err();
+    assert!(matches!(err, StorageError::Conflict { .. }), "{err}");
+    assert!(err.to_string().contains("sent/part.parquet"), "{err}");
+    assert_eq!(
+        loc.get("sent/part.parquet").unwrap(),
+        Bytes::from_static(b"first")
+    );
+
+    // Deleting: missing objects are fine, and only what is below the prefix goes.
+    loc.delete("batch_id=x/missing").unwrap();
+    assert_eq!(loc.delete_all("batch_id=x").unwrap(), 2);
+    assert_eq!(
+        loc.list().unwrap(),
+        vec![
+            ("batch_id=xy/part-00000.parquet".to_string(), 7),
+            ("sent/part.parquet".to_string(), 5),
+            ("top.json".to_string(), 7),
+        ]
+    );
+    assert_eq!(loc.delete_all("").unwrap(), 3);
+    assert!(loc.list().unwrap().is_empty());
+}
+
+/// Runs the whole system with both servers' buckets on `server`.
+fn pipeline(server: &StorageServer) {
+    let work = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_prio-processor"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["integrate", "--pings", "30", "--workers", "2", "--work-dir"])
+        .arg(work.path())
+        .args(["--storage", &server.url("integrate")])
+        .envs(server.env())
+        .env_remove("DATA_CONFIG")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{:?}:\n{stdout}\n{}",
+        server.backend,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stdout.matches("  yes  ").count(), 5, "{stdout}");
+    // Both servers published into the store, not onto local disk.
+    for role in ["a", "b"] {
+        let processed = server.location(&format!(
+            "integrate/server-{role}/private/2019-06-26/processed"
+        ));
+        assert!(processed.exists("_SUCCESS").unwrap(), "server {role}");
+    }
+    assert!(common::files_below(work.path())
+        .iter()
+        .all(|f| f.starts_with(work.path().join("dump"))));
+
+    // cleanup resets server a's private bucket and inbox in the store, and nothing else.
+    let bucket = |role: &str, name: &str| server.url(&format!("integrate/server-{role}/{name}"));
+    let out = Command::new(env!("CARGO_BIN_EXE_prio-processor"))
+        .args(["cleanup", "--date", "2019-06-26"])
+        .env("BUCKET_INTERNAL_PRIVATE", bucket("a", "private"))
+        .env("BUCKET_INTERNAL_SHARED", bucket("a", "inbox"))
+        .envs(server.env())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listed = |role: &str, name: &str| {
+        server
+            .location(&format!("integrate/server-{role}/{name}"))
+            .list()
+            .unwrap()
+            .len()
+    };
+    assert_eq!(listed("a", "private"), 0);
+    assert_eq!(listed("a", "inbox"), 0);
+    assert!(listed("b", "private") > 0 && listed("b", "inbox") > 0);
+}
+
+#[test]
+fn moto_conformance() {
+    if let Some(server) = StorageServer::start(Backend::Moto) {
+        conformance(&server.location("conformance"));
+    }
+}
+
+#[test]
+fn moto_two_server_pipeline() {
+    if let Some(server) = StorageServer::start(Backend::Moto) {
+        pipeline(&server);
+    }
+}
+
+#[test]
+fn s3s_fs_conformance_with_signed_requests() {
+    if let Some(server) = StorageServer::start(Backend::S3sFs) {
+        conformance(&server.location("conformance"));
+    }
+}
+
+#[test]
+fn s3s_fs_two_server_pipeline() {
+    if let Some(server) = StorageServer::start(Backend::S3sFs) {
+        pipeline(&server);
+    }
+}
+
+#[test]
+fn s3s_fs_refuses_wrong_credentials_with_a_hint() {
+    let Some(server) = StorageServer::start(Backend::S3sFs) else {
+        return;
+    };
+    let mut options = server.options();
+    for (k, v) in &mut options {
+        if k == "aws_secret_access_key" {
+            *v = "wrong".into();
+        }
+    }
+    let loc = Location::parse_with(&server.url("denied"), options).unwrap();
+    let err = loc.put("x", Bytes::from_static(b"x")).unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, StorageError::Denied { .. }), "{text}");
+    assert!(text.contains("s3://prio-test/denied/x"), "{text}");
+    assert!(text.contains("AWS_SECRET_ACCESS_KEY"), "{text}");
+    assert!(!text.contains("wrong"), "the secret must not leak: {text}");
+}
+
+#[test]
+fn azurite_conformance() {
+    if let Some(server) = StorageServer::start(Backend::Azurite) {
+        conformance(&server.location("conformance"));
+    }
+}
+
+#[test]
+fn azurite_two_server_pipeline() {
+    if let Some(server) = StorageServer::start(Backend::Azurite) {
+        pipeline(&server);
+    }
+}
+
+/// Needs a real bucket: `GOOGLE_APPLICATION_CREDENTIALS=key.json PRIO_TEST_GCS_BUCKET=name`.
+#[test]
+fn gcs_conformance_against_a_real_bucket() {
+    let (Ok(_), Ok(bucket)) = (
+        std::env::var("GOOGLE_APPLICATION_CREDENTIALS"),
+        std::env::var("PRIO_TEST_GCS_BUCKET"),
+    ) else {
+        eprintln!(
+            "SKIPPED: set GOOGLE_APPLICATION_CREDENTIALS and PRIO_TEST_GCS_BUCKET to run the \
+             conformance suite against a real GCS bucket"
+        );
+        return;
+    };
+    let run = format!("prio-processor-conformance/{}", std::process::id());
+    conformance(&Location::parse(&format!("gs://{bucket}/{run}")).unwrap());
+}
