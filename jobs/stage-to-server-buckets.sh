@@ -12,7 +12,7 @@ set -euo pipefail
 : "${BUCKET_B:?set BUCKET_B, server B private bucket URL}"
 : "${HOSTFILE:=jobs/hosts.txt}"
 : "${PROCESSES:=$(grep -cv '^\s*\(#\|$\)' "$HOSTFILE")}"
-: "${PROCESS:?set PROCESS, this machine's line in the hostfile, from 0}"
+: "${PROCESS:?set PROCESS, the line of this machine in the hostfile, from 0}"
 : "${WORKERS:=$(nproc)}"
 : "${STAGING_SECRET:?set STAGING_SECRET (base64, >= 16 bytes)}"
 export STAGING_SECRET

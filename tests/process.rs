@@ -7,7 +7,7 @@ use std::process::{Child, Command, Output};
 
 mod common;
 
-use prio_processor::storage::messages::decode_staged;
+use prio_processor::storage::messages::{decode_message, decode_staged, encode_message, OK};
 use prio_processor::storage::staged::{encode_part, StagedFormat};
 use prio_processor::wire::envelope::generate_keypair;
 use prio_processor::wire::Role;
@@ -383,14 +383,27 @@ fn a_server_run_as_a_two_process_cluster_publishes_the_same_answer() {
         40,
         &[],
     );
+    // Server a runs through the launch spec users copy, jobs/process-server.sh.
     let hostfile = common::hostfile(&world.path(""), 2);
-    let hostfile = hostfile.display().to_string();
+    let bin_dir = Path::new(env!("CARGO_BIN_EXE_prio-processor"))
+        .parent()
+        .unwrap();
+    let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap());
     let cluster = |i: &str| {
-        world.spawn(
-            Role::A,
-            "process",
-            &["--processes", "2", "--process", i, "--hostfile", &hostfile],
-        )
+        let server = world.server(Role::A, "process", &[]);
+        let mut job = Command::new("bash");
+        job.arg("jobs/process-server.sh")
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env_clear()
+            .envs(server.get_envs().filter_map(|(k, v)| Some((k, v?))))
+            .env("PATH", &path)
+            .env("DATE", DATE)
+            .env("HOSTFILE", &hostfile)
+            .env("PROCESS", i)
+            .env("WORKERS", "1")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        job.spawn().unwrap()
     };
     let (a0, a1) = (cluster("0"), cluster("1"));
     let b = world.spawn(Role::B, "process", &["--workers", "2"]);
@@ -405,5 +418,78 @@ fn a_server_run_as_a_two_process_cluster_publishes_the_same_answer() {
                 "{batch} at {role}"
             );
         }
+    }
+}
+
+#[test]
+fn a_rerun_resends_identical_messages_and_never_changes_one_the_peer_may_have_read() {
+    let (world, _) = World::new(r#"{"x": 16}"#, 12, &[]);
+    let own_marker = world
+        .private(Role::A)
+        .join(format!("{DATE}/intermediate/internal/verify1/_SUCCESS"));
+    ok(world.server(Role::A, "verify1", &[]).output().unwrap());
+    // Forget that verify1 ran: the rerun writes the same bytes to the peer's inbox.
+    std::fs::remove_file(&own_marker).unwrap();
+    ok(world.server(Role::A, "verify1", &[]).output().unwrap());
+    // Now the input changes (a report disappears): the message the peer may
+    // already have read must not change under it.
+    std::fs::remove_file(&own_marker).unwrap();
+    let part = world.staged_parts(Role::A, "x").remove(0);
+    world.edit_part(&part, Role::A, "x", |rows| {
+        rows.pop();
+    });
+    let out = world.server(Role::A, "verify1", &[]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("already exists with different content") && stderr.contains("cleanup"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_report_the_peer_rejects_after_this_server_accepted_it_is_left_out_of_the_sum() {
+    // Every client sends the same Prio2 vector, so leaving out one report
+    // scales the known answer by (n-1)/n.
+    let (world, expected) = World::new(r#"{"x": 16}"#, 12, &[]);
+    for step in ["verify1", "verify2"] {
+        let [a, b] = world.run_both(step, &[], &[]);
+        ok(a);
+        ok(b);
+    }
+    // Each server learns that the other rejected one report it accepted itself.
+    let verdicts = |role: Role| {
+        world.inbox(role).join(format!(
+            "{DATE}/intermediate/external/verify2/batch_id=x/part-00000.parquet"
+        ))
+    };
+    let read =
+        |path: &Path| decode_message("verdicts", std::fs::read(path).unwrap().into()).unwrap();
+    let mut rows = read(&verdicts(Role::A));
+    let flipped = rows.iter().position(|r| r.status == OK).unwrap();
+    let id = rows[flipped].id.clone();
+    rows[flipped].status = "invalid_proof".into();
+    std::fs::write(verdicts(Role::A), encode_message(&rows)).unwrap();
+    let mut rows = read(&verdicts(Role::B));
+    rows.iter_mut().find(|r| r.id == id).unwrap().status = "invalid_proof".into();
+    std::fs::write(verdicts(Role::B), encode_message(&rows)).unwrap();
+
+    let [a, b] = world.run_both("aggregate", &[], &[]);
+    let a = ok(a);
+    ok(b);
+    assert!(String::from_utf8_lossy(&a.stderr).contains("summing the reports both accepted again"));
+    let [a, b] = world.run_both("publish", &[], &[]);
+    ok(a);
+    ok(b);
+    let n = expected["batches"]["x"]["reports"].as_u64().unwrap();
+    let want: Vec<u128> = aggregate_of(&expected["batches"]["x"])
+        .iter()
+        .map(|&total| total / u128::from(n) * u128::from(n - 1))
+        .collect();
+    for role in Role::BOTH {
+        let published = world.published(role, "x").unwrap();
+        assert_eq!(aggregate_of(&published), want, "at {role}");
+        assert_eq!(published["reports_aggregated"], n - 1);
+        assert_eq!(published["rejected"]["peer_verdict_reject"], 1);
     }
 }

@@ -127,13 +127,21 @@ struct Part {
 }
 
 impl Part {
+    /// `batch_id=X/part-NNNNN`, without the extension.
+    fn stem(&self) -> &str {
+        self.name
+            .rsplit_once('.')
+            .map_or(self.name.as_str(), |(s, _)| s)
+    }
+
     /// The message file for this part: same name, always Parquet.
     fn message_name(&self) -> String {
-        let stem = self
-            .name
-            .rsplit_once('.')
-            .map_or(self.name.as_str(), |(s, _)| s);
-        format!("{stem}.parquet")
+        format!("{}.parquet", self.stem())
+    }
+
+    /// verify2's sum of the output shares this server accepted in the part.
+    fn accepted_sum_name(&self) -> String {
+        format!("{}.accepted-sum", self.stem())
     }
 }
 
@@ -361,9 +369,19 @@ fn init_rows(job: &ServerJob, vdaf: &Vdaf, part: &Part) -> Vec<(String, Initiali
 struct PartMessages {
     sent: Vec<MessageRow>,
     own: Vec<MessageRow>,
+    /// verify2: the sum of the output shares of the reports this server accepted.
+    accepted_sum: Option<Vec<u8>>,
 }
 
 impl PartMessages {
+    fn new() -> PartMessages {
+        PartMessages {
+            sent: Vec::new(),
+            own: Vec::new(),
+            accepted_sum: None,
+        }
+    }
+
     fn push(&mut self, id: &str, status: &str, own_share: Vec<u8>, sent_share: Vec<u8>) {
         self.sent.push(MessageRow {
             id: id.to_string(),
@@ -380,10 +398,7 @@ impl PartMessages {
 
 /// verify1: verifier shares for the peer; this server keeps its verification states.
 fn verify1_part(job: &ServerJob, vdaf: &Vdaf, part: &Part) -> PartMessages {
-    let mut out = PartMessages {
-        sent: Vec::new(),
-        own: Vec::new(),
-    };
+    let mut out = PartMessages::new();
     for (id, result) in init_rows(job, vdaf, part) {
         match result {
             Ok((state, share)) => out.push(&id, OK, vdaf.encode_state(&state), share),
@@ -393,13 +408,18 @@ fn verify1_part(job: &ServerJob, vdaf: &Vdaf, part: &Part) -> PartMessages {
     out
 }
 
-/// verify2: verdicts for the peer; this server keeps the output shares of the reports it accepts.
-fn verify2_part(job: &ServerJob, vdaf: &Vdaf, part: &Part) -> PartMessages {
+/// Finishes verification of a part from this server's verify1 states and
+/// the peer's verifier shares: every report's verdict, and the sum of the
+/// output shares of the accepted reports that `include` admits.
+fn finish_part(
+    job: &ServerJob,
+    vdaf: &Vdaf,
+    part: &Part,
+    include: impl Fn(&str) -> bool,
+) -> (Vec<(String, String)>, AggregateShare) {
     let peer = read_received(job, Step::Verify1, part);
-    let mut out = PartMessages {
-        sent: Vec::new(),
-        own: Vec::new(),
-    };
+    let mut sum = vdaf.aggregate_init();
+    let mut verdicts = Vec::new();
     for own in read_own(job, Step::Verify1, part) {
         let verdict = if own.status != OK {
             Err(own.status.as_str())
@@ -422,11 +442,30 @@ fn verify2_part(job: &ServerJob, vdaf: &Vdaf, part: &Part) -> PartMessages {
                 }
             }
         };
-        match verdict {
-            Ok(output) => out.push(&own.id, OK, vdaf.encode_output(&output), Vec::new()),
-            Err(reason) => out.push(&own.id, reason, Vec::new(), Vec::new()),
-        }
+        let status = match verdict {
+            Ok(output) => {
+                if include(&own.id) {
+                    vdaf.accumulate(&mut sum, &output);
+                }
+                OK
+            }
+            Err(reason) => reason,
+        };
+        verdicts.push((own.id.clone(), status.to_string()));
     }
+    (verdicts, sum)
+}
+
+/// verify2: verdicts for the peer; this server keeps the sum of the output
+/// shares it accepted (not each share: the peer almost always agrees, and
+/// `aggregate` recomputes the sum in the rare part where it does not).
+fn verify2_part(job: &ServerJob, vdaf: &Vdaf, part: &Part) -> PartMessages {
+    let (verdicts, sum) = finish_part(job, vdaf, part, |_| true);
+    let mut out = PartMessages::new();
+    for (id, status) in verdicts {
+        out.push(&id, &status, Vec::new(), Vec::new());
+    }
+    out.accepted_sum = Some(vdaf.encode_aggregate(&sum));
     out
 }
 
@@ -456,6 +495,11 @@ fn message_step(
         job.own(step)
             .put(&name, encode_message(&messages.own))
             .unwrap_or_else(|e| fatal(e));
+        if let Some(sum) = messages.accepted_sum {
+            job.own(step)
+                .put(&part.accepted_sum_name(), sum)
+                .unwrap_or_else(|e| fatal(e));
+        }
     }
     let totals = all_reduce(worker, &counters);
     if worker.index() == 0 {
@@ -481,12 +525,12 @@ fn finish_step(job: &ServerJob, step: Step, summary: &[u8]) {
     tracing::info!("{}: done", step.name());
 }
 
-/// aggregate: sums the output shares of reports both servers accepted.
+/// aggregate: the sum of the output shares of reports both servers accepted.
 fn aggregate_part(job: &ServerJob, vdaf: &Vdaf, part: &Part) -> PartAggregate {
     let peer_verdicts = read_received(job, Step::Verify2, part);
-    let mut agg: AggregateShare = vdaf.aggregate_init();
     let mut ids = Sha256::new();
-    let (mut reports, mut aggregated) = (0, 0);
+    let mut both_accepted = HashSet::new();
+    let (mut reports, mut only_here) = (0, 0);
     let mut rejected: BTreeMap<String, u64> = BTreeMap::new();
     for own in read_own(job, Step::Verify2, part) {
         reports += 1;
@@ -495,31 +539,40 @@ fn aggregate_part(job: &ServerJob, vdaf: &Vdaf, part: &Part) -> PartAggregate {
             peer_verdicts.get(&own.id).map(|r| r.status.as_str()),
         ) {
             (OK, Some(OK)) => {
-                let output = vdaf.decode_output(&own.share).unwrap_or_else(|e| {
-                    fatal(format!(
-                        "{}: stored output share of {}: {e}",
-                        job.own(Step::Verify2).url(),
-                        own.id
-                    ))
-                });
-                vdaf.accumulate(&mut agg, &output);
                 ids.update(own.id.as_bytes());
-                aggregated += 1;
+                both_accepted.insert(own.id);
                 continue;
             }
             (OK, Some(_)) => "peer_verdict_reject",
             (OK, None) => "missing_on_peer",
             (reason, _) => reason,
         };
+        if own.status == OK {
+            only_here += 1;
+        }
         *rejected.entry(reason.to_string()).or_default() += 1;
     }
+    let share = if only_here == 0 {
+        job.own(Step::Verify2)
+            .get(&part.accepted_sum_name())
+            .unwrap_or_else(|e| fatal(e))
+            .to_vec()
+    } else {
+        tracing::warn!(
+            "{}: the peer did not accept {only_here} reports this server accepted; \
+             summing the reports both accepted again",
+            part.name
+        );
+        let (_, sum) = finish_part(job, vdaf, part, |id| both_accepted.contains(id));
+        vdaf.encode_aggregate(&sum)
+    };
     PartAggregate {
         batch_id: part.batch_id.clone(),
         part: part.name.clone(),
         reports,
-        aggregated,
+        aggregated: both_accepted.len() as u64,
         digest: ids.finalize().into(),
-        share: vdaf.encode_aggregate(&agg),
+        share,
         rejected: rejected.into_iter().collect(),
     }
 }

@@ -63,7 +63,7 @@ pub fn encode_message(rows: &[MessageRow]) -> Vec<u8> {
         ],
     )
     .expect("columns match the schema");
-    super::parquet_bytes(&batch, None)
+    super::parquet_bytes(&batch, Some(super::random_columns(&["id", "share"])))
 }
 
 /// Reads every record batch of a Parquet object.

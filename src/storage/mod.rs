@@ -50,3 +50,21 @@ pub fn parquet_bytes(
     writer.close().expect("in-memory close");
     out
 }
+
+/// Writer settings for tables whose `columns` hold random-looking values
+/// (shares, verification states, report ids): dictionaries, statistics and
+/// compression only cost time on them. Other columns get Snappy.
+pub fn random_columns(columns: &[&str]) -> parquet::file::properties::WriterProperties {
+    use parquet::basic::Compression;
+    use parquet::file::properties::{EnabledStatistics, WriterProperties};
+    use parquet::schema::types::ColumnPath;
+    let mut builder = WriterProperties::builder().set_compression(Compression::SNAPPY);
+    for column in columns {
+        let path = ColumnPath::from(*column);
+        builder = builder
+            .set_column_dictionary_enabled(path.clone(), false)
+            .set_column_statistics_enabled(path.clone(), EnabledStatistics::None)
+            .set_column_compression(path, Compression::UNCOMPRESSED);
+    }
+    builder.build()
+}

@@ -8,9 +8,6 @@ use std::sync::Arc;
 use arrow::array::{ArrayRef, BinaryArray, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
 use arrow::record_batch::RecordBatch;
-use parquet::basic::Compression;
-use parquet::file::properties::{EnabledStatistics, WriterProperties};
-use parquet::schema::types::ColumnPath;
 
 use super::location::{Location, StorageError};
 use crate::wire::ping::encode_base64;
@@ -85,20 +82,9 @@ pub fn encode_part(
                 ],
             )
             .expect("columns match the schema");
-            super::parquet_bytes(&batch, Some(writer_properties()))
+            super::parquet_bytes(&batch, Some(super::random_columns(&["id", "payload"])))
         }
     }
-}
-
-/// Shares are random bytes: dictionaries, statistics and compression only cost time on them.
-fn writer_properties() -> WriterProperties {
-    let payload = ColumnPath::from("payload");
-    WriterProperties::builder()
-        .set_column_dictionary_enabled(payload.clone(), false)
-        .set_column_statistics_enabled(payload.clone(), EnabledStatistics::None)
-        .set_column_compression(payload, Compression::UNCOMPRESSED)
-        .set_compression(Compression::SNAPPY)
-        .build()
 }
 
 /// Where staged parts and markers go for each server.

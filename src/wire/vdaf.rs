@@ -488,19 +488,6 @@ impl Vdaf {
         }; else unreachable!())
     }
 
-    /// An output share's bytes, kept by the server until the peer's verdicts arrive.
-    pub fn encode_output(&self, out: &OutputShare) -> Vec<u8> {
-        match_variants!(&out.0; [OutputInner(o)]; =>
-            o.get_encoded().expect("field vectors always encode"); else unreachable!())
-    }
-
-    /// Reads back [`Vdaf::encode_output`].
-    pub fn decode_output(&self, bytes: &[u8]) -> Result<OutputShare, VdafUseError> {
-        match_variants!(&self.inner; [Inner(v)]; wrap = OutputInner =>
-            Ok(OutputShare(wrap(ParameterizedDecode::get_decoded_with_param(&(v, &()), bytes)?)));
-            else unreachable!())
-    }
-
     /// An empty aggregate share.
     pub fn aggregate_init(&self) -> AggregateShare {
         match_variants!(&self.inner; [Inner(v)]; wrap = AggregateInner =>
