@@ -493,3 +493,48 @@ fn a_report_the_peer_rejects_after_this_server_accepted_it_is_left_out_of_the_su
         assert_eq!(published["rejected"]["peer_verdict_reject"], 1);
     }
 }
+
+#[test]
+fn parts_the_peer_already_answered_are_verified_in_memory_and_recomputed_after_a_restart() {
+    let (world, expected) = World::new(
+        r#"{"x": 32, "s": {"vdaf": "sumvec", "length": 8, "bits": 2}}"#,
+        30,
+        &[],
+    );
+    let check = |role: Role| {
+        for batch in ["x", "s"] {
+            let published = world.published(role, batch).unwrap();
+            assert_eq!(
+                published["aggregate"], expected["batches"][batch]["aggregate"],
+                "{batch} at {role}"
+            );
+        }
+    };
+    // b's verifier shares are all there before a starts, so a keeps every state in memory.
+    ok(world.server(Role::B, "verify1", &[]).output().unwrap());
+    let b = world.spawn(Role::B, "process", &[]);
+    ok(world
+        .server(Role::A, "process", &["--workers", "2"])
+        .output()
+        .unwrap());
+    ok(b.wait_with_output().unwrap());
+    let internal = world
+        .private(Role::A)
+        .join(format!("{DATE}/intermediate/internal"));
+    let stored_states: Vec<_> = common::files_below(&internal.join("verify1"))
+        .into_iter()
+        .filter(|f| f.extension().is_some_and(|e| e == "parquet"))
+        .collect();
+    assert!(stored_states.is_empty(), "{stored_states:?}");
+    check(Role::A);
+    check(Role::B);
+
+    // a restarts after verify1: the states it held in memory are recomputed
+    // from the raw shares, and every message it resends is byte-identical.
+    std::fs::remove_file(internal.join("verify2/_SUCCESS")).unwrap();
+    std::fs::remove_dir_all(internal.join("aggregate")).unwrap();
+    std::fs::remove_dir_all(world.private(Role::A).join(format!("{DATE}/processed"))).unwrap();
+    let out = ok(world.server(Role::A, "process", &[]).output().unwrap());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("verify1: already done"));
+    check(Role::A);
+}

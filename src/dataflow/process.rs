@@ -4,15 +4,19 @@
 //! peer's message of the step before it.
 //!
 //! Work is split by staged part (all parts in order, `index % peers`), so a
-//! worker holds one part at a time. Each step keeps what the next one needs
-//! (verification states, then output shares) in the private bucket, part by
-//! part, so memory stays bounded by a part. A step whose `_SUCCESS` exists is
-//! not redone, so a killed server can simply be started again. What goes to
-//! the peer is written once ([`Location::put_once`]): a rerun rewrites the
-//! same bytes, and can never change a message the peer may have read.
+//! worker holds about one part at a time. When `process` runs verify1 and
+//! verify2 together, a part whose verifier shares the peer has already sent
+//! is finished at once with its verification states in memory; other parts'
+//! states are kept in the private bucket until the peer answers (and are
+//! recomputed from the raw shares if a stopped run held them only in memory).
+//! verify2 keeps one sum of accepted output shares per part for `aggregate`.
+//! A step whose `_SUCCESS` exists is not redone, so a killed server can
+//! simply be started again. What goes to the peer is written once
+//! ([`Location::put_once`]): a rerun rewrites the same bytes, and can never
+//! change a message the peer may have read.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -26,7 +30,7 @@ use timely::dataflow::{InputHandleVec, ProbeHandle};
 use timely::worker::Worker;
 
 use super::{all_reduce, bump, consume_into, fatal, Counters};
-use crate::storage::location::Location;
+use crate::storage::location::{Location, StorageError};
 use crate::storage::messages::{
     decode_message, decode_staged, encode_message, MessageRow, StagedRow, OK,
 };
@@ -193,17 +197,24 @@ pub fn run(job: ServerJob, config: timely::Config) -> Result<Vec<BatchOutcome>, 
 fn server_worker(worker: &mut Worker, job: &ServerJob) -> Vec<BatchOutcome> {
     let mut outcomes = Vec::new();
     let parts = list_parts(job);
-    for &step in &job.steps {
-        if step != Step::Publish && job.own(step).exists(SUCCESS).unwrap_or_else(|e| fatal(e)) {
+    let done = |step: Step| {
+        step != Step::Publish && job.own(step).exists(SUCCESS).unwrap_or_else(|e| fatal(e))
+    };
+    let mut steps = job.steps.iter().copied().peekable();
+    while let Some(step) = steps.next() {
+        if done(step) {
             tracing::info!("{}: already done, skipping", step.name());
             continue;
         }
         match step {
-            Step::Verify1 => message_step(worker, job, &parts, step, verify1_part),
-            Step::Verify2 => {
-                wait_for_peer(job, Step::Verify1);
-                message_step(worker, job, &parts, step, verify2_part)
+            Step::Verify1 => {
+                let then_verify2 = steps.peek() == Some(&Step::Verify2) && !done(Step::Verify2);
+                verify_steps(worker, job, &parts, then_verify2);
+                if then_verify2 {
+                    steps.next();
+                }
             }
+            Step::Verify2 => verify2_step(worker, job, &parts),
             Step::Aggregate => {
                 wait_for_peer(job, Step::Verify2);
                 aggregate_step(worker, job, &parts)
@@ -321,7 +332,7 @@ fn read_received(job: &ServerJob, step: Step, part: &Part) -> HashMap<String, Me
         Ok(data) => by_id(
             decode_message(&format!("{}/{name}", inbox.url()), data).unwrap_or_else(|e| fatal(e)),
         ),
-        Err(crate::storage::location::StorageError::NotFound { .. }) => HashMap::new(),
+        Err(StorageError::NotFound { .. }) => HashMap::new(),
         Err(e) => fatal(e),
     }
 }
@@ -344,164 +355,160 @@ fn by_id(rows: Vec<MessageRow>) -> HashMap<String, MessageRow> {
     map
 }
 
-/// A report after `verify_init`: its state and verifier share, or why not.
-type Initialized = Result<(VerifyState, Vec<u8>), &'static str>;
+/// A part's reports after `verify_init`, in row order: each one's
+/// verification state, or the reason it has none.
+type States = Vec<(String, Result<VerifyState, String>)>;
 
-/// Opens and verify-inits every row of a part; duplicates of an id are rejected.
-fn init_rows(job: &ServerJob, vdaf: &Vdaf, part: &Part) -> Vec<(String, Initialized)> {
+/// verify1 for one part: opens and verify-inits every row (repeats of an id
+/// are rejected). Returns the rows for the peer and this server's states.
+fn verify1_part(job: &ServerJob, vdaf: &Vdaf, part: &Part) -> (Vec<MessageRow>, States) {
     let mut seen = HashSet::new();
-    read_staged(job, part)
-        .into_iter()
+    let mut sent = Vec::new();
+    let mut states = Vec::new();
+    for row in read_staged(job, part) {
+        let result = if seen.insert(row.id.clone()) {
+            open_and_verify_init(vdaf, &job.secrets, &part.batch_id, &row.payload)
+                .map_err(|r| r.reason())
+        } else {
+            Err("duplicate_report_id")
+        };
+        let (status, share, state) = match result {
+            Ok((state, share)) => (OK, share, Ok(state)),
+            Err(reason) => (reason, Vec::new(), Err(reason.to_string())),
+        };
+        sent.push(MessageRow {
+            id: row.id.clone(),
+            status: status.to_string(),
+            share,
+        });
+        states.push((row.id, state));
+    }
+    (sent, states)
+}
+
+/// Keeps a part's states in the private bucket until verify2 needs them.
+fn store_states(job: &ServerJob, vdaf: &Vdaf, part: &Part, states: &States) {
+    let rows: Vec<MessageRow> = states
+        .iter()
+        .map(|(id, state)| MessageRow {
+            id: id.clone(),
+            status: state.as_ref().err().map_or(OK, String::as_str).to_string(),
+            share: state.as_ref().map_or(Vec::new(), |s| vdaf.encode_state(s)),
+        })
+        .collect();
+    job.own(Step::Verify1)
+        .put(&part.message_name(), encode_message(&rows))
+        .unwrap_or_else(|e| fatal(e));
+}
+
+/// A part's states: stored by verify1, or, for a part whose states were
+/// only held in memory by a run that stopped, recomputed from the raw shares
+/// (verification is deterministic, so they are the same states).
+fn load_states(job: &ServerJob, vdaf: &Vdaf, part: &Part) -> States {
+    let own = job.own(Step::Verify1);
+    let name = part.message_name();
+    let data = match own.get(&name) {
+        Ok(data) => data,
+        Err(StorageError::NotFound { .. }) => return verify1_part(job, vdaf, part).1,
+        Err(e) => fatal(e),
+    };
+    let rows = decode_message(&format!("{}/{name}", own.url()), data).unwrap_or_else(|e| fatal(e));
+    rows.into_iter()
         .map(|row| {
-            let result = if seen.insert(row.id.clone()) {
-                open_and_verify_init(vdaf, &job.secrets, &part.batch_id, &row.payload)
-                    .map_err(|r| r.reason())
+            let state = if row.status == OK {
+                Ok(vdaf
+                    .decode_state(job.role(), &row.share)
+                    .unwrap_or_else(|e| {
+                        fatal(format!(
+                            "{}/{name}: verification state of {}: {e}",
+                            own.url(),
+                            row.id
+                        ))
+                    }))
             } else {
-                Err("duplicate_report_id")
+                Err(row.status)
             };
-            (row.id, result)
+            (row.id, state)
         })
         .collect()
 }
 
-/// What a step writes for one part: the rows for the peer, and this
-/// server's own rows, which also keep its secrets for the next step.
-struct PartMessages {
-    sent: Vec<MessageRow>,
-    own: Vec<MessageRow>,
-    /// verify2: the sum of the output shares of the reports this server accepted.
-    accepted_sum: Option<Vec<u8>>,
-}
-
-impl PartMessages {
-    fn new() -> PartMessages {
-        PartMessages {
-            sent: Vec::new(),
-            own: Vec::new(),
-            accepted_sum: None,
-        }
-    }
-
-    fn push(&mut self, id: &str, status: &str, own_share: Vec<u8>, sent_share: Vec<u8>) {
-        self.sent.push(MessageRow {
-            id: id.to_string(),
-            status: status.to_string(),
-            share: sent_share,
-        });
-        self.own.push(MessageRow {
-            id: id.to_string(),
-            status: status.to_string(),
-            share: own_share,
-        });
-    }
-}
-
-/// verify1: verifier shares for the peer; this server keeps its verification states.
-fn verify1_part(job: &ServerJob, vdaf: &Vdaf, part: &Part) -> PartMessages {
-    let mut out = PartMessages::new();
-    for (id, result) in init_rows(job, vdaf, part) {
-        match result {
-            Ok((state, share)) => out.push(&id, OK, vdaf.encode_state(&state), share),
-            Err(reason) => out.push(&id, reason, Vec::new(), Vec::new()),
-        }
-    }
-    out
-}
-
-/// Finishes verification of a part from this server's verify1 states and
-/// the peer's verifier shares: every report's verdict, and the sum of the
+/// Finishes verification of a part from this server's states and the
+/// peer's verifier shares: every report's verdict, and the sum of the
 /// output shares of the accepted reports that `include` admits.
 fn finish_part(
     job: &ServerJob,
     vdaf: &Vdaf,
     part: &Part,
+    states: States,
     include: impl Fn(&str) -> bool,
-) -> (Vec<(String, String)>, AggregateShare) {
+) -> (Vec<MessageRow>, AggregateShare) {
     let peer = read_received(job, Step::Verify1, part);
     let mut sum = vdaf.aggregate_init();
-    let mut verdicts = Vec::new();
-    for own in read_own(job, Step::Verify1, part) {
-        let verdict = if own.status != OK {
-            Err(own.status.as_str())
-        } else {
-            match peer.get(&own.id) {
-                None => Err("missing_on_peer"),
-                Some(p) if p.status != OK => Err("peer_rejected"),
-                Some(p) => {
-                    let state = vdaf
-                        .decode_state(job.role(), &own.share)
-                        .unwrap_or_else(|e| {
-                            fatal(format!(
-                                "{}: stored verification state of {}: {e}",
-                                job.own(Step::Verify1).url(),
-                                own.id
-                            ))
-                        });
-                    vdaf.verify_finish(&part.batch_id, job.role(), &state, &p.share)
-                        .map_err(|r| r.reason())
-                }
-            }
+    let mut verdicts = Vec::with_capacity(states.len());
+    for (id, state) in states {
+        let verdict = match (&state, peer.get(&id)) {
+            (Err(reason), _) => Err(reason.as_str()),
+            (Ok(_), None) => Err("missing_on_peer"),
+            (Ok(_), Some(p)) if p.status != OK => Err("peer_rejected"),
+            (Ok(state), Some(p)) => vdaf
+                .verify_finish(&part.batch_id, job.role(), state, &p.share)
+                .map_err(|r| r.reason()),
         };
         let status = match verdict {
             Ok(output) => {
-                if include(&own.id) {
+                if include(&id) {
                     vdaf.accumulate(&mut sum, &output);
                 }
                 OK
             }
             Err(reason) => reason,
         };
-        verdicts.push((own.id.clone(), status.to_string()));
+        verdicts.push(MessageRow {
+            id,
+            status: status.to_string(),
+            share: Vec::new(),
+        });
     }
     (verdicts, sum)
 }
 
-/// verify2: verdicts for the peer; this server keeps the sum of the output
-/// shares it accepted (not each share: the peer almost always agrees, and
-/// `aggregate` recomputes the sum in the rare part where it does not).
-fn verify2_part(job: &ServerJob, vdaf: &Vdaf, part: &Part) -> PartMessages {
-    let (verdicts, sum) = finish_part(job, vdaf, part, |_| true);
-    let mut out = PartMessages::new();
-    for (id, status) in verdicts {
-        out.push(&id, &status, Vec::new(), Vec::new());
-    }
-    out.accepted_sum = Some(vdaf.encode_aggregate(&sum));
-    out
+/// verify2 for one part: sends the verdicts, and keeps the sum of the
+/// output shares this server accepted (not each share: the peer almost
+/// always agrees, and `aggregate` recomputes the sum where it does not).
+fn verify2_part(
+    job: &ServerJob,
+    vdaf: &Vdaf,
+    part: &Part,
+    states: States,
+    counters: &mut Counters,
+) {
+    let (verdicts, sum) = finish_part(job, vdaf, part, states, |_| true);
+    count_rows(counters, Step::Verify2, part, &verdicts);
+    let name = part.message_name();
+    let rows = encode_message(&verdicts);
+    job.sent(Step::Verify2)
+        .put_once(&name, Bytes::from(rows.clone()))
+        .unwrap_or_else(|e| fatal(e));
+    let own = job.own(Step::Verify2);
+    own.put(&name, rows).unwrap_or_else(|e| fatal(e));
+    own.put(&part.accepted_sum_name(), vdaf.encode_aggregate(&sum))
+        .unwrap_or_else(|e| fatal(e));
 }
 
-/// Runs a step that turns each part into a message for the peer.
-fn message_step(
-    worker: &mut Worker,
-    job: &ServerJob,
-    parts: &[Part],
-    step: Step,
-    compute: fn(&ServerJob, &Vdaf, &Part) -> PartMessages,
-) {
-    let mut counters = Counters::new();
-    for part in my_parts(worker, parts) {
-        let vdaf = part_vdaf(job, part);
-        let messages = compute(job, vdaf, part);
-        for row in &messages.sent {
-            bump(
-                &mut counters,
-                format!("{}/{}/{}", step.name(), part.batch_id, row.status),
-                1,
-            );
-        }
-        let name = part.message_name();
-        job.sent(step)
-            .put_once(&name, encode_message(&messages.sent).into())
-            .unwrap_or_else(|e| fatal(e));
-        job.own(step)
-            .put(&name, encode_message(&messages.own))
-            .unwrap_or_else(|e| fatal(e));
-        if let Some(sum) = messages.accepted_sum {
-            job.own(step)
-                .put(&part.accepted_sum_name(), sum)
-                .unwrap_or_else(|e| fatal(e));
-        }
+fn count_rows(counters: &mut Counters, step: Step, part: &Part, rows: &[MessageRow]) {
+    for row in rows {
+        bump(
+            counters,
+            format!("{}/{}/{}", step.name(), part.batch_id, row.status),
+            1,
+        );
     }
-    let totals = all_reduce(worker, &counters);
+}
+
+/// Sums the workers' counters of a step; worker 0 marks it done.
+fn close_step(worker: &mut Worker, job: &ServerJob, step: Step, counters: &Counters) {
+    let totals = all_reduce(worker, counters);
     if worker.index() == 0 {
         finish_step(
             job,
@@ -509,6 +516,88 @@ fn message_step(
             &serde_json::to_vec_pretty(&totals).expect("JSON"),
         );
     }
+}
+
+/// verify1, and with `then_verify2` also verify2, over this worker's parts.
+///
+/// When both steps run, a part whose verifier shares the peer has already
+/// sent goes through verify2 straight away with its states in memory; at
+/// most one other part's states wait in memory, older ones are stored.
+/// Without `then_verify2` every part's states are stored.
+fn verify_steps(worker: &mut Worker, job: &ServerJob, parts: &[Part], then_verify2: bool) {
+    let mut counters = [Counters::new(), Counters::new()];
+    let mut waiting: VecDeque<(&Part, States)> = VecDeque::new();
+    let mut stored: Vec<&Part> = Vec::new();
+    for part in my_parts(worker, parts) {
+        let vdaf = part_vdaf(job, part);
+        let (sent, states) = verify1_part(job, vdaf, part);
+        count_rows(&mut counters[0], Step::Verify1, part, &sent);
+        job.sent(Step::Verify1)
+            .put_once(&part.message_name(), encode_message(&sent).into())
+            .unwrap_or_else(|e| fatal(e));
+        if !then_verify2 {
+            store_states(job, vdaf, part, &states);
+            continue;
+        }
+        waiting.push_back((part, states));
+        while let Some((oldest, _)) = waiting.front() {
+            let answered = job
+                .received(Step::Verify1)
+                .exists(&oldest.message_name())
+                .unwrap_or_else(|e| fatal(e));
+            if !answered && waiting.len() == 1 {
+                break;
+            }
+            let (oldest, states) = waiting.pop_front().expect("not empty");
+            let vdaf = part_vdaf(job, oldest);
+            if answered {
+                verify2_part(job, vdaf, oldest, states, &mut counters[1]);
+            } else {
+                store_states(job, vdaf, oldest, &states);
+                stored.push(oldest);
+            }
+        }
+    }
+    close_step(worker, job, Step::Verify1, &counters[0]);
+    if !then_verify2 {
+        return;
+    }
+    wait_for_peer(job, Step::Verify1);
+    for (part, states) in waiting {
+        verify2_part(job, part_vdaf(job, part), part, states, &mut counters[1]);
+    }
+    for part in stored {
+        let vdaf = part_vdaf(job, part);
+        verify2_part(
+            job,
+            vdaf,
+            part,
+            load_states(job, vdaf, part),
+            &mut counters[1],
+        );
+    }
+    close_step(worker, job, Step::Verify2, &counters[1]);
+}
+
+/// verify2 alone, from the states verify1 stored.
+fn verify2_step(worker: &mut Worker, job: &ServerJob, parts: &[Part]) {
+    if !job
+        .own(Step::Verify1)
+        .exists(SUCCESS)
+        .unwrap_or_else(|e| fatal(e))
+    {
+        fatal(format!(
+            "{}/{SUCCESS} is missing: run verify1 for this date first",
+            job.own(Step::Verify1).url()
+        ));
+    }
+    wait_for_peer(job, Step::Verify1);
+    let mut counters = Counters::new();
+    for part in my_parts(worker, parts) {
+        let vdaf = part_vdaf(job, part);
+        verify2_part(job, vdaf, part, load_states(job, vdaf, part), &mut counters);
+    }
+    close_step(worker, job, Step::Verify2, &counters);
 }
 
 /// Marks a step done: the peer's copy first, then this server's (the skip marker).
@@ -563,7 +652,8 @@ fn aggregate_part(job: &ServerJob, vdaf: &Vdaf, part: &Part) -> PartAggregate {
              summing the reports both accepted again",
             part.name
         );
-        let (_, sum) = finish_part(job, vdaf, part, |id| both_accepted.contains(id));
+        let states = load_states(job, vdaf, part);
+        let (_, sum) = finish_part(job, vdaf, part, states, |id| both_accepted.contains(id));
         vdaf.encode_aggregate(&sum)
     };
     PartAggregate {
@@ -658,7 +748,7 @@ fn read_aggregate(loc: &Location, batch_id: &str) -> Result<Option<AggregateMess
         Ok(data) => serde_json::from_slice(&data)
             .map(Some)
             .map_err(|e| format!("{}/{name}: malformed aggregate message: {e}", loc.url())),
-        Err(crate::storage::location::StorageError::NotFound { .. }) => Ok(None),
+        Err(StorageError::NotFound { .. }) => Ok(None),
         Err(e) => Err(e.to_string()),
     }
 }
