@@ -1,12 +1,13 @@
 //! The staging floor: the time to read a sink dump and base64/JSON-decode
-//! every ping, writing nothing. `scripts/bench-staging` compares `stage`
+//! every ping, down to the binary shares (which any staging job must decode
+//! to write them), writing nothing. `scripts/bench-staging` compares `stage`
 //! with it. Run: `PRIO_BENCH_DUMP=DIR [PRIO_BENCH_THREADS=N] cargo bench --bench stage_floor`.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use prio_processor::storage::input::{read_records, InputFormat};
-use prio_processor::wire::ping::parse_ping;
+use prio_processor::wire::ping::{decode_base64, parse_ping};
 
 fn ndjson_files(dir: &Path, out: &mut Vec<PathBuf>) {
     for e in std::fs::read_dir(dir).expect("dump directory") {
@@ -28,7 +29,10 @@ fn decode(files: &[PathBuf]) -> (u64, u64, u64) {
         read_records(&f.to_string_lossy(), InputFormat::Ndjson, data, |r| {
             if let Ok(ping) = r.and_then(|raw| parse_ping(&raw.body)) {
                 pings += 1;
-                entries += ping.entries.len() as u64;
+                for e in &ping.entries {
+                    let shares = (decode_base64(&e.share_a), decode_base64(&e.share_b));
+                    entries += u64::from(shares.0.is_some() && shares.1.is_some());
+                }
             }
         })
         .expect("readable dump");

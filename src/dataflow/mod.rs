@@ -182,6 +182,15 @@ pub fn consume_into<'s, D, P>(
         .probe_with(probe);
 }
 
+/// Steps `worker` until `probe` is done. A worker with nothing to do parks
+/// until a message arrives instead of spinning, leaving the core to the
+/// workers still busy and to the storage I/O threads.
+pub fn run_until_done(worker: &mut Worker, probe: &ProbeHandle<u64>) {
+    while !probe.done() {
+        worker.step_or_park(None);
+    }
+}
+
 /// Sums counters across all workers; every worker gets the totals.
 pub fn all_reduce(worker: &mut Worker, local: &Counters) -> Counters {
     let mut input = InputHandleVec::<u64, (String, u64)>::new();
@@ -198,8 +207,6 @@ pub fn all_reduce(worker: &mut Worker, local: &Counters) -> Counters {
         input.send((k.clone(), *v));
     }
     input.close();
-    while !probe.done() {
-        worker.step();
-    }
+    run_until_done(worker, &probe);
     total.take()
 }

@@ -29,7 +29,7 @@ use timely::dataflow::operators::Input;
 use timely::dataflow::{InputHandleVec, ProbeHandle};
 use timely::worker::Worker;
 
-use super::{all_reduce, bump, consume_into, fatal, Counters};
+use super::{all_reduce, bump, consume_into, fatal, run_until_done, Counters};
 use crate::storage::location::{Location, StorageError};
 use crate::storage::messages::{
     decode_message, decode_staged, encode_message, MessageRow, StagedRow, OK,
@@ -185,6 +185,7 @@ struct PartAggregate {
     reports: u64,
     aggregated: u64,
     digest: [u8; 32],
+    #[serde(with = "serde_bytes")]
     share: Vec<u8>,
     rejected: Vec<(String, u64)>,
 }
@@ -688,9 +689,7 @@ fn aggregate_step(worker: &mut Worker, job: &ServerJob, parts: &[Part]) {
         worker.step();
     }
     input.close();
-    while !probe.done() {
-        worker.step();
-    }
+    run_until_done(worker, &probe);
     if worker.index() != 0 {
         return;
     }

@@ -25,7 +25,7 @@ use timely::dataflow::operators::Input;
 use timely::dataflow::{InputHandleVec, ProbeHandle};
 use timely::worker::Worker;
 
-use super::{all_reduce, bump, consume_into, fatal, route_hash};
+use super::{all_reduce, bump, consume_into, fatal, route_hash, run_until_done};
 use crate::storage::input::{read_records, InputFormat};
 use crate::storage::location::Location;
 use crate::storage::spill::{SpillReader, SpillWriter};
@@ -66,8 +66,20 @@ struct PingRecord {
     ping_id: String,
     /// (file index, record index): the first copy in this order wins.
     order: (u32, u32),
-    /// (batch id, k, share a, share b): `k` numbers the ping's entries of that batch id.
-    entries: Vec<(String, u32, Vec<u8>, Vec<u8>)>,
+    entries: Vec<PingEntry>,
+}
+
+/// One prio entry of a ping. Shares are `serde_bytes`, so spill files and
+/// exchanges copy them whole instead of (de)serializing byte by byte.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+struct PingEntry {
+    batch_id: String,
+    /// Numbers the ping's entries of this batch id, from 0.
+    k: u32,
+    #[serde(with = "serde_bytes")]
+    share_a: Vec<u8>,
+    #[serde(with = "serde_bytes")]
+    share_b: Vec<u8>,
 }
 
 /// A report on its way to the worker that owns its part.
@@ -76,7 +88,9 @@ struct StagedReport {
     batch_id: String,
     part: u32,
     report_id: ReportId,
+    #[serde(with = "serde_bytes")]
     share_a: Vec<u8>,
+    #[serde(with = "serde_bytes")]
     share_b: Vec<u8>,
 }
 
@@ -259,7 +273,12 @@ fn scan(
                     format!("share_bytes/{}", e.batch_id),
                     (a.len() + b.len()) as u64,
                 );
-                entries.push((e.batch_id, number, a, b));
+                entries.push(PingEntry {
+                    batch_id: e.batch_id,
+                    k: number,
+                    share_a: a,
+                    share_b: b,
+                });
             }
             pings.send(PingRecord {
                 ping_id: ping.id,
@@ -271,9 +290,7 @@ fn scan(
         worker.step();
     }
     pings.close();
-    while !probe.done() {
-        worker.step();
-    }
+    run_until_done(worker, &probe);
     owner
 }
 
@@ -377,7 +394,13 @@ fn partition(
         if first.get(&record.ping_id) != Some(&record.order) {
             continue;
         }
-        for (batch_id, k, share_a, share_b) in record.entries {
+        for PingEntry {
+            batch_id,
+            k,
+            share_a,
+            share_b,
+        } in record.entries
+        {
             let id = report_id(&job.secret, &record.ping_id, &batch_id, k);
             let part = (u64::from_be_bytes(id[..8].try_into().expect("8 bytes"))
                 % u64::from(parts[&batch_id])) as u32;
@@ -394,9 +417,7 @@ fn partition(
         }
     }
     reports.close();
-    while !probe.done() {
-        worker.step();
-    }
+    run_until_done(worker, &probe);
     tracing::debug!(worker = index, "parts gathered");
 
     for ((batch_id, part), spill) in spills.take() {
