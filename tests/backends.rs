@@ -78,6 +78,18 @@ fn conformance(loc: &Location) {
         Bytes::from_static(b"first")
     );
 
+    // Streamed objects: one put when small, a multipart upload when larger than a chunk.
+    for (name, size) in [("streamed/small", 1000usize), ("streamed/large", 17 << 20)] {
+        let data: Vec<u8> = (0..size).map(|i| (i % 241) as u8).collect();
+        let mut writer = loc.writer(name);
+        for piece in data.chunks(3 << 20) {
+            std::io::Write::write_all(&mut writer, piece).unwrap();
+        }
+        writer.finish().unwrap();
+        assert_eq!(loc.get(name).unwrap(), Bytes::from(data), "{name}");
+    }
+    assert_eq!(loc.delete_all("streamed").unwrap(), 2);
+
     // Deleting: missing objects are fine, and only what is below the prefix goes.
     loc.delete("batch_id=x/missing").unwrap();
     assert_eq!(loc.delete_all("batch_id=x").unwrap(), 2);

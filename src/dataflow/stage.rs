@@ -29,7 +29,7 @@ use super::{all_reduce, bump, consume_into, fatal, route_hash, run_until_done};
 use crate::storage::input::{read_records, InputFormat};
 use crate::storage::location::Location;
 use crate::storage::spill::{SpillReader, SpillWriter};
-use crate::storage::staged::{encode_part, StagedFormat, StagedLayout, SUCCESS, SUMMARY};
+use crate::storage::staged::{write_part, StagedFormat, StagedLayout, SUCCESS, SUMMARY};
 use crate::wire::ping::{decode_base64, parse_ping, PingRejection};
 use crate::wire::report_id::{report_id, ReportId};
 use crate::wire::Role;
@@ -441,12 +441,12 @@ fn partition(
                     )
                 })
                 .collect();
-            let bytes = encode_part(job.output_format, &batch_id, role, &shares);
             let name = StagedLayout::part_name(&batch_id, part, job.output_format);
-            job.layout
-                .server(role)
-                .put(&name, bytes)
-                .unwrap_or_else(|e| fatal(e));
+            let mut out = job.layout.server(role).writer(&name);
+            write_part(job.output_format, &batch_id, role, &shares, &mut out).unwrap_or_else(|e| {
+                fatal(format!("{}/{name}: {e}", job.layout.server(role).url()))
+            });
+            out.finish().unwrap_or_else(|e| fatal(e));
         }
         bump(
             &mut counters,

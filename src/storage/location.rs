@@ -24,6 +24,8 @@ pub enum StorageError {
          from other inputs. Reset both servers for this date (prio-processor cleanup) and rerun"
     )]
     Conflict { url: String },
+    #[error("{url}: writing failed: {source}")]
+    Write { url: String, source: std::io::Error },
     #[error("{url}: {source}")]
     Other {
         url: String,
@@ -193,6 +195,18 @@ impl Location {
         }
     }
 
+    /// A streaming writer for one object: see [`ObjectWriter`].
+    pub fn writer(&self, rel: &str) -> ObjectWriter {
+        ObjectWriter {
+            inner: object_store::buffered::BufWriter::with_capacity(
+                self.store.clone(),
+                self.path(rel),
+                ObjectWriter::CHUNK,
+            ),
+            url: self.object_url(rel),
+        }
+    }
+
     /// Whether an object exists.
     pub fn exists(&self, rel: &str) -> Result<bool, StorageError> {
         let path = self.path(rel);
@@ -223,6 +237,43 @@ impl Location {
     }
 }
 
+/// Streams one object, so a large object never sits whole in memory: the
+/// bytes go out in chunks (a multipart upload once the object outgrows one
+/// chunk), and the object appears whole on [`ObjectWriter::finish`], never
+/// in part. Dropping it unfinished writes nothing visible.
+pub struct ObjectWriter {
+    inner: object_store::buffered::BufWriter,
+    url: String,
+}
+
+impl ObjectWriter {
+    /// Upload chunk size; S3 needs at least 5 MiB per part.
+    const CHUNK: usize = 8 << 20;
+
+    /// Completes the object.
+    pub fn finish(mut self) -> Result<(), StorageError> {
+        use tokio::io::AsyncWriteExt;
+        runtime()
+            .block_on(self.inner.shutdown())
+            .map_err(|source| StorageError::Write {
+                url: self.url.clone(),
+                source,
+            })
+    }
+}
+
+impl std::io::Write for ObjectWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        use tokio::io::AsyncWriteExt;
+        runtime().block_on(self.inner.write_all(buf))?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -246,6 +297,17 @@ mod tests {
             loc.get("missing"),
             Err(StorageError::NotFound { .. })
         ));
+        // Streamed objects, below and above one upload chunk.
+        for size in [10, ObjectWriter::CHUNK * 2 + 17] {
+            let data: Vec<u8> = (0..size).map(|i| (i % 253) as u8).collect();
+            let mut writer = loc.writer("a/streamed.bin");
+            for piece in data.chunks(1 << 20) {
+                std::io::Write::write_all(&mut writer, piece).unwrap();
+            }
+            writer.finish().unwrap();
+            assert_eq!(loc.get("a/streamed.bin").unwrap(), Bytes::from(data));
+        }
+        loc.delete("a/streamed.bin").unwrap();
         assert_eq!(loc.delete_all("a/b").unwrap(), 1);
         assert_eq!(loc.list().unwrap(), vec![("a/d.txt".to_string(), 1)]);
     }

@@ -8,6 +8,8 @@ use std::sync::Arc;
 use arrow::array::{ArrayRef, BinaryArray, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
 use arrow::record_batch::RecordBatch;
+use parquet::arrow::ArrowWriter;
+use std::io::Write;
 
 use super::location::{Location, StorageError};
 use crate::wire::ping::encode_base64;
@@ -48,43 +50,77 @@ pub fn staged_schema() -> Arc<Schema> {
     ]))
 }
 
-/// Encodes one part's rows (already sorted by report id) for one server.
+/// Share bytes per Parquet row group: parts are written and read a row
+/// group at a time, so memory holds a row group, not a part.
+const ROW_GROUP_BYTES: usize = 8 << 20;
+
+/// Writes one part's rows (already sorted by report id) for one server.
+pub fn write_part(
+    format: StagedFormat,
+    batch_id: &str,
+    role: Role,
+    rows: &[(ReportId, &[u8])],
+    out: impl std::io::Write + Send,
+) -> std::io::Result<()> {
+    match format {
+        StagedFormat::Ndjson => {
+            let mut out = std::io::BufWriter::with_capacity(1 << 20, out);
+            for (id, payload) in rows {
+                let line =
+                    serde_json::json!({"id": hex::encode(id), "payload": encode_base64(payload)});
+                serde_json::to_writer(&mut out, &line)?;
+                out.write_all(b"\n")?;
+            }
+            out.flush()
+        }
+        StagedFormat::Parquet => {
+            let properties = super::random_columns(&["id", "payload"]);
+            let mut writer = ArrowWriter::try_new(out, staged_schema(), Some(properties))?;
+            let mut start = 0;
+            while start < rows.len() {
+                let mut end = start;
+                let mut bytes = 0;
+                while end < rows.len() && (end == start || bytes < ROW_GROUP_BYTES) {
+                    bytes += rows[end].1.len();
+                    end += 1;
+                }
+                let group = &rows[start..end];
+                let batch = RecordBatch::try_new(
+                    staged_schema(),
+                    vec![
+                        Arc::new(StringArray::from_iter_values(
+                            group.iter().map(|_| batch_id),
+                        )) as ArrayRef,
+                        Arc::new(StringArray::from_iter_values(
+                            group.iter().map(|_| role.as_str()),
+                        )),
+                        Arc::new(StringArray::from_iter_values(
+                            group.iter().map(|(id, _)| hex::encode(id)),
+                        )),
+                        Arc::new(BinaryArray::from_iter_values(group.iter().map(|(_, p)| *p))),
+                    ],
+                )
+                .expect("columns match the schema");
+                writer.write(&batch)?;
+                writer.flush()?;
+                start = end;
+            }
+            writer.close()?;
+            Ok(())
+        }
+    }
+}
+
+/// One part's rows for one server, as bytes.
 pub fn encode_part(
     format: StagedFormat,
     batch_id: &str,
     role: Role,
     rows: &[(ReportId, &[u8])],
 ) -> Vec<u8> {
-    match format {
-        StagedFormat::Ndjson => {
-            let mut out = Vec::new();
-            for (id, payload) in rows {
-                let line =
-                    serde_json::json!({"id": hex::encode(id), "payload": encode_base64(payload)});
-                serde_json::to_writer(&mut out, &line).expect("JSON to a Vec");
-                out.push(b'\n');
-            }
-            out
-        }
-        StagedFormat::Parquet => {
-            let batch = RecordBatch::try_new(
-                staged_schema(),
-                vec![
-                    Arc::new(StringArray::from_iter_values(rows.iter().map(|_| batch_id)))
-                        as ArrayRef,
-                    Arc::new(StringArray::from_iter_values(
-                        rows.iter().map(|_| role.as_str()),
-                    )),
-                    Arc::new(StringArray::from_iter_values(
-                        rows.iter().map(|(id, _)| hex::encode(id)),
-                    )),
-                    Arc::new(BinaryArray::from_iter_values(rows.iter().map(|(_, p)| *p))),
-                ],
-            )
-            .expect("columns match the schema");
-            super::parquet_bytes(&batch, Some(super::random_columns(&["id", "payload"])))
-        }
-    }
+    let mut out = Vec::new();
+    write_part(format, batch_id, role, rows, &mut out).expect("writing to memory");
+    out
 }
 
 /// Where staged parts and markers go for each server.
@@ -141,5 +177,35 @@ impl StagedLayout {
             m.delete_all("")?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::messages::decode_staged;
+
+    #[test]
+    fn a_large_part_is_written_in_row_groups_and_reads_back_whole() {
+        let payloads: Vec<Vec<u8>> = (0..20u8).map(|i| vec![i; 1 << 20]).collect();
+        let rows: Vec<(ReportId, &[u8])> = payloads
+            .iter()
+            .enumerate()
+            .map(|(i, p)| ([i as u8; 16], p.as_slice()))
+            .collect();
+        let bytes = encode_part(StagedFormat::Parquet, "x", Role::A, &rows);
+        let reader = parquet::file::serialized_reader::SerializedFileReader::new(
+            bytes::Bytes::from(bytes.clone()),
+        )
+        .unwrap();
+        use parquet::file::reader::FileReader;
+        // 20 MiB of shares in row groups of 8 MiB: 8 + 8 + 4 rows.
+        assert_eq!(reader.metadata().num_row_groups(), 3);
+        let back = decode_staged("part", StagedFormat::Parquet, bytes.into()).unwrap();
+        assert_eq!(back.len(), 20);
+        for (row, (id, payload)) in back.iter().zip(&rows) {
+            assert_eq!(row.id, hex::encode(id));
+            assert_eq!(row.payload, *payload);
+        }
     }
 }
