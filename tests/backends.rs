@@ -64,12 +64,18 @@ fn conformance(loc: &Location) {
     );
 
     // Write-once objects: a rerun with the same bytes passes, other bytes are refused.
-    loc.put_once("sent/part.parquet", Bytes::from_static(b"first"))
-        .unwrap();
-    loc.put_once("sent/part.parquet", Bytes::from_static(b"first"))
-        .unwrap();
+    loc.put_once("sent/part.parquet", Bytes::from_static(b"first"), |a, b| {
+        a == b
+    })
+    .unwrap();
+    loc.put_once("sent/part.parquet", Bytes::from_static(b"first"), |a, b| {
+        a == b
+    })
+    .unwrap();
     let err = loc
-        .put_once("sent/part.parquet", Bytes::from_static(b"other"))
+        .put_once("sent/part.parquet", Bytes::from_static(b"other"), |a, b| {
+            a == b
+        })
         .unwrap_err();
     assert!(matches!(err, StorageError::Conflict { .. }), "{err}");
     assert!(err.to_string().contains("sent/part.parquet"), "{err}");

@@ -12,8 +12,8 @@
 //! verify2 keeps one sum of accepted output shares per part for `aggregate`.
 //! A step whose `_SUCCESS` exists is not redone, so a killed server can
 //! simply be started again. What goes to the peer is written once
-//! ([`Location::put_once`]): a rerun rewrites the same bytes, and can never
-//! change a message the peer may have read.
+//! ([`Location::put_once`]): a rerun rewrites the same content, and can
+//! never change a message the peer may have read.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
@@ -489,7 +489,7 @@ fn verify2_part(
     let name = part.message_name();
     let rows = encode_message(&verdicts);
     job.sent(Step::Verify2)
-        .put_once(&name, Bytes::from(rows.clone()))
+        .put_once(&name, Bytes::from(rows.clone()), same_rows)
         .unwrap_or_else(|e| fatal(e));
     let own = job.own(Step::Verify2);
     own.put(&name, rows).unwrap_or_else(|e| fatal(e));
@@ -534,7 +534,11 @@ fn verify_steps(worker: &mut Worker, job: &ServerJob, parts: &[Part], then_verif
         let (sent, states) = verify1_part(job, vdaf, part);
         count_rows(&mut counters[0], Step::Verify1, part, &sent);
         job.sent(Step::Verify1)
-            .put_once(&part.message_name(), encode_message(&sent).into())
+            .put_once(
+                &part.message_name(),
+                encode_message(&sent).into(),
+                same_rows,
+            )
             .unwrap_or_else(|e| fatal(e));
         if !then_verify2 {
             store_states(job, vdaf, part, &states);
@@ -601,12 +605,25 @@ fn verify2_step(worker: &mut Worker, job: &ServerJob, parts: &[Part]) {
     close_step(worker, job, Step::Verify2, &counters);
 }
 
+/// Whether two message files hold the same rows, however they were encoded.
+fn same_rows(a: &Bytes, b: &Bytes) -> bool {
+    a == b
+        || decode_message("", a.clone())
+            .is_ok_and(|x| decode_message("", b.clone()).is_ok_and(|y| x == y))
+}
+
+/// Whether two JSON objects hold the same values, however they were formatted.
+fn same_json(a: &Bytes, b: &Bytes) -> bool {
+    let parse = |bytes: &Bytes| serde_json::from_slice::<serde_json::Value>(bytes).ok();
+    a == b || parse(a).is_some_and(|x| Some(x) == parse(b))
+}
+
 /// Marks a step done: the peer's copy first, then this server's (the skip marker).
 fn finish_step(job: &ServerJob, step: Step, summary: &[u8]) {
     let sent = job.sent(step);
-    sent.put_once("_SUMMARY.json", Bytes::copy_from_slice(summary))
+    sent.put_once("_SUMMARY.json", Bytes::copy_from_slice(summary), same_json)
         .unwrap_or_else(|e| fatal(e));
-    sent.put_once(SUCCESS, Bytes::new())
+    sent.put_once(SUCCESS, Bytes::new(), |a, b| a == b)
         .unwrap_or_else(|e| fatal(e));
     let own = job.own(step);
     own.put("_SUMMARY.json", summary.to_vec())
@@ -642,21 +659,39 @@ fn aggregate_part(job: &ServerJob, vdaf: &Vdaf, part: &Part) -> PartAggregate {
         }
         *rejected.entry(reason.to_string()).or_default() += 1;
     }
-    let share = if only_here == 0 {
-        job.own(Step::Verify2)
-            .get(&part.accepted_sum_name())
-            .unwrap_or_else(|e| fatal(e))
-            .to_vec()
+    let stored_sum = if only_here == 0 {
+        match job.own(Step::Verify2).get(&part.accepted_sum_name()) {
+            Ok(bytes) => Some(bytes.to_vec()),
+            // A verify2 run that kept no sum: sum again below.
+            Err(StorageError::NotFound { .. }) => None,
+            Err(e) => fatal(e),
+        }
     } else {
         tracing::warn!(
             "{}: the peer did not accept {only_here} reports this server accepted; \
              summing the reports both accepted again",
             part.name
         );
-        let states = load_states(job, vdaf, part);
-        let (_, sum) = finish_part(job, vdaf, part, states, |id| both_accepted.contains(id));
-        vdaf.encode_aggregate(&sum)
+        None
     };
+    let share = stored_sum.unwrap_or_else(|| {
+        let states = load_states(job, vdaf, part);
+        let (verdicts, sum) = finish_part(job, vdaf, part, states, |id| both_accepted.contains(id));
+        let summed = verdicts
+            .iter()
+            .filter(|r| r.status == OK && both_accepted.contains(&r.id))
+            .count();
+        if summed != both_accepted.len() {
+            fatal(format!(
+                "{}: {summed} of the {} reports both servers accepted verify again; this \
+                 server's stored data for the date changed since verify2. Reset both servers \
+                 for this date (prio-processor cleanup) and rerun",
+                part.name,
+                both_accepted.len()
+            ));
+        }
+        vdaf.encode_aggregate(&sum)
+    });
     PartAggregate {
         batch_id: part.batch_id.clone(),
         part: part.name.clone(),
@@ -732,7 +767,7 @@ fn aggregate_step(worker: &mut Worker, job: &ServerJob, parts: &[Part]) {
         let bytes = serde_json::to_vec_pretty(&message).expect("JSON");
         let name = format!("batch_id={batch_id}/aggregate.json");
         job.sent(Step::Aggregate)
-            .put_once(&name, Bytes::from(bytes.clone()))
+            .put_once(&name, Bytes::from(bytes.clone()), same_json)
             .unwrap_or_else(|e| fatal(e));
         job.own(Step::Aggregate)
             .put(&name, bytes)
@@ -853,4 +888,46 @@ fn publish(job: &ServerJob) -> Result<Vec<BatchOutcome>, String> {
         .put(SUCCESS, Vec::new())
         .map_err(|e| e.to_string())?;
     Ok(outcomes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_once_compares_content_not_encoding() {
+        let rows = vec![MessageRow {
+            id: "00ff".into(),
+            status: OK.into(),
+            share: vec![1, 2, 3],
+        }];
+        let ours = Bytes::from(encode_message(&rows));
+        // The same rows as another version might have encoded them: other writer settings.
+        let batch = crate::storage::parquet_bytes(
+            &parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(ours.clone())
+                .unwrap()
+                .build()
+                .unwrap()
+                .next()
+                .unwrap()
+                .unwrap(),
+            None,
+        );
+        let theirs = Bytes::from(batch);
+        assert_ne!(ours, theirs);
+        assert!(same_rows(&ours, &theirs));
+        let mut changed = rows.clone();
+        changed[0].status = "invalid_proof".into();
+        assert!(!same_rows(&ours, &Bytes::from(encode_message(&changed))));
+        assert!(!same_rows(&ours, &Bytes::from_static(b"not parquet")));
+
+        assert!(same_json(
+            &Bytes::from_static(b"{\"a\": 1, \"b\": [2]}"),
+            &Bytes::from_static(b"{\n  \"b\": [2],\n  \"a\": 1\n}")
+        ));
+        assert!(!same_json(
+            &Bytes::from_static(b"{\"a\": 1}"),
+            &Bytes::from_static(b"{\"a\": 2}")
+        ));
+    }
 }

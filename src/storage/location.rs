@@ -179,15 +179,23 @@ impl Location {
 
     /// Writes an object that must never change once written, such as a
     /// message the peer may already have read: created if absent, accepted
-    /// if already there with the same bytes (a rerun), and a
+    /// if already there with content that `same` deems equal (a rerun; an
+    /// encoding may differ between versions of this program), and a
     /// [`StorageError::Conflict`] otherwise. The create is conditional
     /// (`PutMode::Create`) on every store that supports it.
-    pub fn put_once(&self, rel: &str, data: Bytes) -> Result<(), StorageError> {
+    pub fn put_once(
+        &self,
+        rel: &str,
+        data: Bytes,
+        same: impl Fn(&Bytes, &Bytes) -> bool,
+    ) -> Result<(), StorageError> {
         let path = self.path(rel);
         let options = object_store::PutOptions::from(object_store::PutMode::Create);
         match runtime().block_on(self.store.put_opts(&path, data.clone().into(), options)) {
             Ok(_) => Ok(()),
-            Err(object_store::Error::AlreadyExists { .. }) if self.get(rel)? == data => Ok(()),
+            Err(object_store::Error::AlreadyExists { .. }) if same(&self.get(rel)?, &data) => {
+                Ok(())
+            }
             Err(object_store::Error::AlreadyExists { .. }) => Err(StorageError::Conflict {
                 url: self.object_url(rel),
             }),
@@ -316,9 +324,13 @@ mod tests {
     fn put_once_accepts_a_rerun_and_refuses_a_change() {
         let dir = tempfile::tempdir().unwrap();
         let loc = Location::parse(dir.path().to_str().unwrap()).unwrap();
-        loc.put_once("m/x", Bytes::from_static(b"same")).unwrap();
-        loc.put_once("m/x", Bytes::from_static(b"same")).unwrap();
-        let err = loc.put_once("m/x", Bytes::from_static(b"new")).unwrap_err();
+        loc.put_once("m/x", Bytes::from_static(b"same"), |a, b| a == b)
+            .unwrap();
+        loc.put_once("m/x", Bytes::from_static(b"same"), |a, b| a == b)
+            .unwrap();
+        let err = loc
+            .put_once("m/x", Bytes::from_static(b"new"), |a, b| a == b)
+            .unwrap_err();
         assert!(matches!(err, StorageError::Conflict { .. }), "{err}");
         assert!(err.to_string().contains("cleanup"), "{err}");
         assert_eq!(loc.get("m/x").unwrap(), Bytes::from_static(b"same"));

@@ -69,7 +69,7 @@ impl StorageServer {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0);
-        let mut child = match cmd.spawn() {
+        let child = match cmd.spawn() {
             Ok(child) => child,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return skip(&format!(
@@ -78,7 +78,14 @@ impl StorageServer {
             }
             Err(e) => panic!("starting {backend:?}: {e}"),
         };
-        let endpoint = match read_listening_url(&mut child, backend) {
+        // The guard exists before anything can fail, so the server never outlives the test.
+        let mut server = StorageServer {
+            backend,
+            child,
+            endpoint: String::new(),
+            _dir: dir,
+        };
+        server.endpoint = match read_listening_url(&mut server.child, backend) {
             Ok(url) => url,
             Err(said) if said.contains("No module named") => {
                 return skip(&format!(
@@ -86,12 +93,6 @@ impl StorageServer {
                 ));
             }
             Err(said) => panic!("{backend:?} did not print its URL; it said:\n{said}"),
-        };
-        let server = StorageServer {
-            backend,
-            child,
-            endpoint,
-            _dir: dir,
         };
         server.wait_until_answering();
         server.create_bucket()?;
