@@ -139,7 +139,8 @@ impl World {
             .env("BUCKET_EXTERNAL_SHARED", self.inbox(role.peer()))
             .env("RETRY_DELAY", "0.05")
             .env("RETRY_BACKOFF_EXPONENT", "1.5")
-            .env("RETRY_LIMIT", "40");
+            // At most about a minute in all, so a failing test cannot leave a server waiting long.
+            .env("RETRY_LIMIT", "16");
         c
     }
 
@@ -407,8 +408,10 @@ fn a_server_run_as_a_two_process_cluster_publishes_the_same_answer() {
     };
     let (a0, a1) = (cluster("0"), cluster("1"));
     let b = world.spawn(Role::B, "process", &["--workers", "2"]);
-    for child in [a0, a1, b] {
-        ok(child.wait_with_output().unwrap());
+    // Wait for all three before judging any, so none is left running.
+    let outputs = [a0, a1, b].map(|child| child.wait_with_output().unwrap());
+    for out in outputs {
+        ok(out);
     }
     for batch in ["x", "h"] {
         for role in Role::BOTH {
