@@ -114,24 +114,8 @@ fn conformance(loc: &Location) {
 /// Runs the whole system with both servers' buckets on `server`.
 fn pipeline(server: &StorageServer) {
     let work = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_prio-processor"))
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .args(["integrate", "--pings", "30", "--workers", "2", "--work-dir"])
-        .arg(work.path())
-        .args(["--storage", &server.url("integrate")])
-        .envs(server.env())
-        .env_remove("DATA_CONFIG")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{:?}:\n{stdout}\n{}",
-        server.backend,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(stdout.matches("  yes  ").count(), 5, "{stdout}");
+    let storage = server.url("integrate");
+    common::integrate_green(30, work.path(), &["--storage", &storage], server.env());
     // Both servers published into the store, not onto local disk.
     for role in ["a", "b"] {
         let processed = server.location(&format!(

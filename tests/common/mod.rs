@@ -36,3 +36,45 @@ pub fn hostfile(dir: &Path, n: usize) -> PathBuf {
     std::fs::write(&path, hosts.join("\n")).unwrap();
     path
 }
+
+/// Runs `prio-processor integrate --pings N --workers 2 --work-dir DIR ARGS`
+/// with fresh keys and secrets (none inherited from this environment) and
+/// `envs`; asserts the green summary (four batch ids match, `bad-id`
+/// skipped) and returns its stdout.
+pub fn integrate_green(
+    pings: usize,
+    work_dir: &Path,
+    args: &[&str],
+    envs: Vec<(String, String)>,
+) -> String {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_prio-processor"));
+    cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["integrate", "--pings", &pings.to_string(), "--workers", "2"])
+        .arg("--work-dir")
+        .arg(work_dir)
+        .args(args)
+        .envs(envs);
+    for var in [
+        "DATA_CONFIG",
+        "SHARED_SECRET",
+        "STAGING_SECRET",
+        "PRIVATE_KEY_HEX_A",
+        "PRIVATE_KEY_HEX_B",
+    ] {
+        cmd.env_remove(var);
+    }
+    let out = cmd.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        stdout.matches("  yes  ").count(),
+        5,
+        "four batch ids match and bad-id is skipped:\n{stdout}"
+    );
+    stdout
+}
