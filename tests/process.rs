@@ -222,8 +222,10 @@ fn every_vdaf_publishes_the_known_answer_and_bad_reports_are_excluded() {
     world.edit_part(&parts_a[0], Role::A, "sumvec", |rows| {
         let last = rows[0].1.len() - 1;
         rows[0].1[last] ^= 1; // tampered ciphertext
+                              // A duplicated report id, last in the part: with two workers the
+                              // copy is verified in another slice than the first.
         let dup = rows[1].clone();
-        rows.insert(2, dup); // duplicated report id
+        rows.push(dup);
     });
     world.edit_part(&parts_b[1], Role::B, "sumvec", |rows| {
         rows.remove(0); // missing on server b
@@ -539,5 +541,62 @@ fn parts_the_peer_already_answered_are_verified_in_memory_and_recomputed_after_a
     std::fs::remove_dir_all(world.private(Role::A).join(format!("{DATE}/processed"))).unwrap();
     let out = ok(world.server(Role::A, "process", &[]).output().unwrap());
     assert!(String::from_utf8_lossy(&out.stderr).contains("verify1: already done"));
+    check(Role::A);
+}
+
+#[test]
+fn states_stored_for_one_slicing_are_used_or_recomputed_under_another() {
+    // verify1 with 2 workers stores each part's states in two slices (the
+    // peer has not answered yet); verify2 then runs with 3 workers, whose
+    // slices match none of them, and with 2, and both publish the known answer.
+    let (world, expected) = World::new(
+        r#"{"x": 32, "s": {"vdaf": "sumvec", "length": 8, "bits": 2}}"#,
+        30,
+        &[],
+    );
+    ok(world
+        .server(Role::A, "verify1", &["--workers", "2"])
+        .output()
+        .unwrap());
+    let stored: Vec<String> = common::files_below(
+        &world
+            .private(Role::A)
+            .join(format!("{DATE}/intermediate/internal/verify1")),
+    )
+    .into_iter()
+    .filter_map(|f| f.file_name()?.to_str().map(str::to_string))
+    .filter(|f| f.ends_with(".parquet"))
+    .collect();
+    let parts = world.staged_parts(Role::A, "x").len() + world.staged_parts(Role::A, "s").len();
+    assert_eq!(stored.len(), 2 * parts, "{stored:?}");
+    assert!(stored.iter().all(|f| f.contains(".rows-")), "{stored:?}");
+    let b = world.spawn(Role::B, "process", &[]);
+    ok(world
+        .server(Role::A, "process", &["--workers", "3"])
+        .output()
+        .unwrap());
+    ok(b.wait_with_output().unwrap());
+    let check = |role: Role| {
+        for batch in ["x", "s"] {
+            let published = world.published(role, batch).unwrap();
+            assert_eq!(
+                published["aggregate"], expected["batches"][batch]["aggregate"],
+                "{batch} at {role}"
+            );
+        }
+    };
+    check(Role::A);
+    check(Role::B);
+    // verify2 again, now cut as verify1 was: the stored states are used.
+    let internal = world
+        .private(Role::A)
+        .join(format!("{DATE}/intermediate/internal"));
+    std::fs::remove_dir_all(internal.join("verify2")).unwrap();
+    std::fs::remove_dir_all(internal.join("aggregate")).unwrap();
+    std::fs::remove_dir_all(world.private(Role::A).join(format!("{DATE}/processed"))).unwrap();
+    ok(world
+        .server(Role::A, "process", &["--workers", "2"])
+        .output()
+        .unwrap());
     check(Role::A);
 }

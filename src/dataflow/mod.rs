@@ -6,11 +6,13 @@ pub mod process;
 pub mod stage;
 
 use std::cell::RefCell;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::rc::Rc;
 
 use timely::container::CapacityContainerBuilder;
-use timely::dataflow::channels::pact::{ParallelizationContract, Pipeline};
+use timely::dataflow::channels::pact::{
+    Exchange as ExchangePact, ParallelizationContract, Pipeline,
+};
 use timely::dataflow::operators::vec::Broadcast;
 use timely::dataflow::operators::{Input, Operator, Probe};
 use timely::dataflow::{InputHandleVec, ProbeHandle, StreamVec};
@@ -180,6 +182,68 @@ pub fn consume_into<'s, D, P>(
             }
         })
         .probe_with(probe);
+}
+
+/// Records sent to the worker that `route` picks (`route % peers`), where
+/// they wait in arrival order until taken. Every worker builds the channel;
+/// each closes its sending side when it has sent everything.
+pub struct Channel<D: Clone + 'static> {
+    input: Option<InputHandleVec<u64, D>>,
+    probe: ProbeHandle<u64>,
+    received: Rc<RefCell<VecDeque<D>>>,
+}
+
+impl<D: timely::ExchangeData + Clone> Channel<D> {
+    pub fn new(worker: &mut Worker, name: &str, route: impl Fn(&D) -> u64 + 'static) -> Self {
+        let mut input = InputHandleVec::new();
+        let probe = ProbeHandle::new();
+        let received = Rc::new(RefCell::new(VecDeque::new()));
+        let sink = received.clone();
+        worker.dataflow::<u64, _, _>(|scope| {
+            consume_into(
+                scope.input_from(&mut input),
+                ExchangePact::new(route),
+                name,
+                &probe,
+                move |record| sink.borrow_mut().push_back(record),
+            );
+        });
+        Channel {
+            input: Some(input),
+            probe,
+            received,
+        }
+    }
+
+    /// Sends one record and lets it go at once: records here are large (a
+    /// slice of a part), and the receiver should not wait for more. Closing
+    /// the record's epoch is what makes the exchange deliver its buffers.
+    pub fn send(&mut self, record: D) {
+        let input = self.input.as_mut().expect("send on a closed channel");
+        input.send(record);
+        let next = input.time() + 1;
+        input.advance_to(next);
+    }
+
+    /// The oldest record that arrived here and was not taken yet.
+    pub fn take(&self) -> Option<D> {
+        self.received.borrow_mut().pop_front()
+    }
+
+    /// Ends this worker's sending side.
+    pub fn close(&mut self) {
+        self.input.take();
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.input.is_none()
+    }
+
+    /// Every worker closed its side and everything sent here has arrived
+    /// (it may still wait to be taken).
+    pub fn delivered(&self) -> bool {
+        self.probe.done()
+    }
 }
 
 /// Steps `worker` until `probe` is done. A worker with nothing to do parks

@@ -3,33 +3,34 @@
 //! writes a message for the peer into the peer's inbox, and waits for the
 //! peer's message of the step before it.
 //!
-//! Work is split by staged part (all parts in order, `index % peers`), so a
-//! worker holds about one part at a time. When `process` runs verify1 and
-//! verify2 together, a part whose verifier shares the peer has already sent
-//! is finished at once with its verification states in memory; other parts'
+//! Verification is split below the staged part: each part's owner (part
+//! `index % peers`) reads it and sends one slice of rows to every worker,
+//! every worker verifies its slices, and the owner writes the part's
+//! messages once every slice is back. All workers share every part, so the
+//! speedup does not depend on how many parts `stage` wrote, and a worker
+//! holds about two slices at a time. When `process` runs verify1 and
+//! verify2 together, a slice whose part the peer has already answered is
+//! finished at once with its verification states in memory; other slices'
 //! states are kept in the private bucket until the peer answers (and are
-//! recomputed from the raw shares if a stopped run held them only in memory).
-//! verify2 keeps one sum of accepted output shares per part for `aggregate`.
+//! recomputed from the raw shares if a stopped run held them only in memory,
+//! or a rerun cuts parts into other slices). verify2 keeps one sum of
+//! accepted output shares per part for `aggregate`.
 //! A step whose `_SUCCESS` exists is not redone, so a killed server can
 //! simply be started again. What goes to the peer is written once
 //! ([`Location::put_once`]): a rerun rewrites the same content, and can
 //! never change a message the peer may have read.
 
-use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::rc::Rc;
+use std::ops::Range;
 use std::time::Duration;
 
 use base64::Engine;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use timely::dataflow::channels::pact::Exchange as ExchangePact;
-use timely::dataflow::operators::Input;
-use timely::dataflow::{InputHandleVec, ProbeHandle};
 use timely::worker::Worker;
 
-use super::{all_reduce, bump, consume_into, fatal, run_until_done, Counters};
+use super::{all_reduce, bump, fatal, Channel, Counters};
 use crate::storage::location::{Location, StorageError};
 use crate::storage::messages::{
     decode_message, decode_staged, encode_message, MessageRow, StagedRow, OK,
@@ -143,6 +144,11 @@ impl Part {
         format!("{}.parquet", self.stem())
     }
 
+    /// verify1's stored verification states for rows `range` of the part.
+    fn states_name(&self, range: Range<usize>) -> String {
+        format!("{}.rows-{}-{}.parquet", self.stem(), range.start, range.end)
+    }
+
     /// verify2's sum of the output shares this server accepted in the part.
     fn accepted_sum_name(&self) -> String {
         format!("{}.accepted-sum", self.stem())
@@ -210,12 +216,12 @@ fn server_worker(worker: &mut Worker, job: &ServerJob) -> Vec<BatchOutcome> {
         match step {
             Step::Verify1 => {
                 let then_verify2 = steps.peek() == Some(&Step::Verify2) && !done(Step::Verify2);
-                verify_steps(worker, job, &parts, then_verify2);
+                verify_steps(worker, job, &parts, true, then_verify2);
                 if then_verify2 {
                     steps.next();
                 }
             }
-            Step::Verify2 => verify2_step(worker, job, &parts),
+            Step::Verify2 => verify_steps(worker, job, &parts, false, true),
             Step::Aggregate => {
                 wait_for_peer(job, Step::Verify2);
                 aggregate_step(worker, job, &parts)
@@ -360,18 +366,118 @@ fn by_id(rows: Vec<MessageRow>) -> HashMap<String, MessageRow> {
 /// verification state, or the reason it has none.
 type States = Vec<(String, Result<VerifyState, String>)>;
 
-/// verify1 for one part: opens and verify-inits every row (repeats of an id
-/// are rejected). Returns the rows for the peer and this server's states.
-fn verify1_part(job: &ServerJob, vdaf: &Vdaf, part: &Part) -> (Vec<MessageRow>, States) {
+/// A report as the worker verifying it gets it. `repeated` marks a report id
+/// seen earlier in the same part: that copy is rejected as a duplicate.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ReportRow {
+    id: String,
+    #[serde(with = "serde_bytes")]
+    payload: Vec<u8>,
+    repeated: bool,
+}
+
+/// Rows `start..end` of part `part` (an index into the sorted parts), slice
+/// `index` of `of`: the unit of verification work. Every part is cut into
+/// one slice per worker, so all workers share each part and the speedup
+/// does not depend on how many parts `stage` wrote.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+struct Slice {
+    part: usize,
+    index: usize,
+    of: usize,
+    start: usize,
+    end: usize,
+}
+
+impl Slice {
+    fn rows(&self) -> Range<usize> {
+        self.start..self.end
+    }
+}
+
+/// A slice's reports, from the part's owner to the worker verifying them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct SliceReports {
+    slice: Slice,
+    rows: Vec<ReportRow>,
+}
+
+/// A slice's message rows, back to the part's owner, which writes the part
+/// once every slice is in. verify2 adds the encoded sum of the output
+/// shares this server accepted in the slice.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct SliceMessage {
+    slice: Slice,
+    rows: Vec<MessageRow>,
+    #[serde(with = "serde_bytes")]
+    accepted_sum: Vec<u8>,
+}
+
+/// The worker that reads part `index` and writes its messages.
+fn owner(index: usize, peers: usize) -> u64 {
+    (index % peers) as u64
+}
+
+/// A part's reports in row order, repeats of a report id marked.
+fn report_rows(rows: Vec<StagedRow>) -> Vec<ReportRow> {
     let mut seen = HashSet::new();
-    let mut sent = Vec::new();
-    let mut states = Vec::new();
-    for row in read_staged(job, part) {
-        let result = if seen.insert(row.id.clone()) {
-            open_and_verify_init(vdaf, &job.secrets, &part.batch_id, &row.payload)
-                .map_err(|r| r.reason())
-        } else {
+    rows.into_iter()
+        .map(|row| ReportRow {
+            repeated: !seen.insert(row.id.clone()),
+            id: row.id,
+            payload: row.payload,
+        })
+        .collect()
+}
+
+/// Rows `range` of a part, read again from the raw shares.
+fn read_slice(job: &ServerJob, part: &Part, range: Range<usize>) -> Vec<ReportRow> {
+    let mut rows = report_rows(read_staged(job, part));
+    rows.truncate(range.end);
+    rows.split_off(range.start.min(rows.len()))
+}
+
+/// Reads part `index` and sends one slice of it to every worker.
+fn scatter(
+    job: &ServerJob,
+    parts: &[Part],
+    index: usize,
+    peers: usize,
+    to: &mut Channel<SliceReports>,
+) {
+    let mut rows = report_rows(read_staged(job, &parts[index]));
+    let total = rows.len();
+    for k in (0..peers).rev() {
+        let start = k * total / peers;
+        let slice = rows.split_off(start);
+        to.send(SliceReports {
+            slice: Slice {
+                part: index,
+                index: k,
+                of: peers,
+                start,
+                end: start + slice.len(),
+            },
+            rows: slice,
+        });
+    }
+}
+
+/// verify1 for a slice: opens and verify-inits every report. Returns the
+/// rows for the peer and this server's states.
+fn verify1_slice(
+    job: &ServerJob,
+    vdaf: &Vdaf,
+    batch_id: &str,
+    rows: Vec<ReportRow>,
+) -> (Vec<MessageRow>, States) {
+    let mut sent = Vec::with_capacity(rows.len());
+    let mut states = Vec::with_capacity(rows.len());
+    for row in rows {
+        let result = if row.repeated {
             Err("duplicate_report_id")
+        } else {
+            open_and_verify_init(vdaf, &job.secrets, batch_id, &row.payload).map_err(|r| r.reason())
         };
         let (status, share, state) = match result {
             Ok((state, share)) => (OK, share, Ok(state)),
@@ -387,8 +493,8 @@ fn verify1_part(job: &ServerJob, vdaf: &Vdaf, part: &Part) -> (Vec<MessageRow>, 
     (sent, states)
 }
 
-/// Keeps a part's states in the private bucket until verify2 needs them.
-fn store_states(job: &ServerJob, vdaf: &Vdaf, part: &Part, states: &States) {
+/// Keeps a slice's states in the private bucket until verify2 needs them.
+fn store_states(job: &ServerJob, vdaf: &Vdaf, part: &Part, range: Range<usize>, states: &States) {
     let rows: Vec<MessageRow> = states
         .iter()
         .map(|(id, state)| MessageRow {
@@ -398,19 +504,28 @@ fn store_states(job: &ServerJob, vdaf: &Vdaf, part: &Part, states: &States) {
         })
         .collect();
     job.own(Step::Verify1)
-        .put(&part.message_name(), encode_message(&rows))
+        .put(&part.states_name(range), encode_message(&rows))
         .unwrap_or_else(|e| fatal(e));
 }
 
-/// A part's states: stored by verify1, or, for a part whose states were
-/// only held in memory by a run that stopped, recomputed from the raw shares
+/// The states of rows `range` of a part: as verify1 stored them, or, where
+/// it stored none for exactly these rows (a run that held them in memory
+/// and stopped, or one cut into other slices), recomputed from `rows`
 /// (verification is deterministic, so they are the same states).
-fn load_states(job: &ServerJob, vdaf: &Vdaf, part: &Part) -> States {
+fn load_states(
+    job: &ServerJob,
+    vdaf: &Vdaf,
+    part: &Part,
+    range: Range<usize>,
+    rows: impl FnOnce() -> Vec<ReportRow>,
+) -> States {
     let own = job.own(Step::Verify1);
-    let name = part.message_name();
+    let name = part.states_name(range);
     let data = match own.get(&name) {
         Ok(data) => data,
-        Err(StorageError::NotFound { .. }) => return verify1_part(job, vdaf, part).1,
+        Err(StorageError::NotFound { .. }) => {
+            return verify1_slice(job, vdaf, &part.batch_id, rows()).1
+        }
         Err(e) => fatal(e),
     };
     let rows = decode_message(&format!("{}/{name}", own.url()), data).unwrap_or_else(|e| fatal(e));
@@ -434,10 +549,10 @@ fn load_states(job: &ServerJob, vdaf: &Vdaf, part: &Part) -> States {
         .collect()
 }
 
-/// Finishes verification of a part from this server's states and the
-/// peer's verifier shares: every report's verdict, and the sum of the
+/// Finishes verification of reports of a part from this server's states and
+/// the peer's verifier shares: every report's verdict, and the sum of the
 /// output shares of the accepted reports that `include` admits.
-fn finish_part(
+fn finish_states(
     job: &ServerJob,
     vdaf: &Vdaf,
     part: &Part,
@@ -474,29 +589,6 @@ fn finish_part(
     (verdicts, sum)
 }
 
-/// verify2 for one part: sends the verdicts, and keeps the sum of the
-/// output shares this server accepted (not each share: the peer almost
-/// always agrees, and `aggregate` recomputes the sum where it does not).
-fn verify2_part(
-    job: &ServerJob,
-    vdaf: &Vdaf,
-    part: &Part,
-    states: States,
-    counters: &mut Counters,
-) {
-    let (verdicts, sum) = finish_part(job, vdaf, part, states, |_| true);
-    count_rows(counters, Step::Verify2, part, &verdicts);
-    let name = part.message_name();
-    let rows = encode_message(&verdicts);
-    job.sent(Step::Verify2)
-        .put_once(&name, Bytes::from(rows.clone()), same_rows)
-        .unwrap_or_else(|e| fatal(e));
-    let own = job.own(Step::Verify2);
-    own.put(&name, rows).unwrap_or_else(|e| fatal(e));
-    own.put(&part.accepted_sum_name(), vdaf.encode_aggregate(&sum))
-        .unwrap_or_else(|e| fatal(e));
-}
-
 fn count_rows(counters: &mut Counters, step: Step, part: &Part, rows: &[MessageRow]) {
     for row in rows {
         bump(
@@ -519,90 +611,287 @@ fn close_step(worker: &mut Worker, job: &ServerJob, step: Step, counters: &Count
     }
 }
 
-/// verify1, and with `then_verify2` also verify2, over this worker's parts.
-///
-/// When both steps run, a part whose verifier shares the peer has already
-/// sent goes through verify2 straight away with its states in memory; at
-/// most one other part's states wait in memory, older ones are stored.
-/// Without `then_verify2` every part's states are stored.
-fn verify_steps(worker: &mut Worker, job: &ServerJob, parts: &[Part], then_verify2: bool) {
-    let mut counters = [Counters::new(), Counters::new()];
-    let mut waiting: VecDeque<(&Part, States)> = VecDeque::new();
-    let mut stored: Vec<&Part> = Vec::new();
-    for part in my_parts(worker, parts) {
-        let vdaf = part_vdaf(job, part);
-        let (sent, states) = verify1_part(job, vdaf, part);
-        count_rows(&mut counters[0], Step::Verify1, part, &sent);
-        job.sent(Step::Verify1)
-            .put_once(
-                &part.message_name(),
-                encode_message(&sent).into(),
-                same_rows,
-            )
-            .unwrap_or_else(|e| fatal(e));
-        if !then_verify2 {
-            store_states(job, vdaf, part, &states);
-            continue;
-        }
-        waiting.push_back((part, states));
-        while let Some((oldest, _)) = waiting.front() {
-            let answered = job
-                .received(Step::Verify1)
-                .exists(&oldest.message_name())
-                .unwrap_or_else(|e| fatal(e));
-            if !answered && waiting.len() == 1 {
-                break;
-            }
-            let (oldest, states) = waiting.pop_front().expect("not empty");
-            let vdaf = part_vdaf(job, oldest);
-            if answered {
-                verify2_part(job, vdaf, oldest, states, &mut counters[1]);
-            } else {
-                store_states(job, vdaf, oldest, &states);
-                stored.push(oldest);
-            }
-        }
-    }
-    close_step(worker, job, Step::Verify1, &counters[0]);
-    if !then_verify2 {
-        return;
-    }
-    wait_for_peer(job, Step::Verify1);
-    for (part, states) in waiting {
-        verify2_part(job, part_vdaf(job, part), part, states, &mut counters[1]);
-    }
-    for part in stored {
-        let vdaf = part_vdaf(job, part);
-        verify2_part(
-            job,
-            vdaf,
-            part,
-            load_states(job, vdaf, part),
-            &mut counters[1],
-        );
-    }
-    close_step(worker, job, Step::Verify2, &counters[1]);
+/// A part owner's side of verification: collects the slices each worker
+/// sends back and writes a part's messages once all its slices are in.
+struct PartWriter<'a> {
+    job: &'a ServerJob,
+    parts: &'a [Part],
+    verify1: Channel<SliceMessage>,
+    verify2: Channel<SliceMessage>,
+    pending: [HashMap<usize, Vec<SliceMessage>>; 2],
 }
 
-/// verify2 alone, from the states verify1 stored.
-fn verify2_step(worker: &mut Worker, job: &ServerJob, parts: &[Part]) {
-    if !job
-        .own(Step::Verify1)
-        .exists(SUCCESS)
-        .unwrap_or_else(|e| fatal(e))
-    {
-        fatal(format!(
-            "{}/{SUCCESS} is missing: run verify1 for this date first",
-            job.own(Step::Verify1).url()
-        ));
+impl<'a> PartWriter<'a> {
+    fn new(worker: &mut Worker, job: &'a ServerJob, parts: &'a [Part]) -> Self {
+        let peers = worker.peers();
+        let route = move |m: &SliceMessage| owner(m.slice.part, peers);
+        PartWriter {
+            job,
+            parts,
+            verify1: Channel::new(worker, "GatherVerify1", route),
+            verify2: Channel::new(worker, "GatherVerify2", route),
+            pending: [HashMap::new(), HashMap::new()],
+        }
     }
-    wait_for_peer(job, Step::Verify1);
-    let mut counters = Counters::new();
-    for part in my_parts(worker, parts) {
-        let vdaf = part_vdaf(job, part);
-        verify2_part(job, vdaf, part, load_states(job, vdaf, part), &mut counters);
+
+    /// Writes every part that became whole; returns whether any slice came in.
+    fn write_whole_parts(&mut self) -> bool {
+        let mut any = false;
+        for (k, channel) in [&self.verify1, &self.verify2].into_iter().enumerate() {
+            while let Some(message) = channel.take() {
+                any = true;
+                let (index, of) = (message.slice.part, message.slice.of);
+                let slices = self.pending[k].entry(index).or_default();
+                slices.push(message);
+                if slices.len() == of {
+                    let mut slices = self.pending[k].remove(&index).expect("present");
+                    slices.sort_by_key(|m| m.slice.index);
+                    let part = &self.parts[index];
+                    if k == 0 {
+                        write_verify1(self.job, part, slices);
+                    } else {
+                        write_verify2(self.job, part, slices);
+                    }
+                }
+            }
+        }
+        any
     }
-    close_step(worker, job, Step::Verify2, &counters);
+
+    /// Closes this worker's side of `step`'s channel and writes parts until
+    /// every worker's slices of that step are written.
+    fn finish(&mut self, worker: &mut Worker, step: Step) {
+        let channel = if step == Step::Verify1 {
+            &mut self.verify1
+        } else {
+            &mut self.verify2
+        };
+        channel.close();
+        loop {
+            let delivered = match step {
+                Step::Verify1 => self.verify1.delivered(),
+                _ => self.verify2.delivered(),
+            };
+            if !self.write_whole_parts() && delivered {
+                return;
+            }
+            worker.step_or_park(None);
+        }
+    }
+}
+
+fn write_verify1(job: &ServerJob, part: &Part, slices: Vec<SliceMessage>) {
+    let rows: Vec<MessageRow> = slices.into_iter().flat_map(|s| s.rows).collect();
+    job.sent(Step::Verify1)
+        .put_once(
+            &part.message_name(),
+            encode_message(&rows).into(),
+            same_rows,
+        )
+        .unwrap_or_else(|e| fatal(e));
+}
+
+/// Sends the part's verdicts, and keeps them with the sum of the output
+/// shares this server accepted (not each share: the peer almost always
+/// agrees, and `aggregate` recomputes the sum where it does not).
+fn write_verify2(job: &ServerJob, part: &Part, slices: Vec<SliceMessage>) {
+    let vdaf = part_vdaf(job, part);
+    let mut sum = vdaf.aggregate_init();
+    let mut rows = Vec::new();
+    for slice in slices {
+        let share = vdaf
+            .decode_aggregate(&slice.accepted_sum)
+            .unwrap_or_else(|e| fatal(format!("{}: sum of slice: {e}", part.name)));
+        vdaf.merge(&mut sum, &share);
+        rows.extend(slice.rows);
+    }
+    let name = part.message_name();
+    let bytes = encode_message(&rows);
+    job.sent(Step::Verify2)
+        .put_once(&name, Bytes::from(bytes.clone()), same_rows)
+        .unwrap_or_else(|e| fatal(e));
+    let own = job.own(Step::Verify2);
+    own.put(&name, bytes).unwrap_or_else(|e| fatal(e));
+    own.put(&part.accepted_sum_name(), vdaf.encode_aggregate(&sum))
+        .unwrap_or_else(|e| fatal(e));
+}
+
+/// verify2 for a slice whose states are at hand: its verdicts and sum go
+/// to the part's owner.
+fn verify2_slice(
+    job: &ServerJob,
+    parts: &[Part],
+    slice: Slice,
+    states: States,
+    counters: &mut Counters,
+    to: &mut Channel<SliceMessage>,
+) {
+    let part = &parts[slice.part];
+    let vdaf = part_vdaf(job, part);
+    let (rows, sum) = finish_states(job, vdaf, part, states, |_| true);
+    count_rows(counters, Step::Verify2, part, &rows);
+    to.send(SliceMessage {
+        slice,
+        rows,
+        accepted_sum: vdaf.encode_aggregate(&sum),
+    });
+}
+
+/// verify1 and/or verify2 over all parts. Each part's owner reads it and
+/// sends one slice to every worker; every worker verifies the slices it
+/// gets and sends its rows back; the owner writes the part's messages.
+/// Owners read their next part only when they have no slice waiting, so a
+/// worker holds about one slice of raw shares at a time.
+///
+/// When both steps run, a slice whose part the peer has already answered
+/// goes through verify2 straight away with its states in memory; at most
+/// one other slice's states wait in memory, older ones are stored. verify1
+/// alone stores every slice's states; verify2 alone loads them.
+fn verify_steps(
+    worker: &mut Worker,
+    job: &ServerJob,
+    parts: &[Part],
+    verify1: bool,
+    verify2: bool,
+) {
+    if !verify1 {
+        let own = job.own(Step::Verify1);
+        if !own.exists(SUCCESS).unwrap_or_else(|e| fatal(e)) {
+            fatal(format!(
+                "{}/{SUCCESS} is missing: run verify1 for this date first",
+                own.url()
+            ));
+        }
+        wait_for_peer(job, Step::Verify1);
+    }
+    let peers = worker.peers();
+    let mut reports = Channel::new(worker, "ScatterSlices", |s: &SliceReports| {
+        s.slice.index as u64
+    });
+    let mut writer = PartWriter::new(worker, job, parts);
+    let mut counters = [Counters::new(), Counters::new()];
+    let mut waiting: VecDeque<(Slice, States)> = VecDeque::new();
+    let mut stored: Vec<Slice> = Vec::new();
+    // Parts are read in rounds of one per worker (part `round * peers + worker`).
+    // A worker reads its part of a round once it has taken every slice of
+    // all rounds but the last: one round ahead, so nobody waits for work and
+    // nobody holds more than two rounds of slices.
+    let rounds = parts.len().div_ceil(peers);
+    let in_round = |round: usize| peers.min(parts.len() - round * peers);
+    let mut taken = vec![0; rounds];
+    let (mut next_round, mut complete) = (0, 0);
+    loop {
+        let mut busy = writer.write_whole_parts();
+        if next_round < rounds && next_round <= complete + 1 {
+            busy = true;
+            let index = next_round * peers + worker.index();
+            next_round += 1;
+            if index < parts.len() {
+                scatter(job, parts, index, peers, &mut reports);
+            }
+        } else if let Some(SliceReports { slice, rows }) = reports.take() {
+            taken[slice.part / peers] += 1;
+            while complete < rounds && taken[complete] == in_round(complete) {
+                complete += 1;
+            }
+            busy = true;
+            let part = &parts[slice.part];
+            let vdaf = part_vdaf(job, part);
+            if !verify1 {
+                let states = load_states(job, vdaf, part, slice.rows(), || rows);
+                verify2_slice(
+                    job,
+                    parts,
+                    slice,
+                    states,
+                    &mut counters[1],
+                    &mut writer.verify2,
+                );
+            } else {
+                let (sent, states) = verify1_slice(job, vdaf, &part.batch_id, rows);
+                count_rows(&mut counters[0], Step::Verify1, part, &sent);
+                writer.verify1.send(SliceMessage {
+                    slice,
+                    rows: sent,
+                    accepted_sum: Vec::new(),
+                });
+                if !verify2 {
+                    store_states(job, vdaf, part, slice.rows(), &states);
+                } else {
+                    waiting.push_back((slice, states));
+                }
+            }
+            while let Some((oldest, _)) = waiting.front() {
+                let answered = job
+                    .received(Step::Verify1)
+                    .exists(&parts[oldest.part].message_name())
+                    .unwrap_or_else(|e| fatal(e));
+                if !answered && waiting.len() == 1 {
+                    break;
+                }
+                let (oldest, states) = waiting.pop_front().expect("not empty");
+                if answered {
+                    verify2_slice(
+                        job,
+                        parts,
+                        oldest,
+                        states,
+                        &mut counters[1],
+                        &mut writer.verify2,
+                    );
+                } else {
+                    let part = &parts[oldest.part];
+                    store_states(job, part_vdaf(job, part), part, oldest.rows(), &states);
+                    stored.push(oldest);
+                }
+            }
+        } else if next_round == rounds && !reports.is_closed() {
+            reports.close();
+        } else if reports.is_closed() && reports.delivered() {
+            break;
+        }
+        if busy {
+            worker.step();
+        } else {
+            worker.step_or_park(None);
+        }
+    }
+    if verify1 {
+        writer.finish(worker, Step::Verify1);
+        close_step(worker, job, Step::Verify1, &counters[0]);
+    }
+    if !verify2 {
+        return;
+    }
+    if verify1 {
+        wait_for_peer(job, Step::Verify1);
+        for (slice, states) in waiting {
+            verify2_slice(
+                job,
+                parts,
+                slice,
+                states,
+                &mut counters[1],
+                &mut writer.verify2,
+            );
+        }
+        for slice in stored {
+            let part = &parts[slice.part];
+            let states = load_states(job, part_vdaf(job, part), part, slice.rows(), || {
+                read_slice(job, part, slice.rows())
+            });
+            verify2_slice(
+                job,
+                parts,
+                slice,
+                states,
+                &mut counters[1],
+                &mut writer.verify2,
+            );
+        }
+    }
+    writer.finish(worker, Step::Verify2);
+    close_step(worker, job, Step::Verify2, &counters[1]);
 }
 
 /// Whether two message files hold the same rows, however they were encoded.
@@ -675,8 +964,11 @@ fn aggregate_part(job: &ServerJob, vdaf: &Vdaf, part: &Part) -> PartAggregate {
         None
     };
     let share = stored_sum.unwrap_or_else(|| {
-        let states = load_states(job, vdaf, part);
-        let (verdicts, sum) = finish_part(job, vdaf, part, states, |id| both_accepted.contains(id));
+        let states = load_states(job, vdaf, part, 0..reports as usize, || {
+            report_rows(read_staged(job, part))
+        });
+        let (verdicts, sum) =
+            finish_states(job, vdaf, part, states, |id| both_accepted.contains(id));
         let summed = verdicts
             .iter()
             .filter(|r| r.status == OK && both_accepted.contains(&r.id))
@@ -704,32 +996,21 @@ fn aggregate_part(job: &ServerJob, vdaf: &Vdaf, part: &Part) -> PartAggregate {
 }
 
 fn aggregate_step(worker: &mut Worker, job: &ServerJob, parts: &[Part]) {
-    let mut input = InputHandleVec::<u64, PartAggregate>::new();
-    let probe = ProbeHandle::<u64>::new();
-    let gathered = Rc::new(RefCell::new(Vec::new()));
-    let sink = gathered.clone();
-    worker.dataflow::<u64, _, _>(|scope| {
-        let to_first = ExchangePact::new(|_: &PartAggregate| 0);
-        consume_into(
-            scope.input_from(&mut input),
-            to_first,
-            "GatherAggregates",
-            &probe,
-            move |p| sink.borrow_mut().push(p),
-        );
-    });
+    let mut gathered = Channel::new(worker, "GatherAggregates", |_: &PartAggregate| 0);
     for part in my_parts(worker, parts) {
         let vdaf = part_vdaf(job, part);
-        input.send(aggregate_part(job, vdaf, part));
+        gathered.send(aggregate_part(job, vdaf, part));
         worker.step();
     }
-    input.close();
-    run_until_done(worker, &probe);
+    gathered.close();
+    while !gathered.delivered() {
+        worker.step_or_park(None);
+    }
     if worker.index() != 0 {
         return;
     }
     let mut by_batch: BTreeMap<String, Vec<PartAggregate>> = BTreeMap::new();
-    for p in gathered.take() {
+    while let Some(p) = gathered.take() {
         by_batch.entry(p.batch_id.clone()).or_default().push(p);
     }
     // Every configured batch gets a message, an empty one when it has no reports.

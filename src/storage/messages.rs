@@ -22,12 +22,14 @@ pub struct StagedRow {
     pub payload: Vec<u8>,
 }
 
-/// One row of a verify1 or verify2 message.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One row of a verify1 or verify2 message. Serializable so that workers
+/// can pass rows to the worker that writes the part's message.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct MessageRow {
     pub id: String,
     pub status: String,
     /// The verifier share (verify1); empty otherwise.
+    #[serde(with = "serde_bytes")]
     pub share: Vec<u8>,
 }
 
