@@ -221,9 +221,10 @@ fn every_vdaf_publishes_the_known_answer_and_bad_reports_are_excluded() {
     assert!(parts_a.len() >= 2, "several parts per batch");
     world.edit_part(&parts_a[0], Role::A, "sumvec", |rows| {
         let last = rows[0].1.len() - 1;
-        rows[0].1[last] ^= 1; // tampered ciphertext
-                              // A duplicated report id, last in the part: with two workers the
-                              // copy is verified in another slice than the first.
+        // A tampered ciphertext.
+        rows[0].1[last] ^= 1;
+        // A duplicated report id, last in the part: with two workers the
+        // copy is verified in another slice than the first.
         let dup = rows[1].clone();
         rows.push(dup);
     });
@@ -499,22 +500,24 @@ fn a_report_the_peer_rejects_after_this_server_accepted_it_is_left_out_of_the_su
     }
 }
 
+/// A Prio2 and a Prio3 SumVec batch, for the tests of how verification is split.
+const TWO_BATCHES: &str = r#"{"x": 32, "s": {"vdaf": "sumvec", "length": 8, "bits": 2}}"#;
+
+/// Both of `TWO_BATCHES` are published at `role` with their plaintext sums.
+fn assert_known_answers(world: &World, expected: &serde_json::Value, role: Role) {
+    for batch in ["x", "s"] {
+        let published = world.published(role, batch).unwrap();
+        assert_eq!(
+            published["aggregate"], expected["batches"][batch]["aggregate"],
+            "{batch} at {role}"
+        );
+    }
+}
+
 #[test]
 fn parts_the_peer_already_answered_are_verified_in_memory_and_recomputed_after_a_restart() {
-    let (world, expected) = World::new(
-        r#"{"x": 32, "s": {"vdaf": "sumvec", "length": 8, "bits": 2}}"#,
-        30,
-        &[],
-    );
-    let check = |role: Role| {
-        for batch in ["x", "s"] {
-            let published = world.published(role, batch).unwrap();
-            assert_eq!(
-                published["aggregate"], expected["batches"][batch]["aggregate"],
-                "{batch} at {role}"
-            );
-        }
-    };
+    let (world, expected) = World::new(TWO_BATCHES, 30, &[]);
+    let check = |role: Role| assert_known_answers(&world, &expected, role);
     // b's verifier shares are all there before a starts, so a keeps every state in memory.
     ok(world.server(Role::B, "verify1", &[]).output().unwrap());
     let b = world.spawn(Role::B, "process", &[]);
@@ -549,11 +552,7 @@ fn states_stored_for_one_slicing_are_used_or_recomputed_under_another() {
     // verify1 with 2 workers stores each part's states in two slices (the
     // peer has not answered yet); verify2 then runs with 3 workers, whose
     // slices match none of them, and with 2, and both publish the known answer.
-    let (world, expected) = World::new(
-        r#"{"x": 32, "s": {"vdaf": "sumvec", "length": 8, "bits": 2}}"#,
-        30,
-        &[],
-    );
+    let (world, expected) = World::new(TWO_BATCHES, 30, &[]);
     ok(world
         .server(Role::A, "verify1", &["--workers", "2"])
         .output()
@@ -576,15 +575,7 @@ fn states_stored_for_one_slicing_are_used_or_recomputed_under_another() {
         .output()
         .unwrap());
     ok(b.wait_with_output().unwrap());
-    let check = |role: Role| {
-        for batch in ["x", "s"] {
-            let published = world.published(role, batch).unwrap();
-            assert_eq!(
-                published["aggregate"], expected["batches"][batch]["aggregate"],
-                "{batch} at {role}"
-            );
-        }
-    };
+    let check = |role: Role| assert_known_answers(&world, &expected, role);
     check(Role::A);
     check(Role::B);
     // verify2 again, now cut as verify1 was: the stored states are used.

@@ -7,8 +7,9 @@
 //! `index % peers`) reads it and sends one slice of rows to every worker,
 //! every worker verifies its slices, and the owner writes the part's
 //! messages once every slice is back. All workers share every part, so the
-//! speedup does not depend on how many parts `stage` wrote, and a worker
-//! holds about two slices at a time. When `process` runs verify1 and
+//! speedup does not depend on how many parts `stage` wrote. Parts are read
+//! a round (one part per worker) ahead of the slowest worker, so memory is
+//! bounded by a few parts, not by the batch. When `process` runs verify1 and
 //! verify2 together, a slice whose part the peer has already answered is
 //! finished at once with its verification states in memory; other slices'
 //! states are kept in the private bucket until the peer answers (and are
@@ -495,6 +496,9 @@ fn verify1_slice(
 
 /// Keeps a slice's states in the private bucket until verify2 needs them.
 fn store_states(job: &ServerJob, vdaf: &Vdaf, part: &Part, range: Range<usize>, states: &States) {
+    if range.is_empty() {
+        return;
+    }
     let rows: Vec<MessageRow> = states
         .iter()
         .map(|(id, state)| MessageRow {
@@ -519,6 +523,9 @@ fn load_states(
     range: Range<usize>,
     rows: impl FnOnce() -> Vec<ReportRow>,
 ) -> States {
+    if range.is_empty() {
+        return States::new();
+    }
     let own = job.own(Step::Verify1);
     let name = part.states_name(range);
     let data = match own.get(&name) {
@@ -672,7 +679,9 @@ impl<'a> PartWriter<'a> {
                 Step::Verify1 => self.verify1.delivered(),
                 _ => self.verify2.delivered(),
             };
-            if !self.write_whole_parts() && delivered {
+            // What arrived before the check is all there is once delivered.
+            self.write_whole_parts();
+            if delivered {
                 return;
             }
             worker.step_or_park(None);
@@ -740,8 +749,8 @@ fn verify2_slice(
 /// verify1 and/or verify2 over all parts. Each part's owner reads it and
 /// sends one slice to every worker; every worker verifies the slices it
 /// gets and sends its rows back; the owner writes the part's messages.
-/// Owners read their next part only when they have no slice waiting, so a
-/// worker holds about one slice of raw shares at a time.
+/// Owners read parts in rounds, at most one round ahead of what they have
+/// taken themselves, so every worker holds a few parts' worth of slices at most.
 ///
 /// When both steps run, a slice whose part the peer has already answered
 /// goes through verify2 straight away with its states in memory; at most
@@ -773,9 +782,9 @@ fn verify_steps(
     let mut waiting: VecDeque<(Slice, States)> = VecDeque::new();
     let mut stored: Vec<Slice> = Vec::new();
     // Parts are read in rounds of one per worker (part `round * peers + worker`).
-    // A worker reads its part of a round once it has taken every slice of
-    // all rounds but the last: one round ahead, so nobody waits for work and
-    // nobody holds more than two rounds of slices.
+    // A worker reads its part of round r once it has taken every slice of the
+    // rounds before r - 1: one round ahead, so nobody waits for work, and a
+    // worker behind the others has at most a few rounds of slices queued.
     let rounds = parts.len().div_ceil(peers);
     let in_round = |round: usize| peers.min(parts.len() - round * peers);
     let mut taken = vec![0; rounds];
@@ -865,20 +874,18 @@ fn verify_steps(
     }
     if verify1 {
         wait_for_peer(job, Step::Verify1);
-        for (slice, states) in waiting {
-            verify2_slice(
-                job,
-                parts,
-                slice,
-                states,
-                &mut counters[1],
-                &mut writer.verify2,
-            );
-        }
-        for slice in stored {
+        // The waiting slice first, then the stored ones; owners write each
+        // part as its slices come in, so nothing piles up.
+        let rest = waiting
+            .into_iter()
+            .map(|(slice, states)| (slice, Some(states)))
+            .chain(stored.into_iter().map(|slice| (slice, None)));
+        for (slice, states) in rest {
             let part = &parts[slice.part];
-            let states = load_states(job, part_vdaf(job, part), part, slice.rows(), || {
-                read_slice(job, part, slice.rows())
+            let states = states.unwrap_or_else(|| {
+                load_states(job, part_vdaf(job, part), part, slice.rows(), || {
+                    read_slice(job, part, slice.rows())
+                })
             });
             verify2_slice(
                 job,
@@ -888,6 +895,8 @@ fn verify_steps(
                 &mut counters[1],
                 &mut writer.verify2,
             );
+            writer.write_whole_parts();
+            worker.step();
         }
     }
     writer.finish(worker, Step::Verify2);
