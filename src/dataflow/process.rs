@@ -626,6 +626,8 @@ struct PartWriter<'a> {
     verify1: Channel<SliceMessage>,
     verify2: Channel<SliceMessage>,
     pending: [HashMap<usize, Vec<SliceMessage>>; 2],
+    /// verify2's verdicts counted on this worker, by slice it finished.
+    verify2_counts: Counters,
 }
 
 impl<'a> PartWriter<'a> {
@@ -638,7 +640,22 @@ impl<'a> PartWriter<'a> {
             verify1: Channel::new(worker, "GatherVerify1", route),
             verify2: Channel::new(worker, "GatherVerify2", route),
             pending: [HashMap::new(), HashMap::new()],
+            verify2_counts: Counters::new(),
         }
+    }
+
+    /// verify2 for a slice whose states are at hand: its verdicts and sum go
+    /// to the part's owner.
+    fn verify2_slice(&mut self, slice: Slice, states: States) {
+        let part = &self.parts[slice.part];
+        let vdaf = part_vdaf(self.job, part);
+        let (rows, sum) = finish_states(self.job, vdaf, part, states, |_| true);
+        count_rows(&mut self.verify2_counts, Step::Verify2, part, &rows);
+        self.verify2.send(SliceMessage {
+            slice,
+            rows,
+            accepted_sum: vdaf.encode_aggregate(&sum),
+        });
     }
 
     /// Writes every part that became whole; returns whether any slice came in.
@@ -725,27 +742,6 @@ fn write_verify2(job: &ServerJob, part: &Part, slices: Vec<SliceMessage>) {
         .unwrap_or_else(|e| fatal(e));
 }
 
-/// verify2 for a slice whose states are at hand: its verdicts and sum go
-/// to the part's owner.
-fn verify2_slice(
-    job: &ServerJob,
-    parts: &[Part],
-    slice: Slice,
-    states: States,
-    counters: &mut Counters,
-    to: &mut Channel<SliceMessage>,
-) {
-    let part = &parts[slice.part];
-    let vdaf = part_vdaf(job, part);
-    let (rows, sum) = finish_states(job, vdaf, part, states, |_| true);
-    count_rows(counters, Step::Verify2, part, &rows);
-    to.send(SliceMessage {
-        slice,
-        rows,
-        accepted_sum: vdaf.encode_aggregate(&sum),
-    });
-}
-
 /// verify1 and/or verify2 over all parts. Each part's owner reads it and
 /// sends one slice to every worker; every worker verifies the slices it
 /// gets and sends its rows back; the owner writes the part's messages.
@@ -778,7 +774,7 @@ fn verify_steps(
         s.slice.index as u64
     });
     let mut writer = PartWriter::new(worker, job, parts);
-    let mut counters = [Counters::new(), Counters::new()];
+    let mut verify1_counts = Counters::new();
     let mut waiting: VecDeque<(Slice, States)> = VecDeque::new();
     let mut stored: Vec<Slice> = Vec::new();
     // Parts are read in rounds of one per worker (part `round * peers + worker`).
@@ -808,17 +804,10 @@ fn verify_steps(
             let vdaf = part_vdaf(job, part);
             if !verify1 {
                 let states = load_states(job, vdaf, part, slice.rows(), || rows);
-                verify2_slice(
-                    job,
-                    parts,
-                    slice,
-                    states,
-                    &mut counters[1],
-                    &mut writer.verify2,
-                );
+                writer.verify2_slice(slice, states);
             } else {
                 let (sent, states) = verify1_slice(job, vdaf, &part.batch_id, rows);
-                count_rows(&mut counters[0], Step::Verify1, part, &sent);
+                count_rows(&mut verify1_counts, Step::Verify1, part, &sent);
                 writer.verify1.send(SliceMessage {
                     slice,
                     rows: sent,
@@ -840,14 +829,7 @@ fn verify_steps(
                 }
                 let (oldest, states) = waiting.pop_front().expect("not empty");
                 if answered {
-                    verify2_slice(
-                        job,
-                        parts,
-                        oldest,
-                        states,
-                        &mut counters[1],
-                        &mut writer.verify2,
-                    );
+                    writer.verify2_slice(oldest, states);
                 } else {
                     let part = &parts[oldest.part];
                     store_states(job, part_vdaf(job, part), part, oldest.rows(), &states);
@@ -867,7 +849,7 @@ fn verify_steps(
     }
     if verify1 {
         writer.finish(worker, Step::Verify1);
-        close_step(worker, job, Step::Verify1, &counters[0]);
+        close_step(worker, job, Step::Verify1, &verify1_counts);
     }
     if !verify2 {
         return;
@@ -887,20 +869,13 @@ fn verify_steps(
                     read_slice(job, part, slice.rows())
                 })
             });
-            verify2_slice(
-                job,
-                parts,
-                slice,
-                states,
-                &mut counters[1],
-                &mut writer.verify2,
-            );
+            writer.verify2_slice(slice, states);
             writer.write_whole_parts();
             worker.step();
         }
     }
     writer.finish(worker, Step::Verify2);
-    close_step(worker, job, Step::Verify2, &counters[1]);
+    close_step(worker, job, Step::Verify2, &writer.verify2_counts);
 }
 
 /// Whether two message files hold the same rows, however they were encoded.
