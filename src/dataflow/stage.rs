@@ -3,19 +3,21 @@
 //!
 //! Phases, each a dataflow that every worker runs to completion in turn:
 //! 1. scan: workers read their share of the sorted input files and route
-//!    each ping to the worker that owns its id, which spills it to local disk
-//!    and remembers the first copy (by file and record order);
+//!    each ping to the worker that owns its id, which keeps the first copy
+//!    (by file and record order): its shares go to a local spill file, and
+//!    memory keeps only where they are;
 //! 2. totals: share bytes per batch id are summed across workers, which fixes
 //!    how many parts each batch gets;
-//! 3. partition: owners replay their spill, keep first copies, assign report
-//!    ids and parts, and route each report to the part's owner, which spills
-//!    it and finally writes the part for both servers, sorted by report id;
+//! 3. partition: owners assign report ids and parts, then, one round of parts
+//!    at a time, read the round's shares back from their spill and route them
+//!    to the part's writer, which sorts and writes it for both servers;
 //! 4. summary: counters are summed and worker 0 writes the markers.
 //!
-//! Memory holds the ping-id set and one part at a time, not the dataset.
+//! Each share is spilled and read back once. Memory holds an index of the
+//! kept pings (ids and spill positions, not shares) and one part per worker.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::rc::Rc;
 
@@ -28,7 +30,7 @@ use timely::worker::Worker;
 use super::{all_reduce, bump, consume_into, fatal, route_hash, run_until_done};
 use crate::storage::input::{read_records, InputFormat};
 use crate::storage::location::Location;
-use crate::storage::spill::{SpillReader, SpillWriter};
+use crate::storage::spill::{ShareSpill, Spilled};
 use crate::storage::staged::{write_part, StagedFormat, StagedLayout, SUCCESS, SUMMARY};
 use crate::wire::ping::{decode_base64, parse_ping, PingRejection};
 use crate::wire::report_id::{report_id, ReportId};
@@ -69,8 +71,8 @@ struct PingRecord {
     entries: Vec<PingEntry>,
 }
 
-/// One prio entry of a ping. Shares are `serde_bytes`, so spill files and
-/// exchanges copy them whole instead of (de)serializing byte by byte.
+/// One prio entry of a ping. Shares are `serde_bytes`, so exchanges between
+/// processes copy them whole instead of (de)serializing byte by byte.
 #[derive(Serialize, Deserialize, Clone, Debug)]
 struct PingEntry {
     batch_id: String,
@@ -82,11 +84,11 @@ struct PingEntry {
     share_b: Vec<u8>,
 }
 
-/// A report on its way to the worker that owns its part.
+/// A report on its way to the worker that writes its part.
 #[derive(Serialize, Deserialize, Clone, Debug)]
 struct StagedReport {
-    batch_id: String,
-    part: u32,
+    /// The part, as a place in [`PartSlots`].
+    slot: u32,
     report_id: ReportId,
     #[serde(with = "serde_bytes")]
     share_a: Vec<u8>,
@@ -171,22 +173,67 @@ fn looks_like_date(s: &str) -> bool {
     s.len() == 10 && chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d").is_ok()
 }
 
-/// What the owner of a set of ping ids keeps: the spilled records and, per
-/// id, the order of the first copy.
+/// What the owner of a set of ping ids keeps: per id, the first copy seen
+/// so far (by file and record order) with where its shares were spilled.
+/// Later copies are dropped on arrival, without spilling their shares.
 struct PingOwner {
-    spill: SpillWriter,
-    first: HashMap<String, (u32, u32)>,
+    spill: ShareSpill,
+    kept: HashMap<String, KeptPing>,
+    /// Batch ids, numbered in order of arrival, so entries hold a number.
+    batch_ids: Vec<String>,
+    batch_numbers: HashMap<String, u32>,
+    duplicates: u64,
+}
+
+struct KeptPing {
+    order: (u32, u32),
+    entries: Vec<SpilledEntry>,
+}
+
+struct SpilledEntry {
+    batch: u32,
+    k: u32,
+    shares: Spilled,
 }
 
 impl PingOwner {
     fn add(&mut self, record: PingRecord) {
-        self.spill
-            .append(&record)
-            .unwrap_or_else(|e| fatal(format!("spill file: {e}")));
-        self.first
-            .entry(record.ping_id)
-            .and_modify(|o| *o = (*o).min(record.order))
-            .or_insert(record.order);
+        if let Some(kept) = self.kept.get(&record.ping_id) {
+            self.duplicates += 1;
+            if kept.order <= record.order {
+                return;
+            }
+        }
+        let entries = record
+            .entries
+            .into_iter()
+            .map(|e| {
+                let next = self.batch_ids.len() as u32;
+                let batch = *self
+                    .batch_numbers
+                    .entry(e.batch_id)
+                    .or_insert_with_key(|id| {
+                        self.batch_ids.push(id.clone());
+                        next
+                    });
+                let shares = self
+                    .spill
+                    .append(&e.share_a, &e.share_b)
+                    .unwrap_or_else(|err| fatal(format!("spill file: {err}")));
+                SpilledEntry {
+                    batch,
+                    k: e.k,
+                    shares,
+                }
+            })
+            .collect();
+        self.kept.insert(
+            record.ping_id,
+            KeptPing {
+                order: record.order,
+                entries,
+            },
+        );
     }
 }
 
@@ -201,9 +248,12 @@ fn scan(
     let peers = worker.peers();
     let spill_path = job.spill_dir.join(format!("pings-{index}.bin"));
     let owner = Rc::new(RefCell::new(PingOwner {
-        spill: SpillWriter::create(&spill_path)
+        spill: ShareSpill::create(&spill_path)
             .unwrap_or_else(|e| fatal(format!("{}: {e}", spill_path.display()))),
-        first: HashMap::new(),
+        kept: HashMap::new(),
+        batch_ids: Vec::new(),
+        batch_numbers: HashMap::new(),
+        duplicates: 0,
     }));
     let mut pings = InputHandleVec::<u64, PingRecord>::new();
     let probe = ProbeHandle::<u64>::new();
@@ -294,48 +344,52 @@ fn scan(
     owner
 }
 
-/// Parts per batch id: enough that each holds about `partition_size` share bytes.
-fn parts_per_batch(totals: &Counters, partition_size: u64) -> HashMap<String, u32> {
-    totals
-        .iter()
-        .filter_map(|(k, bytes)| {
-            let batch = k.strip_prefix("share_bytes/")?;
-            let parts = bytes
+/// Every part of every batch id in one global order (batch ids sorted, then
+/// part number). A part's place in that order is its slot: worker
+/// `slot % peers` writes it in round `slot / peers`, so every worker writes
+/// its share of parts, one per round.
+struct PartSlots {
+    parts: Vec<(String, u32)>,
+    /// Per batch id: its first slot and its number of parts.
+    batches: HashMap<String, (u32, u32)>,
+}
+
+impl PartSlots {
+    /// Enough parts per batch id that each holds about `partition_size` share bytes.
+    fn new(totals: &Counters, partition_size: u64) -> Self {
+        let mut sizes: Vec<(&str, u64)> = totals
+            .iter()
+            .filter_map(|(k, &bytes)| Some((k.strip_prefix("share_bytes/")?, bytes)))
+            .collect();
+        sizes.sort();
+        let mut slots = PartSlots {
+            parts: Vec::new(),
+            batches: HashMap::new(),
+        };
+        for (batch_id, bytes) in sizes {
+            let count = bytes
                 .div_ceil(partition_size.max(1))
-                .clamp(1, u64::from(u32::MAX));
-            Some((batch.to_string(), parts as u32))
-        })
-        .collect()
+                .clamp(1, u64::from(u32::MAX)) as u32;
+            let first = slots.parts.len() as u32;
+            slots
+                .parts
+                .extend((0..count).map(|part| (batch_id.to_string(), part)));
+            slots.batches.insert(batch_id.to_string(), (first, count));
+        }
+        slots
+    }
+
+    /// The slot of a report's part: `u64be(report_id[0..8]) mod parts`.
+    fn of(&self, batch_id: &str, id: &ReportId) -> usize {
+        let (first, count) = self.batches[batch_id];
+        let position = u64::from_be_bytes(id[..8].try_into().expect("8 bytes"));
+        first as usize + (position % u64::from(count)) as usize
+    }
 }
 
-fn part_hash(batch_id: &str, part: u32) -> u64 {
-    route_hash(&[batch_id.as_bytes(), &part.to_be_bytes()])
-}
-
-/// The worker that gathers and writes each part: round-robin over all
-/// (batch id, part) pairs in order, so every worker writes its share of parts.
-fn part_owners(parts: &HashMap<String, u32>, peers: usize) -> HashMap<String, Vec<u64>> {
-    let mut batches: Vec<_> = parts.iter().collect();
-    batches.sort();
-    let mut next = 0u64;
-    batches
-        .into_iter()
-        .map(|(batch, &n)| {
-            let owners = (0..n)
-                .map(|_| {
-                    next += 1;
-                    (next - 1) % peers as u64
-                })
-                .collect();
-            (batch.clone(), owners)
-        })
-        .collect()
-}
-
-/// The part owner's spill files, one per (batch id, part).
-type PartSpills = BTreeMap<(String, u32), SpillWriter>;
-
-/// Phase 3: assign report ids and parts, gather parts, write them.
+/// Phase 3: assign report ids and parts, then in rounds: every worker reads
+/// the shares of the round's parts back from its spill and sends them to the
+/// parts' writers, which sort and write them. A worker holds one part at a time.
 fn partition(
     worker: &mut Worker,
     job: &StageJob,
@@ -344,118 +398,116 @@ fn partition(
 ) -> Counters {
     let index = worker.index();
     let peers = worker.peers();
-    let parts = parts_per_batch(totals, job.partition_size);
+    let slots = PartSlots::new(totals, job.partition_size);
     let mut counters = Counters::new();
-    let spills: Rc<RefCell<PartSpills>> = Rc::new(RefCell::new(BTreeMap::new()));
-    let mut reports = InputHandleVec::<u64, StagedReport>::new();
-    let probe = ProbeHandle::<u64>::new();
-    let sink = spills.clone();
-    let spill_dir = job.spill_dir.clone();
-    worker.dataflow::<u64, _, _>(|scope| {
-        let owners = part_owners(&parts, peers);
-        let pact = ExchangePact::new(move |r: &StagedReport| owners[&r.batch_id][r.part as usize]);
-        consume_into(
-            scope.input_from(&mut reports),
-            pact,
-            "GatherParts",
-            &probe,
-            move |report| {
-                let key = (report.batch_id.clone(), report.part);
-                let mut spills = sink.borrow_mut();
-                let spill = spills.entry(key).or_insert_with(|| {
-                    let path = spill_dir.join(format!(
-                        "part-{index}-{:016x}.bin",
-                        part_hash(&report.batch_id, report.part)
-                    ));
-                    SpillWriter::create(&path)
-                        .unwrap_or_else(|e| fatal(format!("{}: {e}", path.display())))
-                });
-                spill
-                    .append(&report)
-                    .unwrap_or_else(|e| fatal(format!("spill file: {e}")));
-            },
-        );
-    });
-
-    let PingOwner { spill, first } = Rc::try_unwrap(owner)
+    let PingOwner {
+        spill,
+        kept,
+        batch_ids,
+        duplicates,
+        ..
+    } = Rc::try_unwrap(owner)
         .ok()
         .expect("scan is finished")
         .into_inner();
-    bump(
-        &mut counters,
-        "duplicates_dropped",
-        spill.records() - first.len() as u64,
-    );
-    let replay: SpillReader<PingRecord> = spill
+    bump(&mut counters, "duplicates_dropped", duplicates);
+    let mut outgoing: Vec<Vec<(Spilled, ReportId)>> = vec![Vec::new(); slots.parts.len()];
+    for (ping_id, ping) in kept {
+        for e in ping.entries {
+            let batch_id = &batch_ids[e.batch as usize];
+            let id = report_id(&job.secret, &ping_id, batch_id, e.k);
+            outgoing[slots.of(batch_id, &id)].push((e.shares, id));
+        }
+    }
+    let mut spill = spill
         .finish()
         .unwrap_or_else(|e| fatal(format!("spill file: {e}")));
-    for (n, record) in replay.enumerate() {
-        let record = record.unwrap_or_else(|e| fatal(format!("spill file: {e}")));
-        if first.get(&record.ping_id) != Some(&record.order) {
-            continue;
-        }
-        for PingEntry {
-            batch_id,
-            k,
-            share_a,
-            share_b,
-        } in record.entries
-        {
-            let id = report_id(&job.secret, &record.ping_id, &batch_id, k);
-            let part = (u64::from_be_bytes(id[..8].try_into().expect("8 bytes"))
-                % u64::from(parts[&batch_id])) as u32;
-            reports.send(StagedReport {
-                batch_id,
-                part,
-                report_id: id,
-                share_a,
-                share_b,
-            });
-        }
-        if n % 64 == 63 {
-            worker.step();
-        }
-    }
-    reports.close();
-    run_until_done(worker, &probe);
-    tracing::debug!(worker = index, "parts gathered");
 
-    for ((batch_id, part), spill) in spills.take() {
-        let mut rows: Vec<StagedReport> = spill
-            .finish()
-            .unwrap_or_else(|e| fatal(format!("spill file: {e}")))
-            .collect::<std::io::Result<_>>()
-            .unwrap_or_else(|e| fatal(format!("spill file: {e}")));
-        rows.sort_unstable_by_key(|r| r.report_id);
-        for role in Role::BOTH {
-            let shares: Vec<(ReportId, &[u8])> = rows
-                .iter()
-                .map(|r| {
-                    (
-                        r.report_id,
-                        if role == Role::A {
-                            &r.share_a[..]
-                        } else {
-                            &r.share_b[..]
-                        },
-                    )
-                })
-                .collect();
-            let name = StagedLayout::part_name(&batch_id, part, job.output_format);
-            let mut out = job.layout.server(role).writer(&name);
-            write_part(job.output_format, &batch_id, role, &shares, &mut out).unwrap_or_else(|e| {
-                fatal(format!("{}/{name}: {e}", job.layout.server(role).url()))
-            });
-            out.finish().unwrap_or_else(|e| fatal(e));
-        }
-        bump(
-            &mut counters,
-            format!("entries/{batch_id}"),
-            rows.len() as u64,
+    // A worker writes at most one part per round, so what it receives in a
+    // round is that part.
+    let received: Rc<RefCell<Vec<StagedReport>>> = Rc::default();
+    let mut reports = InputHandleVec::<u64, StagedReport>::new();
+    let probe = ProbeHandle::<u64>::new();
+    let sink = received.clone();
+    worker.dataflow::<u64, _, _>(|scope| {
+        consume_into(
+            scope.input_from(&mut reports),
+            ExchangePact::new(|r: &StagedReport| u64::from(r.slot)),
+            "GatherParts",
+            &probe,
+            move |report| sink.borrow_mut().push(report),
         );
-        bump(&mut counters, format!("parts/{batch_id}"), 1);
+    });
+    let total = slots.parts.len();
+    for round in 0..total.div_ceil(peers) {
+        for (slot, reports_of_slot) in outgoing
+            .iter_mut()
+            .enumerate()
+            .skip(round * peers)
+            .take(peers)
+        {
+            let mut mine = std::mem::take(reports_of_slot);
+            // In file order, so the spill is read front to back.
+            mine.sort_unstable_by_key(|(at, _)| *at);
+            for (n, (at, report_id)) in mine.into_iter().enumerate() {
+                let (share_a, share_b) = spill
+                    .read(at)
+                    .unwrap_or_else(|e| fatal(format!("spill file: {e}")));
+                reports.send(StagedReport {
+                    slot: slot as u32,
+                    report_id,
+                    share_a,
+                    share_b,
+                });
+                if n % 64 == 63 {
+                    worker.step();
+                }
+            }
+        }
+        reports.advance_to(round as u64 + 1);
+        while probe.less_equal(&(round as u64)) {
+            worker.step_or_park(None);
+        }
+        let rows = received.take();
+        if !rows.is_empty() {
+            let (batch_id, part) = &slots.parts[round * peers + index];
+            write_part_for_both(job, batch_id, *part, rows, &mut counters);
+        }
     }
     counters
+}
+
+/// Sorts a part's reports by id and writes the part for both servers.
+fn write_part_for_both(
+    job: &StageJob,
+    batch_id: &str,
+    part: u32,
+    mut rows: Vec<StagedReport>,
+    counters: &mut Counters,
+) {
+    rows.sort_unstable_by_key(|r| r.report_id);
+    for role in Role::BOTH {
+        let shares: Vec<(ReportId, &[u8])> = rows
+            .iter()
+            .map(|r| {
+                (
+                    r.report_id,
+                    if role == Role::A {
+                        &r.share_a[..]
+                    } else {
+                        &r.share_b[..]
+                    },
+                )
+            })
+            .collect();
+        let name = StagedLayout::part_name(batch_id, part, job.output_format);
+        let mut out = job.layout.server(role).writer(&name);
+        write_part(job.output_format, batch_id, role, &shares, &mut out)
+            .unwrap_or_else(|e| fatal(format!("{}/{name}: {e}", job.layout.server(role).url())));
+        out.finish().unwrap_or_else(|e| fatal(e));
+    }
+    bump(counters, format!("entries/{batch_id}"), rows.len() as u64);
+    bump(counters, format!("parts/{batch_id}"), 1);
 }
 
 /// `_SUMMARY.json` then `_SUCCESS`, in every marker directory.
@@ -473,4 +525,43 @@ fn write_markers(job: &StageJob, summary: &Counters) -> Result<(), String> {
         marker.put(SUCCESS, Vec::new()).map_err(|e| e.to_string())?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn copy(order: (u32, u32), share: u8) -> PingRecord {
+        PingRecord {
+            ping_id: "ping".into(),
+            order,
+            entries: vec![PingEntry {
+                batch_id: "x".into(),
+                k: 0,
+                share_a: vec![share; 3],
+                share_b: vec![share],
+            }],
+        }
+    }
+
+    #[test]
+    fn the_first_copy_by_input_order_wins_whatever_order_copies_arrive_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut owner = PingOwner {
+            spill: ShareSpill::create(&dir.path().join("spill")).unwrap(),
+            kept: HashMap::new(),
+            batch_ids: Vec::new(),
+            batch_numbers: HashMap::new(),
+            duplicates: 0,
+        };
+        owner.add(copy((1, 0), 1));
+        owner.add(copy((0, 5), 2));
+        owner.add(copy((0, 7), 3));
+        assert_eq!(owner.duplicates, 2);
+        let kept = &owner.kept["ping"];
+        assert_eq!(kept.order, (0, 5));
+        let at = kept.entries[0].shares;
+        let mut file = owner.spill.finish().unwrap();
+        assert_eq!(file.read(at).unwrap(), (vec![2; 3], vec![2]));
+    }
 }
