@@ -2,22 +2,26 @@
 //! partitions, replacing the old Spark job.
 //!
 //! Phases, each a dataflow that every worker runs to completion in turn:
-//! 1. scan: workers read their share of the sorted input files and route
-//!    each ping to the worker that owns its id, which keeps the first copy
-//!    (by file and record order): its shares go to a local spill file, and
-//!    memory keeps only where they are;
+//! 1. scan: workers read their share of the sorted input files, spill each
+//!    entry's shares to a local file (memory keeps its report id and where
+//!    its shares are) and send each ping's id with its (file, record) order
+//!    to the worker that owns the id. Owners tell readers which of their
+//!    copies lost to an earlier copy of the same ping;
 //! 2. totals: share bytes per batch id are summed across workers, which fixes
 //!    how many parts each batch gets;
-//! 3. partition: owners assign report ids and parts, then, one round of parts
-//!    at a time, read the round's shares back from their spill and route them
-//!    to the part's writer, which sorts and writes it for both servers;
+//! 3. partition: one round of parts at a time, every worker reads the
+//!    round's shares back from its spill and routes them to the part's
+//!    writer, which sorts and writes the part for both servers;
 //! 4. summary: counters are summed and worker 0 writes the markers.
 //!
-//! Each share is spilled and read back once. Memory holds an index of the
-//! kept pings (ids and spill positions, not shares) and one part per worker.
+//! Each share is spilled and read back once, and crosses between workers
+//! (or machines) once, on its way to its part's writer. Memory holds an index
+//! of the entries read (not their shares), the ping-id set, and one part per
+//! worker.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::rc::Rc;
 
@@ -28,7 +32,7 @@ use timely::dataflow::{InputHandleVec, ProbeHandle};
 use timely::worker::Worker;
 
 use super::{all_reduce, bump, consume_into, fatal, route_hash, run_until_done};
-use crate::storage::input::{read_records, InputFormat};
+use crate::storage::input::{read_records, InputFormat, RawPing};
 use crate::storage::location::Location;
 use crate::storage::spill::{ShareSpill, Spilled};
 use crate::storage::staged::{write_part, StagedFormat, StagedLayout, SUCCESS, SUMMARY};
@@ -62,27 +66,12 @@ struct InputFile {
     format: InputFormat,
 }
 
-/// A decoded ping on its way to the worker that owns its id.
-#[derive(Serialize, Deserialize, Clone, Debug)]
-struct PingRecord {
-    ping_id: String,
-    /// (file index, record index): the first copy in this order wins.
-    order: (u32, u32),
-    entries: Vec<PingEntry>,
-}
+/// A copy of a ping, as its id's owner sees it: the id and where the copy is.
+type PingCopy = (String, Order);
 
-/// One prio entry of a ping. Shares are `serde_bytes`, so exchanges between
-/// processes copy them whole instead of (de)serializing byte by byte.
-#[derive(Serialize, Deserialize, Clone, Debug)]
-struct PingEntry {
-    batch_id: String,
-    /// Numbers the ping's entries of this batch id, from 0.
-    k: u32,
-    #[serde(with = "serde_bytes")]
-    share_a: Vec<u8>,
-    #[serde(with = "serde_bytes")]
-    share_b: Vec<u8>,
-}
+/// (file index, record index): of several copies of a ping, the first in
+/// this order wins.
+type Order = (u32, u32);
 
 /// A report on its way to the worker that writes its part.
 #[derive(Serialize, Deserialize, Clone, Debug)]
@@ -108,14 +97,14 @@ fn stage_worker(worker: &mut Worker, job: &StageJob) -> Counters {
     }
     let mut local = Counters::new();
     let started = std::time::Instant::now();
-    let owner = scan(worker, job, &files, &mut local);
+    let read = scan(worker, job, &files, &mut local);
     tracing::debug!(
         worker = worker.index(),
         seconds = started.elapsed().as_secs_f64(),
         "scan done"
     );
     let totals = all_reduce(worker, &local);
-    let mut written = partition(worker, job, owner, &totals);
+    let mut written = partition(worker, job, read, &totals);
     tracing::debug!(
         worker = worker.index(),
         seconds = started.elapsed().as_secs_f64(),
@@ -173,106 +162,111 @@ fn looks_like_date(s: &str) -> bool {
     s.len() == 10 && chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d").is_ok()
 }
 
-/// What the owner of a set of ping ids keeps: per id, the first copy seen
-/// so far (by file and record order) with where its shares were spilled.
-/// Later copies are dropped on arrival, without spilling their shares.
-struct PingOwner {
+/// What a worker keeps of the pings it read: their shares in a local spill
+/// file, and per entry its report id and where its shares are. The shares
+/// stay with their reader until their part is written.
+struct ReadPings {
     spill: ShareSpill,
-    kept: HashMap<String, KeptPing>,
+    entries: Vec<ReadEntry>,
     /// Batch ids, numbered in order of arrival, so entries hold a number.
     batch_ids: Vec<String>,
     batch_numbers: HashMap<String, u32>,
-    duplicates: u64,
 }
 
-struct KeptPing {
-    order: (u32, u32),
-    entries: Vec<SpilledEntry>,
-}
-
-struct SpilledEntry {
+struct ReadEntry {
+    order: Order,
     batch: u32,
-    k: u32,
+    report_id: ReportId,
     shares: Spilled,
 }
 
-impl PingOwner {
-    fn add(&mut self, record: PingRecord) {
-        if let Some(kept) = self.kept.get(&record.ping_id) {
-            self.duplicates += 1;
-            if kept.order <= record.order {
-                return;
-            }
+impl ReadPings {
+    fn batch_number(&mut self, batch_id: &str) -> u32 {
+        if let Some(&n) = self.batch_numbers.get(batch_id) {
+            return n;
         }
-        let entries = record
-            .entries
-            .into_iter()
-            .map(|e| {
-                let next = self.batch_ids.len() as u32;
-                let batch = *self
-                    .batch_numbers
-                    .entry(e.batch_id)
-                    .or_insert_with_key(|id| {
-                        self.batch_ids.push(id.clone());
-                        next
-                    });
-                let shares = self
-                    .spill
-                    .append(&e.share_a, &e.share_b)
-                    .unwrap_or_else(|err| fatal(format!("spill file: {err}")));
-                SpilledEntry {
-                    batch,
-                    k: e.k,
-                    shares,
-                }
-            })
-            .collect();
-        self.kept.insert(
-            record.ping_id,
-            KeptPing {
-                order: record.order,
-                entries,
-            },
-        );
+        let n = self.batch_ids.len() as u32;
+        self.batch_ids.push(batch_id.to_string());
+        self.batch_numbers.insert(batch_id.to_string(), n);
+        n
     }
 }
 
-/// Phase 1: read this worker's files and route pings to their id's owner.
+/// What the owner of a set of ping ids keeps: per id, the order of the first
+/// copy seen so far, and the order of every copy that lost to another.
+#[derive(Default)]
+struct PingIds {
+    first: HashMap<String, Order>,
+    losers: Vec<Order>,
+}
+
+impl PingIds {
+    fn add(&mut self, (ping_id, order): PingCopy) {
+        match self.first.entry(ping_id) {
+            Entry::Vacant(v) => {
+                v.insert(order);
+            }
+            Entry::Occupied(mut o) => {
+                let first = o.get_mut();
+                self.losers.push(order.max(*first));
+                *first = order.min(*first);
+            }
+        }
+    }
+}
+
+/// Phase 1: read this worker's files, spill their shares locally and send
+/// each ping's id to the worker that owns it. Returns what was read and the
+/// orders of this worker's copies that lost to an earlier copy.
 fn scan(
     worker: &mut Worker,
     job: &StageJob,
     files: &[InputFile],
     local: &mut Counters,
-) -> Rc<RefCell<PingOwner>> {
+) -> (ReadPings, HashSet<Order>) {
     let index = worker.index();
     let peers = worker.peers();
-    let spill_path = job.spill_dir.join(format!("pings-{index}.bin"));
-    let owner = Rc::new(RefCell::new(PingOwner {
+    let spill_path = job.spill_dir.join(format!("shares-{index}.bin"));
+    let mut read = ReadPings {
         spill: ShareSpill::create(&spill_path)
             .unwrap_or_else(|e| fatal(format!("{}: {e}", spill_path.display()))),
-        kept: HashMap::new(),
+        entries: Vec::new(),
         batch_ids: Vec::new(),
         batch_numbers: HashMap::new(),
-        duplicates: 0,
-    }));
-    let mut pings = InputHandleVec::<u64, PingRecord>::new();
+    };
+    let ids = Rc::new(RefCell::new(PingIds::default()));
+    let mut copies = InputHandleVec::<u64, PingCopy>::new();
     let probe = ProbeHandle::<u64>::new();
-    let sink = owner.clone();
+    let sink = ids.clone();
     worker.dataflow::<u64, _, _>(|scope| {
-        let pact = ExchangePact::new(|r: &PingRecord| route_hash(&[r.ping_id.as_bytes()]));
         consume_into(
-            scope.input_from(&mut pings),
-            pact,
-            "OwnPings",
+            scope.input_from(&mut copies),
+            ExchangePact::new(|(id, _): &PingCopy| route_hash(&[id.as_bytes()])),
+            "OwnPingIds",
             &probe,
-            move |record| sink.borrow_mut().add(record),
+            move |copy| sink.borrow_mut().add(copy),
         );
     });
     for (file_index, file) in files.iter().enumerate().filter(|(i, _)| i % peers == index) {
         let url = format!("{}/{}", job.input.url(), file.rel);
         let data = job.input.get(&file.rel).unwrap_or_else(|e| fatal(e));
-        let mut records = Vec::new();
-        if let Err(e) = read_records(&url, file.format, data, |r| records.push(r)) {
+        // Records are decoded and spilled as they are read, but they count
+        // once the whole file was readable: an unreadable file is skipped
+        // whole (its spilled shares stay unused), never in part.
+        let mut entries = Vec::new();
+        let mut file_copies = Vec::new();
+        let mut counted = Counters::new();
+        let mut record_index = 0u32;
+        let outcome = read_records(&url, file.format, data, |record| {
+            let order = (file_index as u32, record_index);
+            record_index += 1;
+            if let Some(ping_id) =
+                read_ping(job, &mut read, record, order, &mut entries, &mut counted)
+            {
+                file_copies.push((ping_id, order));
+            }
+        });
+        if let Err(e) = outcome {
             if !job.skip_unreadable {
                 fatal(format!(
                     "{e}\n(pass --skip-unreadable to count such files and go on)"
@@ -285,63 +279,110 @@ fn scan(
         }
         bump(local, "files_read", 1);
         bump(local, "bytes_read", file.size);
-        for (record_index, record) in records.into_iter().enumerate() {
-            let parsed = record.and_then(|raw| {
-                if raw
-                    .submission_date
-                    .as_deref()
-                    .is_some_and(|d| d != job.date)
-                {
-                    return Err(PingRejection::DateOutside);
-                }
-                parse_ping(&raw.body)
-            });
-            let ping = match parsed {
-                Ok(ping) => ping,
-                Err(r) => {
-                    bump(local, format!("rejected/{}", r.reason()), 1);
-                    continue;
-                }
-            };
-            bump(local, "pings_read", 1);
-            for bad in &ping.bad_entries {
-                bump(local, format!("rejected/{}", bad.reason()), 1);
-            }
-            let mut entries = Vec::with_capacity(ping.entries.len());
-            let mut seen: HashMap<String, u32> = HashMap::new();
-            for e in ping.entries {
-                let k = seen.entry(e.batch_id.clone()).or_default();
-                let number = *k;
-                *k += 1;
-                let (Some(a), Some(b)) = (decode_base64(&e.share_a), decode_base64(&e.share_b))
-                else {
-                    bump(local, "rejected/bad_share_base64", 1);
-                    continue;
-                };
-                bump(
-                    local,
-                    format!("share_bytes/{}", e.batch_id),
-                    (a.len() + b.len()) as u64,
-                );
-                entries.push(PingEntry {
-                    batch_id: e.batch_id,
-                    k: number,
-                    share_a: a,
-                    share_b: b,
-                });
-            }
-            pings.send(PingRecord {
-                ping_id: ping.id,
-                order: (file_index as u32, record_index as u32),
-                entries,
-            });
+        for (key, n) in counted {
+            bump(local, key, n);
+        }
+        read.entries.append(&mut entries);
+        for copy in file_copies {
+            copies.send(copy);
         }
         job.progress.inc(1);
         worker.step();
     }
-    pings.close();
+    copies.close();
     run_until_done(worker, &probe);
-    owner
+    let losers = Rc::try_unwrap(ids)
+        .ok()
+        .expect("scan is finished")
+        .into_inner()
+        .losers;
+    bump(local, "duplicates_dropped", losers.len() as u64);
+    (read, return_losers(worker, losers))
+}
+
+/// Sends the orders of copies that lost back to the workers that read them.
+fn return_losers(worker: &mut Worker, losers: Vec<Order>) -> HashSet<Order> {
+    let mut input = InputHandleVec::<u64, Order>::new();
+    let probe = ProbeHandle::<u64>::new();
+    let mine = Rc::new(RefCell::new(HashSet::new()));
+    let sink = mine.clone();
+    worker.dataflow::<u64, _, _>(|scope| {
+        consume_into(
+            scope.input_from(&mut input),
+            // The reader of file `f` is worker `f % peers`.
+            ExchangePact::new(|(file, _): &Order| u64::from(*file)),
+            "ReturnLosers",
+            &probe,
+            move |order| {
+                sink.borrow_mut().insert(order);
+            },
+        );
+    });
+    for order in losers {
+        input.send(order);
+    }
+    input.close();
+    run_until_done(worker, &probe);
+    mine.take()
+}
+
+/// Decodes one record of a dump and spills its shares; returns its ping id,
+/// or `None` (counted by reason) for a record that is not a ping.
+fn read_ping(
+    job: &StageJob,
+    read: &mut ReadPings,
+    record: Result<RawPing, PingRejection>,
+    order: Order,
+    entries: &mut Vec<ReadEntry>,
+    counters: &mut Counters,
+) -> Option<String> {
+    let parsed = record.and_then(|raw| {
+        if raw
+            .submission_date
+            .as_deref()
+            .is_some_and(|d| d != job.date)
+        {
+            return Err(PingRejection::DateOutside);
+        }
+        parse_ping(&raw.body)
+    });
+    let ping = match parsed {
+        Ok(ping) => ping,
+        Err(r) => {
+            bump(counters, format!("rejected/{}", r.reason()), 1);
+            return None;
+        }
+    };
+    bump(counters, "pings_read", 1);
+    for bad in &ping.bad_entries {
+        bump(counters, format!("rejected/{}", bad.reason()), 1);
+    }
+    let mut seen: HashMap<&str, u32> = HashMap::new();
+    for e in &ping.entries {
+        let k = seen.entry(&e.batch_id).or_default();
+        let number = *k;
+        *k += 1;
+        let (Some(a), Some(b)) = (decode_base64(&e.share_a), decode_base64(&e.share_b)) else {
+            bump(counters, "rejected/bad_share_base64", 1);
+            continue;
+        };
+        bump(
+            counters,
+            format!("share_bytes/{}", e.batch_id),
+            (a.len() + b.len()) as u64,
+        );
+        let shares = read
+            .spill
+            .append(&a, &b)
+            .unwrap_or_else(|err| fatal(format!("spill file: {err}")));
+        entries.push(ReadEntry {
+            order,
+            batch: read.batch_number(&e.batch_id),
+            report_id: report_id(&job.secret, &ping.id, &e.batch_id, number),
+            shares,
+        });
+    }
+    Some(ping.id)
 }
 
 /// Every part of every batch id in one global order (batch ids sorted, then
@@ -393,31 +434,23 @@ impl PartSlots {
 fn partition(
     worker: &mut Worker,
     job: &StageJob,
-    owner: Rc<RefCell<PingOwner>>,
+    (read, losers): (ReadPings, HashSet<Order>),
     totals: &Counters,
 ) -> Counters {
     let index = worker.index();
     let peers = worker.peers();
     let slots = PartSlots::new(totals, job.partition_size);
     let mut counters = Counters::new();
-    let PingOwner {
+    let ReadPings {
         spill,
-        kept,
+        entries,
         batch_ids,
-        duplicates,
         ..
-    } = Rc::try_unwrap(owner)
-        .ok()
-        .expect("scan is finished")
-        .into_inner();
-    bump(&mut counters, "duplicates_dropped", duplicates);
+    } = read;
     let mut outgoing: Vec<Vec<(Spilled, ReportId)>> = vec![Vec::new(); slots.parts.len()];
-    for (ping_id, ping) in kept {
-        for e in ping.entries {
-            let batch_id = &batch_ids[e.batch as usize];
-            let id = report_id(&job.secret, &ping_id, batch_id, e.k);
-            outgoing[slots.of(batch_id, &id)].push((e.shares, id));
-        }
+    for e in entries.into_iter().filter(|e| !losers.contains(&e.order)) {
+        let slot = slots.of(&batch_ids[e.batch as usize], &e.report_id);
+        outgoing[slot].push((e.shares, e.report_id));
     }
     let mut spill = spill
         .finish()
@@ -531,37 +564,16 @@ fn write_markers(job: &StageJob, summary: &Counters) -> Result<(), String> {
 mod tests {
     use super::*;
 
-    fn copy(order: (u32, u32), share: u8) -> PingRecord {
-        PingRecord {
-            ping_id: "ping".into(),
-            order,
-            entries: vec![PingEntry {
-                batch_id: "x".into(),
-                k: 0,
-                share_a: vec![share; 3],
-                share_b: vec![share],
-            }],
-        }
-    }
-
     #[test]
     fn the_first_copy_by_input_order_wins_whatever_order_copies_arrive_in() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut owner = PingOwner {
-            spill: ShareSpill::create(&dir.path().join("spill")).unwrap(),
-            kept: HashMap::new(),
-            batch_ids: Vec::new(),
-            batch_numbers: HashMap::new(),
-            duplicates: 0,
-        };
-        owner.add(copy((1, 0), 1));
-        owner.add(copy((0, 5), 2));
-        owner.add(copy((0, 7), 3));
-        assert_eq!(owner.duplicates, 2);
-        let kept = &owner.kept["ping"];
-        assert_eq!(kept.order, (0, 5));
-        let at = kept.entries[0].shares;
-        let mut file = owner.spill.finish().unwrap();
-        assert_eq!(file.read(at).unwrap(), (vec![2; 3], vec![2]));
+        let mut ids = PingIds::default();
+        for order in [(1, 0), (0, 5), (2, 3), (0, 7)] {
+            ids.add(("ping".into(), order));
+        }
+        ids.add(("other".into(), (1, 1)));
+        assert_eq!(ids.first["ping"], (0, 5));
+        assert_eq!(ids.first["other"], (1, 1));
+        ids.losers.sort();
+        assert_eq!(ids.losers, vec![(0, 7), (1, 0), (2, 3)]);
     }
 }
