@@ -314,7 +314,11 @@ fn output_is_identical_for_any_worker_or_process_count_and_reruns() {
     let summary = counters(&out("one"));
     assert!(summary["duplicates_dropped"] > 0);
     assert_eq!(counters(&out("two")), summary, "2 workers count the same");
-    assert_eq!(counters(&out("procs")), summary, "2 processes count the same");
+    assert_eq!(
+        counters(&out("procs")),
+        summary,
+        "2 processes count the same"
+    );
 
     // A rerun replaces the output: stale files from a run with other parts disappear.
     stage(&input, &out("one"), &["--partition-size", "10KB"]);
