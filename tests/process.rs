@@ -504,6 +504,13 @@ fn a_report_the_peer_rejects_after_this_server_accepted_it_is_left_out_of_the_su
 const TWO_BATCHES: &str = r#"{"x": 32, "s": {"vdaf": "sumvec", "length": 8, "bits": 2}}"#;
 
 /// Both of `TWO_BATCHES` are published at `role` with their plaintext sums.
+/// Runs `process` on both servers at once, a with `a_args`, and checks both succeed.
+fn process_both(world: &World, a_args: &[&str]) {
+    let b = world.spawn(Role::B, "process", &[]);
+    ok(world.server(Role::A, "process", a_args).output().unwrap());
+    ok(b.wait_with_output().unwrap());
+}
+
 fn assert_known_answers(world: &World, expected: &serde_json::Value, role: Role) {
     for batch in ["x", "s"] {
         let published = world.published(role, batch).unwrap();
@@ -520,12 +527,7 @@ fn parts_the_peer_already_answered_are_verified_in_memory_and_recomputed_after_a
     let check = |role: Role| assert_known_answers(&world, &expected, role);
     // b's verifier shares are all there before a starts, so a keeps every state in memory.
     ok(world.server(Role::B, "verify1", &[]).output().unwrap());
-    let b = world.spawn(Role::B, "process", &[]);
-    ok(world
-        .server(Role::A, "process", &["--workers", "2"])
-        .output()
-        .unwrap());
-    ok(b.wait_with_output().unwrap());
+    process_both(&world, &["--workers", "2"]);
     let internal = world
         .private(Role::A)
         .join(format!("{DATE}/intermediate/internal"));
@@ -569,12 +571,7 @@ fn states_stored_for_one_slicing_are_used_or_recomputed_under_another() {
     let parts = world.staged_parts(Role::A, "x").len() + world.staged_parts(Role::A, "s").len();
     assert_eq!(stored.len(), 2 * parts, "{stored:?}");
     assert!(stored.iter().all(|f| f.contains(".rows-")), "{stored:?}");
-    let b = world.spawn(Role::B, "process", &[]);
-    ok(world
-        .server(Role::A, "process", &["--workers", "3"])
-        .output()
-        .unwrap());
-    ok(b.wait_with_output().unwrap());
+    process_both(&world, &["--workers", "3"]);
     let check = |role: Role| assert_known_answers(&world, &expected, role);
     check(Role::A);
     check(Role::B);
