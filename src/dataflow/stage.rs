@@ -456,9 +456,9 @@ fn partition(
         .finish()
         .unwrap_or_else(|e| fatal(format!("spill file: {e}")));
 
-    // A worker writes at most one part per round, so what it receives in a
-    // round is that part.
-    let received: Rc<RefCell<Vec<StagedReport>>> = Rc::default();
+    // Keyed by part: a faster worker may already send the next round's rows
+    // while this one still waits for the end of the current round.
+    let received: Rc<RefCell<HashMap<u32, Vec<StagedReport>>>> = Rc::default();
     let mut reports = InputHandleVec::<u64, StagedReport>::new();
     let probe = ProbeHandle::<u64>::new();
     let sink = received.clone();
@@ -468,7 +468,12 @@ fn partition(
             ExchangePact::new(|r: &StagedReport| u64::from(r.slot)),
             "GatherParts",
             &probe,
-            move |report| sink.borrow_mut().push(report),
+            move |report| {
+                sink.borrow_mut()
+                    .entry(report.slot)
+                    .or_default()
+                    .push(report)
+            },
         );
     });
     let total = slots.parts.len();
@@ -501,9 +506,9 @@ fn partition(
         while probe.less_equal(&(round as u64)) {
             worker.step_or_park(None);
         }
-        let rows = received.take();
-        if !rows.is_empty() {
-            let (batch_id, part) = &slots.parts[round * peers + index];
+        let slot = round * peers + index;
+        if let Some(rows) = received.borrow_mut().remove(&(slot as u32)) {
+            let (batch_id, part) = &slots.parts[slot];
             write_part_for_both(job, batch_id, *part, rows, &mut counters);
         }
     }
