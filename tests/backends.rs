@@ -87,7 +87,7 @@ fn conformance(loc: &Location) {
     // Streamed objects: one put when small, a multipart upload when larger than a chunk.
     for (name, size) in [("streamed/small", 1000usize), ("streamed/large", 17 << 20)] {
         let data: Vec<u8> = (0..size).map(|i| (i % 241) as u8).collect();
-        let mut writer = loc.writer(name);
+        let mut writer = loc.writer(name).unwrap();
         for piece in data.chunks(3 << 20) {
             std::io::Write::write_all(&mut writer, piece).unwrap();
         }

@@ -199,9 +199,9 @@ impl World {
         let mut rows: Vec<(String, Vec<u8>)> =
             rows.into_iter().map(|r| (r.id, r.payload)).collect();
         edit(&mut rows);
-        let ids: Vec<([u8; 16], &[u8])> = rows
-            .iter()
-            .map(|(id, p)| (hex::decode(id).unwrap().try_into().unwrap(), p.as_slice()))
+        let ids: Vec<([u8; 16], bytes::Bytes)> = rows
+            .into_iter()
+            .map(|(id, p)| (hex::decode(id).unwrap().try_into().unwrap(), p.into()))
             .collect();
         std::fs::write(path, encode_part(StagedFormat::Parquet, batch, role, &ids)).unwrap();
     }

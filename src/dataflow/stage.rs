@@ -25,6 +25,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::rc::Rc;
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use timely::dataflow::channels::pact::Exchange as ExchangePact;
 use timely::dataflow::operators::Input;
@@ -524,27 +525,28 @@ fn write_part_for_both(
     counters: &mut Counters,
 ) {
     rows.sort_unstable_by_key(|r| r.report_id);
-    for role in Role::BOTH {
-        let shares: Vec<(ReportId, &[u8])> = rows
-            .iter()
-            .map(|r| {
-                (
-                    r.report_id,
-                    if role == Role::A {
-                        &r.share_a[..]
-                    } else {
-                        &r.share_b[..]
-                    },
-                )
-            })
-            .collect();
+    let count = rows.len() as u64;
+    let (shares_a, shares_b): (Vec<_>, Vec<_>) = rows
+        .into_iter()
+        .map(|r| {
+            (
+                (r.report_id, Bytes::from(r.share_a)),
+                (r.report_id, Bytes::from(r.share_b)),
+            )
+        })
+        .unzip();
+    for (role, shares) in Role::BOTH.into_iter().zip([shares_a, shares_b]) {
         let name = StagedLayout::part_name(batch_id, part, job.output_format);
-        let mut out = job.layout.server(role).writer(&name);
+        let mut out = job
+            .layout
+            .server(role)
+            .writer(&name)
+            .unwrap_or_else(|e| fatal(e));
         write_part(job.output_format, batch_id, role, &shares, &mut out)
             .unwrap_or_else(|e| fatal(format!("{}/{name}: {e}", job.layout.server(role).url())));
         out.finish().unwrap_or_else(|e| fatal(e));
     }
-    bump(counters, format!("entries/{batch_id}"), rows.len() as u64);
+    bump(counters, format!("entries/{batch_id}"), count);
     bump(counters, format!("parts/{batch_id}"), 1);
 }
 

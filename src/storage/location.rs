@@ -10,6 +10,7 @@ use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use futures::TryStreamExt;
+use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 
@@ -56,6 +57,9 @@ pub struct Location {
     url: String,
     /// `file://` or `memory://`: calls need no runtime.
     local: bool,
+    /// `file://`: where objects sit on the local filesystem, so that
+    /// [`ObjectWriter`] can write them straight to their files.
+    files: Option<Arc<LocalFileSystem>>,
 }
 
 /// The variable that holds credentials for a URL's scheme, for error messages.
@@ -98,6 +102,7 @@ impl Location {
             store: Arc::from(store),
             prefix,
             local: matches!(url.scheme(), "file" | "memory"),
+            files: (url.scheme() == "file").then(|| Arc::new(LocalFileSystem::new())),
             url: url.to_string().trim_end_matches('/').to_string(),
         })
     }
@@ -113,6 +118,7 @@ impl Location {
             prefix,
             url: format!("{}/{}", self.url, rel.trim_matches('/')),
             local: self.local,
+            files: self.files.clone(),
         }
     }
 
@@ -219,15 +225,38 @@ impl Location {
     }
 
     /// A streaming writer for one object: see [`ObjectWriter`].
-    pub fn writer(&self, rel: &str) -> ObjectWriter {
-        ObjectWriter {
-            inner: object_store::buffered::BufWriter::with_capacity(
+    pub fn writer(&self, rel: &str) -> Result<ObjectWriter, StorageError> {
+        let url = self.object_url(rel);
+        let sink = match &self.files {
+            Some(files) => {
+                let dest = files
+                    .path_to_filesystem(&self.path(rel))
+                    .map_err(|e| self.error(rel, e))?;
+                let write_error = |source| StorageError::Write {
+                    url: url.clone(),
+                    source,
+                };
+                if let Some(dir) = dest.parent() {
+                    std::fs::create_dir_all(dir).map_err(write_error)?;
+                }
+                // `name#digits`: object_store's own staging name, which listings skip.
+                let mut staging = dest.clone().into_os_string();
+                staging.push(format!("#{}", std::process::id()));
+                let staging = std::path::PathBuf::from(staging);
+                let file = std::fs::File::create(&staging).map_err(write_error)?;
+                Sink::File {
+                    file,
+                    staging,
+                    dest,
+                }
+            }
+            None => Sink::Store(object_store::buffered::BufWriter::with_capacity(
                 self.store.clone(),
                 self.path(rel),
                 ObjectWriter::CHUNK,
-            ),
-            url: self.object_url(rel),
-        }
+            )),
+        };
+        Ok(ObjectWriter { sink, url })
     }
 
     /// Whether an object exists.
@@ -265,8 +294,20 @@ impl Location {
 /// chunk), and the object appears whole on [`ObjectWriter::finish`], never
 /// in part. Dropping it unfinished writes nothing visible.
 pub struct ObjectWriter {
-    inner: object_store::buffered::BufWriter,
+    sink: Sink,
     url: String,
+}
+
+enum Sink {
+    /// A local file is written from the caller's thread into a staging file
+    /// that is renamed into place: no copy into upload chunks, no hand-off
+    /// to I/O threads.
+    File {
+        file: std::fs::File,
+        staging: std::path::PathBuf,
+        dest: std::path::PathBuf,
+    },
+    Store(object_store::buffered::BufWriter),
 }
 
 impl ObjectWriter {
@@ -276,20 +317,35 @@ impl ObjectWriter {
     /// Completes the object.
     pub fn finish(mut self) -> Result<(), StorageError> {
         use tokio::io::AsyncWriteExt;
-        // The buffered writer uploads parts as tokio tasks, for every store.
-        runtime()
-            .block_on(self.inner.shutdown())
-            .map_err(|source| StorageError::Write {
-                url: self.url.clone(),
-                source,
-            })
+        let finished = match &mut self.sink {
+            Sink::File { staging, dest, .. } => std::fs::rename(&*staging, &*dest),
+            // The buffered writer uploads parts as tokio tasks, for every store.
+            Sink::Store(upload) => runtime().block_on(upload.shutdown()),
+        };
+        finished.map_err(|source| StorageError::Write {
+            url: self.url.clone(),
+            source,
+        })
+    }
+}
+
+impl Drop for ObjectWriter {
+    /// An unfinished local object leaves no staging file behind (a
+    /// finished one was renamed away, so this finds nothing).
+    fn drop(&mut self) {
+        if let Sink::File { staging, .. } = &self.sink {
+            let _ = std::fs::remove_file(staging);
+        }
     }
 }
 
 impl std::io::Write for ObjectWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         use tokio::io::AsyncWriteExt;
-        runtime().block_on(self.inner.write_all(buf))?;
+        match &mut self.sink {
+            Sink::File { file, .. } => file.write_all(buf)?,
+            Sink::Store(upload) => runtime().block_on(upload.write_all(buf))?,
+        }
         Ok(buf.len())
     }
 
@@ -324,7 +380,7 @@ mod tests {
         // Streamed objects, below and above one upload chunk.
         for size in [10, ObjectWriter::CHUNK * 2 + 17] {
             let data: Vec<u8> = (0..size).map(|i| (i % 253) as u8).collect();
-            let mut writer = loc.writer("a/streamed.bin");
+            let mut writer = loc.writer("a/streamed.bin").unwrap();
             for piece in data.chunks(1 << 20) {
                 std::io::Write::write_all(&mut writer, piece).unwrap();
             }

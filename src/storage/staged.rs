@@ -5,10 +5,10 @@
 
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, BinaryArray, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
-use arrow::record_batch::RecordBatch;
-use parquet::arrow::ArrowWriter;
+use bytes::Bytes;
+use parquet::data_type::{ByteArray, ByteArrayType};
+use parquet::file::writer::SerializedFileWriter;
 use std::io::Write;
 
 use super::location::{Location, StorageError};
@@ -54,12 +54,18 @@ pub fn staged_schema() -> Arc<Schema> {
 /// group at a time, so memory holds a row group, not a part.
 const ROW_GROUP_BYTES: usize = 8 << 20;
 
+/// Share bytes per Parquet data page. Pages go straight to the output as
+/// they fill, so the writer holds about one page per column.
+const PAGE_BYTES: usize = 1 << 20;
+
 /// Writes one part's rows (already sorted by report id) for one server.
+/// Shares are `Bytes` so that Parquet pages are filled from them without
+/// another copy.
 pub fn write_part(
     format: StagedFormat,
     batch_id: &str,
     role: Role,
-    rows: &[(ReportId, &[u8])],
+    rows: &[(ReportId, Bytes)],
     out: impl std::io::Write + Send,
 ) -> std::io::Result<()> {
     match format {
@@ -73,42 +79,69 @@ pub fn write_part(
             }
             out.flush()
         }
-        StagedFormat::Parquet => {
-            let properties = super::random_columns(&["id", "payload"]);
-            let mut writer = ArrowWriter::try_new(out, staged_schema(), Some(properties))?;
-            let mut start = 0;
-            while start < rows.len() {
-                let mut end = start;
-                let mut bytes = 0;
-                while end < rows.len() && (end == start || bytes < ROW_GROUP_BYTES) {
-                    bytes += rows[end].1.len();
-                    end += 1;
-                }
-                let group = &rows[start..end];
-                let batch = RecordBatch::try_new(
-                    staged_schema(),
-                    vec![
-                        Arc::new(StringArray::from_iter_values(
-                            group.iter().map(|_| batch_id),
-                        )) as ArrayRef,
-                        Arc::new(StringArray::from_iter_values(
-                            group.iter().map(|_| role.as_str()),
-                        )),
-                        Arc::new(StringArray::from_iter_values(
-                            group.iter().map(|(id, _)| hex::encode(id)),
-                        )),
-                        Arc::new(BinaryArray::from_iter_values(group.iter().map(|(_, p)| *p))),
-                    ],
-                )
-                .expect("columns match the schema");
-                writer.write(&batch)?;
-                writer.flush()?;
-                start = end;
-            }
-            writer.close()?;
-            Ok(())
-        }
+        StagedFormat::Parquet => Ok(write_parquet_part(batch_id, role, rows, out)?),
     }
+}
+
+/// A staged Parquet part, written column by column with Parquet's own
+/// column writers: unlike an Arrow writer, they need no copy of the shares
+/// into arrays and no buffered row group, only a page per column.
+fn write_parquet_part(
+    batch_id: &str,
+    role: Role,
+    rows: &[(ReportId, Bytes)],
+    out: impl std::io::Write + Send,
+) -> parquet::errors::Result<()> {
+    let schema = staged_schema();
+    // Page sizes are checked after each batch of values written: a batch of
+    // shares should stay under a page.
+    let share_len = rows.iter().map(|(_, p)| p.len()).max().unwrap_or(1).max(1);
+    let mut properties = super::random_columns(&["id", "payload"])
+        .into_builder()
+        .set_data_page_size_limit(PAGE_BYTES)
+        .set_write_batch_size((PAGE_BYTES / share_len).clamp(1, 1024))
+        .build();
+    // Readers see the Arrow schema an Arrow writer would have recorded.
+    parquet::arrow::add_encoded_arrow_schema_to_metadata(&schema, &mut properties);
+    let descriptor = parquet::arrow::ArrowSchemaConverter::new().convert(&schema)?;
+    let mut writer =
+        SerializedFileWriter::new(out, descriptor.root_schema_ptr(), Arc::new(properties))?;
+    let constant = |text: &str| ByteArray::from(Bytes::copy_from_slice(text.as_bytes()));
+    let (batch_value, role_value) = (constant(batch_id), constant(role.as_str()));
+    let mut start = 0;
+    while start < rows.len() {
+        let mut end = start;
+        let mut bytes = 0;
+        while end < rows.len() && (end == start || bytes < ROW_GROUP_BYTES) {
+            bytes += rows[end].1.len();
+            end += 1;
+        }
+        let group = &rows[start..end];
+        let columns: [Vec<ByteArray>; 4] = [
+            vec![batch_value.clone(); group.len()],
+            vec![role_value.clone(); group.len()],
+            group
+                .iter()
+                .map(|(id, _)| ByteArray::from(hex::encode(id).into_bytes()))
+                .collect(),
+            group
+                .iter()
+                .map(|(_, p)| ByteArray::from(p.clone()))
+                .collect(),
+        ];
+        let mut row_group = writer.next_row_group()?;
+        for values in &columns {
+            let mut column = row_group.next_column()?.expect("four columns");
+            column
+                .typed::<ByteArrayType>()
+                .write_batch(values, None, None)?;
+            column.close()?;
+        }
+        row_group.close()?;
+        start = end;
+    }
+    writer.close()?;
+    Ok(())
 }
 
 /// One part's rows for one server, as bytes.
@@ -116,7 +149,7 @@ pub fn encode_part(
     format: StagedFormat,
     batch_id: &str,
     role: Role,
-    rows: &[(ReportId, &[u8])],
+    rows: &[(ReportId, Bytes)],
 ) -> Vec<u8> {
     let mut out = Vec::new();
     write_part(format, batch_id, role, rows, &mut out).expect("writing to memory");
@@ -187,11 +220,8 @@ mod tests {
 
     #[test]
     fn a_large_part_is_written_in_row_groups_and_reads_back_whole() {
-        let payloads: Vec<Vec<u8>> = (0..20u8).map(|i| vec![i; 1 << 20]).collect();
-        let rows: Vec<(ReportId, &[u8])> = payloads
-            .iter()
-            .enumerate()
-            .map(|(i, p)| ([i as u8; 16], p.as_slice()))
+        let rows: Vec<(ReportId, Bytes)> = (0..20u8)
+            .map(|i| ([i; 16], Bytes::from(vec![i; 1 << 20])))
             .collect();
         let bytes = encode_part(StagedFormat::Parquet, "x", Role::A, &rows);
         let reader = parquet::file::serialized_reader::SerializedFileReader::new(
