@@ -135,6 +135,7 @@ pub fn run(args: StageArgs) -> anyhow::Result<u8> {
         spill_dir: spill_dir.clone(),
         progress: progress.clone(),
     };
+    keep_freed_memory_for_reuse();
     let started = std::time::Instant::now();
     let result = run_stage(job, config);
     progress.finish_and_clear();
@@ -145,6 +146,26 @@ pub fn run(args: StageArgs) -> anyhow::Result<u8> {
     }
     Ok(exit::OK)
 }
+
+/// Staging allocates and frees buffers of megabytes per input file and part
+/// (file contents, shares read back for a part). By default glibc's malloc
+/// serves such buffers with fresh `mmap`s and hands freed memory back to the
+/// kernel, so every file and part pays a page fault per 4 KiB again, which
+/// costs more than the copies themselves and grows with worker threads. A
+/// fixed 32 MiB mmap threshold and a 64 MiB trim threshold make worker
+/// arenas reuse that memory instead; peak RSS is unchanged (it is bounded
+/// by what is live anyway).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn keep_freed_memory_for_reuse() {
+    // SAFETY: mallopt only sets allocator parameters; called before workers start.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 64 << 20);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn keep_freed_memory_for_reuse() {}
 
 fn print_summary(c: &Counters, layout: &StagedLayout, elapsed: std::time::Duration) {
     let get = |k: &str| c.get(k).copied().unwrap_or(0);
