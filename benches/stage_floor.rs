@@ -3,6 +3,7 @@
 //! to write them), writing nothing. `scripts/bench-staging` compares `stage`
 //! with it. Run: `PRIO_BENCH_DUMP=DIR [PRIO_BENCH_THREADS=N] cargo bench --bench stage_floor`.
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -23,10 +24,15 @@ fn ndjson_files(dir: &Path, out: &mut Vec<PathBuf>) {
 /// Reads and decodes the files, returning (pings, entries, bytes read).
 fn decode(files: &[PathBuf]) -> (u64, u64, u64) {
     let (mut pings, mut entries, mut bytes) = (0, 0, 0);
+    // One buffer for every file, as `stage` does.
+    let mut data = Vec::new();
     for f in files {
-        let data = bytes::Bytes::from(std::fs::read(f).expect("readable file"));
+        data.clear();
+        std::fs::File::open(f)
+            .and_then(|mut file| file.read_to_end(&mut data))
+            .expect("readable file");
         bytes += data.len() as u64;
-        read_records(&f.to_string_lossy(), InputFormat::Ndjson, data, |r| {
+        read_records(&f.to_string_lossy(), InputFormat::Ndjson, &data, |r| {
             if let Ok(ping) = r.and_then(|raw| parse_ping(&raw.body)) {
                 pings += 1;
                 for e in &ping.entries {

@@ -48,6 +48,18 @@ fn conformance(loc: &Location) {
     assert_eq!(loc.child("batch_id=x").list().unwrap().len(), 2);
     assert!(loc.child("nothing-here").list().unwrap().is_empty());
 
+    // Reading into a reused buffer replaces what it held.
+    let mut buffer = b"left over from another object".to_vec();
+    loc.read_into("batch_id=x/part-00000.parquet", &mut buffer)
+        .unwrap();
+    assert_eq!(buffer, big);
+    loc.read_into("top.json", &mut buffer).unwrap();
+    assert_eq!(buffer, b"{}");
+    assert!(matches!(
+        loc.read_into("batch_id=x/missing", &mut buffer),
+        Err(StorageError::NotFound { .. })
+    ));
+
     assert!(loc.exists("batch_id=x/_SUCCESS").unwrap());
     assert!(!loc.exists("batch_id=x/missing").unwrap());
     assert!(matches!(

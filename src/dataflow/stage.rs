@@ -248,9 +248,13 @@ fn scan(
             move |copy| sink.borrow_mut().add(copy),
         );
     });
+    // One buffer for every file this worker reads.
+    let mut data = Vec::new();
     for (file_index, file) in files.iter().enumerate().filter(|(i, _)| i % peers == index) {
         let url = format!("{}/{}", job.input.url(), file.rel);
-        let data = job.input.get(&file.rel).unwrap_or_else(|e| fatal(e));
+        job.input
+            .read_into(&file.rel, &mut data)
+            .unwrap_or_else(|e| fatal(e));
         // Records are decoded and spilled as they are read, but they count
         // once the whole file was readable: an unreadable file is skipped
         // whole (its spilled shares stay unused), never in part.
@@ -258,7 +262,7 @@ fn scan(
         let mut file_copies = Vec::new();
         let mut counted = Counters::new();
         let mut record_index = 0u32;
-        let outcome = read_records(&url, file.format, data, |record| {
+        let outcome = read_records(&url, file.format, &data, |record| {
             let order = (file_index as u32, record_index);
             record_index += 1;
             if let Some(ping_id) =

@@ -2,6 +2,7 @@
 //! bodies (or per-record rejections); a file that cannot be read at all is an
 //! error naming the file, which the caller fails on or counts.
 
+use std::borrow::Cow;
 use std::io::Read;
 
 use apache_avro::types::Value as AvroValue;
@@ -85,7 +86,7 @@ fn date_of_micros(micros: i64) -> Option<String> {
 pub fn read_records(
     path: &str,
     format: InputFormat,
-    data: Bytes,
+    data: &[u8],
     mut emit: impl FnMut(Result<RawPing, PingRejection>),
 ) -> Result<(), UnreadableFile> {
     let unreadable = |message: String| UnreadableFile {
@@ -95,10 +96,10 @@ pub fn read_records(
     };
     match format {
         InputFormat::Ndjson => {
-            let text = if is_gzip(&data) {
-                Bytes::from(gunzip(&data).map_err(|e| unreadable(format!("gzip: {e}")))?)
+            let text = if is_gzip(data) {
+                Cow::Owned(gunzip(data).map_err(|e| unreadable(format!("gzip: {e}")))?)
             } else {
-                data
+                Cow::Borrowed(data)
             };
             for line in text.split(|&b| b == b'\n') {
                 let line = line.strip_suffix(b"\r").unwrap_or(line);
@@ -117,10 +118,11 @@ pub fn read_records(
             }
         }
         InputFormat::Parquet => {
-            let reader =
-                parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(data)
-                    .and_then(|b| b.build())
-                    .map_err(|e| unreadable(e.to_string()))?;
+            let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+                Bytes::copy_from_slice(data),
+            )
+            .and_then(|b| b.build())
+            .map_err(|e| unreadable(e.to_string()))?;
             for batch in reader {
                 let batch = batch.map_err(|e| unreadable(e.to_string()))?;
                 let payload = batch
@@ -158,8 +160,7 @@ pub fn read_records(
             }
         }
         InputFormat::Avro => {
-            let reader =
-                apache_avro::Reader::new(data.as_ref()).map_err(|e| unreadable(e.to_string()))?;
+            let reader = apache_avro::Reader::new(data).map_err(|e| unreadable(e.to_string()))?;
             for value in reader {
                 let value = value.map_err(|e| unreadable(e.to_string()))?;
                 let AvroValue::Record(fields) = value else {
