@@ -75,6 +75,8 @@ fn generate_writes_three_consistent_formats_with_the_known_answer() {
             "2",
             "--unknown-batch-id",
             "bad-id",
+            "--records-per-file",
+            "30",
         ])
         .arg("--output")
         .arg(dir.path())
@@ -88,17 +90,33 @@ fn generate_writes_three_consistent_formats_with_the_known_answer() {
 
     // NDJSON: the sink layout, one PubSub message per line.
     let sink = files(&dir.path().join("sink"), "ndjson");
-    assert_eq!(sink.len(), 24, "one file per hour");
+    // About 50 records an hour, at most 30 per file: the sink rotates its files.
+    assert!(
+        sink.len() >= 48,
+        "two or more files per hour: {}",
+        sink.len()
+    );
     assert!(sink[0].ends_with("sink/2019-06-26/00/telemetry/prio/4/part-00000.ndjson"));
+    assert!(sink[1].ends_with("sink/2019-06-26/00/telemetry/prio/4/part-00001.ndjson"));
+    for (format, ext) in [("parquet", "parquet"), ("avro", "avro")] {
+        assert_eq!(files(&dir.path().join(format), ext).len(), sink.len());
+    }
     let mut ndjson = Tally::default();
     let mut unique = Vec::new();
     let mut seen = HashSet::new();
     for file in &sink {
-        for line in std::fs::read(file)
-            .unwrap()
+        let text = std::fs::read(file).unwrap();
+        let lines: Vec<&[u8]> = text
             .split(|&b| b == b'\n')
             .filter(|l| !l.is_empty())
-        {
+            .collect();
+        assert!(
+            lines.len() <= 30,
+            "{}: {} records",
+            file.display(),
+            lines.len()
+        );
+        for line in lines {
             match parse_sink_line(line) {
                 Ok((message, body)) => {
                     assert!(message

@@ -72,6 +72,10 @@ pub struct DumpOptions {
     /// Also send an entry per ping for this batch id, which is not in the config.
     #[arg(long, value_name = "BATCH_ID")]
     pub unknown_batch_id: Option<String>,
+    /// Records per dump file: a new file starts after this many, as the
+    /// sink rotates its files by size. Default: one file per hour.
+    #[arg(long, value_name = "N")]
+    pub records_per_file: Option<std::num::NonZeroUsize>,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -238,7 +242,13 @@ pub fn generate_dump(
         // Redelivered copies arrive later in the same hour, as at-least-once delivery does.
         records.extend(duplicates);
         let pings = encode_pings(config, first_batch, keys, &planned, &progress)?;
-        write_hour(output, &date, hour, &planned, &pings, &records)?;
+        let per_file = opts
+            .records_per_file
+            .map_or(records.len(), std::num::NonZeroUsize::get);
+        for (file, chunk) in records.chunks(per_file.max(1)).enumerate() {
+            let files = DumpFiles::new(&date, hour, file);
+            write_records(output, &files, &date, &planned, &pings, chunk)?;
+        }
     }
     progress.finish_and_clear();
     let path = output.join("expected.json");
@@ -301,17 +311,36 @@ fn micros(t: chrono::NaiveDateTime) -> i64 {
     t.and_utc().timestamp_micros()
 }
 
-fn write_hour(
-    output: &Path,
-    date: &str,
+/// Where one dump file of an hour goes, in each format; names sort in record order.
+struct DumpFiles {
+    sink: String,
+    parquet: String,
+    avro: String,
     hour: usize,
+    /// Prefix of malformed records' ids, unique per file.
+    id_prefix: String,
+}
+
+impl DumpFiles {
+    fn new(date: &str, hour: usize, file: usize) -> Self {
+        DumpFiles {
+            sink: format!("sink/{date}/{hour:02}/telemetry/prio/4/part-{file:05}.ndjson"),
+            parquet: format!("parquet/submission_date={date}/part-{hour:02}-{file:05}.parquet"),
+            avro: format!("avro/submission_date={date}/part-{hour:02}-{file:05}.avro"),
+            hour,
+            id_prefix: format!("malformed-{hour:02}-{file:05}"),
+        }
+    }
+}
+
+fn write_records(
+    output: &Path,
+    files: &DumpFiles,
+    date: &str,
     planned: &[PlannedPing],
     pings: &[Vec<u8>],
     records: &[Record],
 ) -> anyhow::Result<()> {
-    if records.is_empty() {
-        return Ok(());
-    }
     let mut lines = Vec::with_capacity(records.len());
     let mut rows = Vec::with_capacity(records.len());
     for (n, record) in records.iter().enumerate() {
@@ -331,9 +360,9 @@ fn write_hour(
                 });
             }
             Record::Malformed(kind) => {
-                let id = format!("malformed-{hour:02}-{n:06}");
+                let id = format!("{}-{n:06}", files.id_prefix);
                 let at = NaiveDate::parse_from_str(date, "%Y-%m-%d")?.and_time(NaiveTime::MIN)
-                    + TimeDelta::hours(hour as i64);
+                    + TimeDelta::hours(files.hour as i64);
                 let (line, payload) = malformed_record(*kind, &id, at);
                 lines.push(line);
                 rows.push(DecodedRow {
@@ -344,20 +373,9 @@ fn write_hour(
             }
         }
     }
-    let sink = output.join(format!(
-        "sink/{date}/{hour:02}/telemetry/prio/4/part-00000.ndjson"
-    ));
-    write_ndjson(&sink, &lines)?;
-    write_parquet(
-        &output.join(format!(
-            "parquet/submission_date={date}/part-{hour:02}.parquet"
-        )),
-        &rows,
-    )?;
-    write_avro(
-        &output.join(format!("avro/submission_date={date}/part-{hour:02}.avro")),
-        &rows,
-    )?;
+    write_ndjson(&output.join(&files.sink), &lines)?;
+    write_parquet(&output.join(&files.parquet), &rows)?;
+    write_avro(&output.join(&files.avro), &rows)?;
     Ok(())
 }
 

@@ -132,6 +132,7 @@ pub fn run(args: IntegrateArgs) -> anyhow::Result<u8> {
         pattern: Pattern::Seed,
         seed: 0,
         unknown_batch_id: Some("bad-id".into()),
+        records_per_file: None,
     };
     eprintln!(
         "[1/4] generating {} pings into {}",
