@@ -7,7 +7,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::{exit, parse_date};
-use crate::dataflow::stage::{run as run_stage, Counters, StageJob};
+use crate::dataflow::stage::{run as run_stage, Counters, ReadProgress, StageJob};
 use crate::dataflow::ClusterArgs;
 use crate::storage::input::InputFormat;
 use crate::storage::location::Location;
@@ -120,8 +120,10 @@ pub fn run(args: StageArgs) -> anyhow::Result<u8> {
         args.cluster.process
     ));
     let progress = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr()).with_style(
-        ProgressStyle::with_template("staging {spinner} {pos} files read, {elapsed}")
-            .expect("template"),
+        ProgressStyle::with_template(
+            "staging {bar:30} {bytes}/{total_bytes} read, {msg} ({binary_bytes_per_sec}, eta {eta})",
+        )
+        .expect("template"),
     );
     let job = StageJob {
         date: date.clone(),
@@ -133,7 +135,7 @@ pub fn run(args: StageArgs) -> anyhow::Result<u8> {
         secret,
         skip_unreadable: args.skip_unreadable,
         spill_dir: spill_dir.clone(),
-        progress: progress.clone(),
+        progress: ReadProgress::new(progress.clone()),
     };
     keep_freed_memory_for_reuse();
     let started = std::time::Instant::now();

@@ -274,3 +274,31 @@ pub fn all_reduce(worker: &mut Worker, local: &Counters) -> Counters {
     run_until_done(worker, &probe);
     total.take()
 }
+
+/// Every worker gets the records worker 0 passes (the others pass none), in
+/// the order passed: one answer that all workers act on alike.
+pub fn broadcast_from_first<D: timely::ExchangeData + Clone>(
+    worker: &mut Worker,
+    records: Vec<D>,
+) -> Vec<D> {
+    let mut input = InputHandleVec::<u64, (u64, D)>::new();
+    let probe = ProbeHandle::<u64>::new();
+    let received = Rc::new(RefCell::new(Vec::new()));
+    let sink = received.clone();
+    worker.dataflow::<u64, _, _>(|scope| {
+        let stream = scope.input_from(&mut input).broadcast();
+        consume_into(stream, Pipeline, "FromFirst", &probe, move |record| {
+            sink.borrow_mut().push(record)
+        });
+    });
+    if worker.index() == 0 {
+        for (n, record) in records.into_iter().enumerate() {
+            input.send((n as u64, record));
+        }
+    }
+    input.close();
+    run_until_done(worker, &probe);
+    let mut records = received.take();
+    records.sort_by_key(|(n, _)| *n);
+    records.into_iter().map(|(_, record)| record).collect()
+}

@@ -24,6 +24,7 @@ use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -32,7 +33,9 @@ use timely::dataflow::operators::Input;
 use timely::dataflow::{InputHandleVec, ProbeHandle};
 use timely::worker::Worker;
 
-use super::{all_reduce, bump, consume_into, fatal, route_hash, run_until_done};
+use super::{
+    all_reduce, broadcast_from_first, bump, consume_into, fatal, route_hash, run_until_done,
+};
 use crate::storage::input::{read_records, InputFormat, RawPing};
 use crate::storage::location::Location;
 use crate::storage::spill::{ShareSpill, Spilled};
@@ -56,11 +59,43 @@ pub struct StageJob {
     pub secret: Vec<u8>,
     pub skip_unreadable: bool,
     pub spill_dir: PathBuf,
-    pub progress: indicatif::ProgressBar,
+    pub progress: ReadProgress,
+}
+
+/// The progress bar while reading: input bytes read of this process's
+/// total, with files and pings so far. Shared by the process's workers.
+pub struct ReadProgress {
+    bar: indicatif::ProgressBar,
+    files: AtomicU64,
+    pings: AtomicU64,
+}
+
+impl ReadProgress {
+    pub fn new(bar: indicatif::ProgressBar) -> Self {
+        bar.set_length(0);
+        ReadProgress {
+            bar,
+            files: AtomicU64::new(0),
+            pings: AtomicU64::new(0),
+        }
+    }
+
+    /// A worker of this process will read `bytes` more.
+    fn expect(&self, bytes: u64) {
+        self.bar.inc_length(bytes);
+    }
+
+    fn file_done(&self, bytes: u64, pings: u64) {
+        let files = self.files.fetch_add(1, Ordering::Relaxed) + 1;
+        let pings = self.pings.fetch_add(pings, Ordering::Relaxed) + pings;
+        self.bar.inc(bytes);
+        self.bar
+            .set_message(format!("{files} files, {pings} pings"));
+    }
 }
 
 /// One input file, as listed.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct InputFile {
     rel: String,
     size: u64,
@@ -92,7 +127,7 @@ pub fn run(job: StageJob, config: timely::Config) -> Result<Counters, String> {
 }
 
 fn stage_worker(worker: &mut Worker, job: &StageJob) -> Counters {
-    let files = list_inputs(job).unwrap_or_else(|e| fatal(e));
+    let files = shared_listing(worker, job);
     if worker.index() == 0 {
         job.layout.clear().unwrap_or_else(|e| fatal(e));
     }
@@ -132,7 +167,24 @@ fn stage_worker(worker: &mut Worker, job: &StageJob) -> Counters {
     summary
 }
 
-/// Lists the input once, sorted, keeping dump files of the requested date.
+/// Worker 0 lists the input and every worker takes that list, so that all
+/// split the same files among them even if the input changes meanwhile.
+fn shared_listing(worker: &mut Worker, job: &StageJob) -> Vec<InputFile> {
+    let listed: Vec<Result<InputFile, String>> = if worker.index() == 0 {
+        match list_inputs(job) {
+            Ok(files) => files.into_iter().map(Ok).collect(),
+            Err(e) => vec![Err(e)],
+        }
+    } else {
+        Vec::new()
+    };
+    broadcast_from_first(worker, listed)
+        .into_iter()
+        .collect::<Result<_, _>>()
+        .unwrap_or_else(|e| fatal(e))
+}
+
+/// Lists the input, sorted, keeping dump files of the requested date.
 fn list_inputs(job: &StageJob) -> Result<Vec<InputFile>, String> {
     let listed = job.input.list().map_err(|e| e.to_string())?;
     let files: Vec<InputFile> = listed
@@ -248,9 +300,11 @@ fn scan(
             move |copy| sink.borrow_mut().add(copy),
         );
     });
+    let mine = || files.iter().enumerate().filter(|(i, _)| i % peers == index);
+    job.progress.expect(mine().map(|(_, f)| f.size).sum());
     // One buffer for every file this worker reads.
     let mut data = Vec::new();
-    for (file_index, file) in files.iter().enumerate().filter(|(i, _)| i % peers == index) {
+    for (file_index, file) in mine() {
         let url = format!("{}/{}", job.input.url(), file.rel);
         job.input
             .read_into(&file.rel, &mut data)
@@ -279,11 +333,13 @@ fn scan(
             }
             tracing::warn!("skipping unreadable file: {e}");
             bump(local, "files_unreadable", 1);
-            job.progress.inc(1);
+            job.progress.file_done(file.size, 0);
             continue;
         }
         bump(local, "files_read", 1);
         bump(local, "bytes_read", file.size);
+        job.progress
+            .file_done(file.size, counted.get("pings_read").copied().unwrap_or(0));
         for (key, n) in counted {
             bump(local, key, n);
         }
@@ -291,7 +347,6 @@ fn scan(
         for copy in file_copies {
             copies.send(copy);
         }
-        job.progress.inc(1);
         worker.step();
     }
     copies.close();

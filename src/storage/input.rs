@@ -13,7 +13,19 @@ use bytes::Bytes;
 use crate::wire::ping::{parse_sink_line, PingRejection};
 
 /// Input formats `stage` reads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, clap::ValueEnum)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    clap::ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
+)]
 pub enum InputFormat {
     /// The telemetry sink's NDJSON of PubSub messages (`.ndjson`, `.ndjson.gz`).
     Ndjson,
