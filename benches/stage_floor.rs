@@ -7,6 +7,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use prio_processor::dataflow::spread_by_size;
 use prio_processor::storage::input::{read_records, InputFormat};
 use prio_processor::wire::ping::{decode_base64, parse_ping};
 
@@ -58,11 +59,20 @@ fn main() {
     let mut files = Vec::new();
     ndjson_files(Path::new(&dir), &mut files);
     files.sort();
+    // Files spread over threads as `stage` spreads them over workers.
+    let sizes: Vec<u64> = files
+        .iter()
+        .map(|f| std::fs::metadata(f).expect("dump file").len())
+        .collect();
+    let readers = spread_by_size(&sizes, threads);
     let started = Instant::now();
     let (pings, entries, bytes) = std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
             .map(|t| {
-                let mine: Vec<PathBuf> = files.iter().skip(t).step_by(threads).cloned().collect();
+                let mine: Vec<PathBuf> = (0..files.len())
+                    .filter(|&i| readers[i] == t)
+                    .map(|i| files[i].clone())
+                    .collect();
                 s.spawn(move || decode(&mine))
             })
             .collect();

@@ -302,3 +302,40 @@ pub fn broadcast_from_first<D: timely::ExchangeData + Clone>(
     records.sort_by_key(|(n, _)| *n);
     records.into_iter().map(|(_, record)| record).collect()
 }
+
+/// Spreads items over `peers` workers so that each gets about the same total
+/// size (files of one dump differ: a sink's last file of each hour is
+/// short): largest first, each to the least loaded worker, ties to the lower
+/// index. The same sizes always give the same answer: each item's worker.
+pub fn spread_by_size(sizes: &[u64], peers: usize) -> Vec<usize> {
+    let mut largest_first: Vec<usize> = (0..sizes.len()).collect();
+    largest_first.sort_by_key(|&i| (std::cmp::Reverse(sizes[i]), i));
+    let mut load = vec![0u64; peers.max(1)];
+    let mut owner = vec![0; sizes.len()];
+    for i in largest_first {
+        let least = (0..load.len())
+            .min_by_key(|&w| (load[w], w))
+            .expect("at least one worker");
+        owner[i] = least;
+        load[least] += sizes[i];
+    }
+    owner
+}
+
+#[cfg(test)]
+mod tests {
+    use super::spread_by_size;
+
+    #[test]
+    fn items_spread_by_size_balance_the_load_whatever_their_order() {
+        // Alternating long and short files: by index, one worker would get every long one.
+        let sizes = [26, 17, 26, 17, 26, 17, 26, 17];
+        let owner = spread_by_size(&sizes, 2);
+        let load = |w| -> u64 { (0..8).filter(|&i| owner[i] == w).map(|i| sizes[i]).sum() };
+        assert_eq!((load(0), load(1)), (86, 86));
+        assert_eq!(spread_by_size(&sizes, 2), owner, "deterministic");
+        assert_eq!(spread_by_size(&sizes, 1), vec![0; 8]);
+        assert_eq!(spread_by_size(&[5, 5, 5], 4), vec![0, 1, 2]);
+        assert!(spread_by_size(&[], 3).is_empty());
+    }
+}

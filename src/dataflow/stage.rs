@@ -35,6 +35,7 @@ use timely::worker::Worker;
 
 use super::{
     all_reduce, broadcast_from_first, bump, consume_into, fatal, route_hash, run_until_done,
+    spread_by_size,
 };
 use crate::storage::input::{read_records, InputFormat, RawPing};
 use crate::storage::location::Location;
@@ -133,7 +134,9 @@ fn stage_worker(worker: &mut Worker, job: &StageJob) -> Counters {
     }
     let mut local = Counters::new();
     let started = std::time::Instant::now();
-    let read = scan(worker, job, &files, &mut local);
+    let sizes: Vec<u64> = files.iter().map(|f| f.size).collect();
+    let readers = spread_by_size(&sizes, worker.peers());
+    let read = scan(worker, job, &files, &readers, &mut local);
     tracing::debug!(
         worker = worker.index(),
         seconds = started.elapsed().as_secs_f64(),
@@ -275,10 +278,10 @@ fn scan(
     worker: &mut Worker,
     job: &StageJob,
     files: &[InputFile],
+    readers: &[usize],
     local: &mut Counters,
 ) -> (ReadPings, HashSet<Order>) {
     let index = worker.index();
-    let peers = worker.peers();
     let spill_path = job.spill_dir.join(format!("shares-{index}.bin"));
     let mut read = ReadPings {
         spill: ShareSpill::create(&spill_path)
@@ -300,7 +303,12 @@ fn scan(
             move |copy| sink.borrow_mut().add(copy),
         );
     });
-    let mine = || files.iter().enumerate().filter(|(i, _)| i % peers == index);
+    let mine = || {
+        files
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| readers[*i] == index)
+    };
     job.progress.expect(mine().map(|(_, f)| f.size).sum());
     // One buffer for every file this worker reads.
     let mut data = Vec::new();
@@ -357,11 +365,11 @@ fn scan(
         .into_inner()
         .losers;
     bump(local, "duplicates_dropped", losers.len() as u64);
-    (read, return_losers(worker, losers))
+    (read, return_losers(worker, losers, readers.to_vec()))
 }
 
 /// Sends the orders of copies that lost back to the workers that read them.
-fn return_losers(worker: &mut Worker, losers: Vec<Order>) -> HashSet<Order> {
+fn return_losers(worker: &mut Worker, losers: Vec<Order>, readers: Vec<usize>) -> HashSet<Order> {
     let mut input = InputHandleVec::<u64, Order>::new();
     let probe = ProbeHandle::<u64>::new();
     let mine = Rc::new(RefCell::new(HashSet::new()));
@@ -369,8 +377,7 @@ fn return_losers(worker: &mut Worker, losers: Vec<Order>) -> HashSet<Order> {
     worker.dataflow::<u64, _, _>(|scope| {
         consume_into(
             scope.input_from(&mut input),
-            // The reader of file `f` is worker `f % peers`.
-            ExchangePact::new(|(file, _): &Order| u64::from(*file)),
+            ExchangePact::new(move |(file, _): &Order| readers[*file as usize] as u64),
             "ReturnLosers",
             &probe,
             move |order| {
