@@ -255,24 +255,36 @@ pub fn run_until_done(worker: &mut Worker, probe: &ProbeHandle<u64>) {
     }
 }
 
-/// Sums counters across all workers; every worker gets the totals.
-pub fn all_reduce(worker: &mut Worker, local: &Counters) -> Counters {
-    let mut input = InputHandleVec::<u64, (String, u64)>::new();
+/// Every worker gets the records that all workers pass, in arrival order.
+fn broadcast<D: timely::ExchangeData + Clone>(
+    worker: &mut Worker,
+    records: impl IntoIterator<Item = D>,
+) -> Vec<D> {
+    let mut input = InputHandleVec::<u64, D>::new();
     let probe = ProbeHandle::<u64>::new();
-    let total = Rc::new(RefCell::new(Counters::new()));
-    let sink = total.clone();
+    let received = Rc::new(RefCell::new(Vec::new()));
+    let sink = received.clone();
     worker.dataflow::<u64, _, _>(|scope| {
         let stream = scope.input_from(&mut input).broadcast();
-        consume_into(stream, Pipeline, "SumCounters", &probe, move |(k, v)| {
-            *sink.borrow_mut().entry(k).or_default() += v;
+        consume_into(stream, Pipeline, "Broadcast", &probe, move |record| {
+            sink.borrow_mut().push(record)
         });
     });
-    for (k, v) in local {
-        input.send((k.clone(), *v));
+    for record in records {
+        input.send(record);
     }
     input.close();
     run_until_done(worker, &probe);
-    total.take()
+    received.take()
+}
+
+/// Sums counters across all workers; every worker gets the totals.
+pub fn all_reduce(worker: &mut Worker, local: &Counters) -> Counters {
+    let mut total = Counters::new();
+    for (k, v) in broadcast(worker, local.clone()) {
+        *total.entry(k).or_default() += v;
+    }
+    total
 }
 
 /// Every worker gets the records worker 0 passes (the others pass none), in
@@ -281,26 +293,14 @@ pub fn broadcast_from_first<D: timely::ExchangeData + Clone>(
     worker: &mut Worker,
     records: Vec<D>,
 ) -> Vec<D> {
-    let mut input = InputHandleVec::<u64, (u64, D)>::new();
-    let probe = ProbeHandle::<u64>::new();
-    let received = Rc::new(RefCell::new(Vec::new()));
-    let sink = received.clone();
-    worker.dataflow::<u64, _, _>(|scope| {
-        let stream = scope.input_from(&mut input).broadcast();
-        consume_into(stream, Pipeline, "FromFirst", &probe, move |record| {
-            sink.borrow_mut().push(record)
-        });
-    });
-    if worker.index() == 0 {
-        for (n, record) in records.into_iter().enumerate() {
-            input.send((n as u64, record));
-        }
-    }
-    input.close();
-    run_until_done(worker, &probe);
-    let mut records = received.take();
-    records.sort_by_key(|(n, _)| *n);
-    records.into_iter().map(|(_, record)| record).collect()
+    let mine = if worker.index() == 0 {
+        records
+    } else {
+        Vec::new()
+    };
+    let mut received = broadcast(worker, mine.into_iter().enumerate());
+    received.sort_by_key(|(n, _)| *n);
+    received.into_iter().map(|(_, record)| record).collect()
 }
 
 /// Spreads items over `peers` workers so that each gets about the same total
