@@ -2,7 +2,9 @@
 //! partitions, replacing the old Spark job.
 //!
 //! Phases, each a dataflow that every worker runs to completion in turn:
-//! 1. scan: workers read their share of the sorted input files, spill each
+//! 0. listing: worker 0 lists the input and all workers take its sorted
+//!    list, spread over them by file size;
+//! 1. scan: workers read their share of the input files, spill each
 //!    entry's shares to a local file (memory keeps its report id and where
 //!    its shares are) and send each ping's id with its (file, record) order
 //!    to the worker that owns the id. Owners tell readers which of their
