@@ -5,25 +5,28 @@
 //! 0. listing: worker 0 lists the input and all workers take its sorted
 //!    list, spread over them by file size;
 //! 1. scan: workers read their share of the input files, spill each
-//!    entry's shares to a local file (memory keeps its report id and where
-//!    its shares are) and send each ping's id with its (file, record) order
-//!    to the worker that owns the id. Owners tell readers which of their
-//!    copies lost to an earlier copy of the same ping;
+//!    entry's shares to a local file, index the entry (its report id and
+//!    where its shares are) in another, and send each ping's id with its
+//!    (file, record) order to the worker that owns the id. Owners sort the
+//!    ids they get on local disk, and send every copy but an id's first back
+//!    to its reader as a loser;
 //! 2. totals: share bytes per batch id are summed across workers, which fixes
 //!    how many parts each batch gets;
-//! 3. partition: one round of parts at a time, every worker reads the
-//!    round's shares back from its spill and routes them to the part's
-//!    writer, which sorts and writes the part for both servers;
+//! 3. partition: every worker reads its index once, drops the losers and
+//!    sorts the rest by part on local disk. Then one round of parts at a
+//!    time, it reads the round's shares back from its spill and routes them
+//!    to the part's writer, which sorts and writes the part for both servers;
 //! 4. summary: counters are summed and worker 0 writes the markers.
 //!
 //! Each share is spilled and read back once, and crosses between workers
-//! (or machines) once, on its way to its part's writer. Memory holds an index
-//! of the entries read (not their shares), the ping-id set, and one part per
-//! worker.
+//! (or machines) once, on its way to its part's writer. Whatever grows with
+//! the number of pings (shares, the index, ping ids, losers) waits in local
+//! files, so memory holds one input file, one part and a few sort runs per
+//! worker, however many pings there are.
 
 use std::cell::RefCell;
-use std::collections::hash_map::Entry;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
+use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -41,10 +44,13 @@ use super::{
 };
 use crate::storage::input::{read_records, InputFormat, RawPing};
 use crate::storage::location::Location;
-use crate::storage::spill::{ShareSpill, Spilled};
+use crate::storage::spill::{
+    read_array, DiskSorter, RecordSpill, ShareSpill, Sortable, SortedRecords, Spilled,
+    SpilledRecords,
+};
 use crate::storage::staged::{write_part, StagedFormat, StagedLayout, SUCCESS, SUMMARY};
 use crate::wire::ping::{decode_base64, parse_ping, PingRejection};
-use crate::wire::report_id::{report_id, ReportId};
+use crate::wire::report_id::{report_id, ReportId, REPORT_ID_LEN};
 use crate::wire::Role;
 
 pub use super::Counters;
@@ -105,12 +111,40 @@ struct InputFile {
     format: InputFormat,
 }
 
-/// A copy of a ping, as its id's owner sees it: the id and where the copy is.
-type PingCopy = (String, Order);
+/// Records per sort run: a run of the largest records (ping ids) holds about 10 MB.
+const SORT_RUN_LEN: usize = 1 << 17;
 
-/// (file index, record index): of several copies of a ping, the first in
-/// this order wins.
-type Order = (u32, u32);
+/// Where a ping was read: of several copies of a ping, the first in this
+/// order (file index in the listing, then record index in the file) wins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+struct Order {
+    file: u32,
+    record: u32,
+}
+
+/// A copy of a ping, as its id's owner sees it: the id and where the copy is.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+struct PingCopy {
+    ping_id: String,
+    order: Order,
+}
+
+/// An entry as its reader indexes it: its ping's order, its batch (as a
+/// number of [`ReadPings::batch_ids`]), its report id and where its shares are.
+struct ReadEntry {
+    order: Order,
+    batch: u32,
+    report_id: ReportId,
+    shares: Spilled,
+}
+
+/// An entry on its way to its part: sorted by part, then by place in the spill.
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+struct RoutedEntry {
+    slot: u32,
+    shares: Spilled,
+    report_id: ReportId,
+}
 
 /// A report on its way to the worker that writes its part.
 #[derive(Serialize, Deserialize, Clone, Debug)]
@@ -220,22 +254,15 @@ fn looks_like_date(s: &str) -> bool {
     s.len() == 10 && chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d").is_ok()
 }
 
-/// What a worker keeps of the pings it read: their shares in a local spill
-/// file, and per entry its report id and where its shares are. The shares
-/// stay with their reader until their part is written.
+/// What a worker keeps of the pings it read, in local files: their shares,
+/// and an index of their entries in input order. The shares stay with their
+/// reader until their part is written.
 struct ReadPings {
     spill: ShareSpill,
-    entries: Vec<ReadEntry>,
+    index: RecordSpill<ReadEntry>,
     /// Batch ids, numbered in order of arrival, so entries hold a number.
     batch_ids: Vec<String>,
     batch_numbers: HashMap<String, u32>,
-}
-
-struct ReadEntry {
-    order: Order,
-    batch: u32,
-    report_id: ReportId,
-    shares: Spilled,
 }
 
 impl ReadPings {
@@ -250,61 +277,64 @@ impl ReadPings {
     }
 }
 
-/// What the owner of a set of ping ids keeps: per id, the order of the first
-/// copy seen so far, and the order of every copy that lost to another.
-#[derive(Default)]
-struct PingIds {
-    first: HashMap<String, Order>,
-    losers: Vec<Order>,
+/// A local spill file's result, or the end of the job: without its spill
+/// files a worker cannot go on.
+fn on_disk<T>(result: std::io::Result<T>) -> T {
+    result.unwrap_or_else(|e| fatal(format!("local spill file (see --spill-dir): {e}")))
 }
 
-impl PingIds {
-    fn add(&mut self, (ping_id, order): PingCopy) {
-        match self.first.entry(ping_id) {
-            Entry::Vacant(v) => {
-                v.insert(order);
-            }
-            Entry::Occupied(mut o) => {
-                let first = o.get_mut();
-                self.losers.push(order.max(*first));
-                *first = order.min(*first);
-            }
+fn sorter<T: Sortable + Ord>(job: &StageJob) -> DiskSorter<T> {
+    on_disk(DiskSorter::new(&job.spill_dir, SORT_RUN_LEN))
+}
+
+/// Of each ping id's copies, sorted by (id, order): every copy but the first.
+fn losing_copies(sorted: impl Iterator<Item = PingCopy>) -> impl Iterator<Item = Order> {
+    let mut first: Option<String> = None;
+    sorted.filter_map(move |copy| {
+        if first.as_deref() == Some(copy.ping_id.as_str()) {
+            Some(copy.order)
+        } else {
+            first = Some(copy.ping_id);
+            None
         }
-    }
+    })
 }
 
-/// Phase 1: read this worker's files, spill their shares locally and send
-/// each ping's id to the worker that owns it. Returns what was read and the
-/// orders of this worker's copies that lost to an earlier copy.
+/// Phase 1: read this worker's files, spill their shares and index locally,
+/// and send each ping's id to the worker that owns it. Returns what was read
+/// and the orders of this worker's copies that lost to an earlier copy.
 fn scan(
     worker: &mut Worker,
     job: &StageJob,
     files: &[InputFile],
     readers: &[usize],
     local: &mut Counters,
-) -> (ReadPings, HashSet<Order>) {
+) -> (ReadPings, SortedRecords<Order>) {
     let index = worker.index();
     let spill_path = job.spill_dir.join(format!("shares-{index}.bin"));
+    let index_path = job.spill_dir.join(format!("index-{index}.bin"));
     let mut read = ReadPings {
         spill: ShareSpill::create(&spill_path)
             .unwrap_or_else(|e| fatal(format!("{}: {e}", spill_path.display()))),
-        entries: Vec::new(),
+        index: RecordSpill::create(&index_path)
+            .unwrap_or_else(|e| fatal(format!("{}: {e}", index_path.display()))),
         batch_ids: Vec::new(),
         batch_numbers: HashMap::new(),
     };
-    let ids = Rc::new(RefCell::new(PingIds::default()));
+    let ids = Rc::new(RefCell::new(sorter::<PingCopy>(job)));
     let mut copies = InputHandleVec::<u64, PingCopy>::new();
     let probe = ProbeHandle::<u64>::new();
     let sink = ids.clone();
     worker.dataflow::<u64, _, _>(|scope| {
         consume_into(
             scope.input_from(&mut copies),
-            ExchangePact::new(|(id, _): &PingCopy| route_hash(&[id.as_bytes()])),
+            ExchangePact::new(|copy: &PingCopy| route_hash(&[copy.ping_id.as_bytes()])),
             "OwnPingIds",
             &probe,
-            move |copy| sink.borrow_mut().add(copy),
+            move |copy| on_disk(sink.borrow_mut().push(copy)),
         );
     });
+    // In listing order, so the index is in input order too.
     let mine = || {
         files
             .iter()
@@ -327,12 +357,15 @@ fn scan(
         let mut counted = Counters::new();
         let mut record_index = 0u32;
         let outcome = read_records(&url, file.format, &data, |record| {
-            let order = (file_index as u32, record_index);
+            let order = Order {
+                file: file_index as u32,
+                record: record_index,
+            };
             record_index += 1;
             if let Some(ping_id) =
                 read_ping(job, &mut read, record, order, &mut entries, &mut counted)
             {
-                file_copies.push((ping_id, order));
+                file_copies.push(PingCopy { ping_id, order });
             }
         });
         if let Err(e) = outcome {
@@ -353,7 +386,9 @@ fn scan(
         for (key, n) in counted {
             bump(local, key, n);
         }
-        read.entries.append(&mut entries);
+        for entry in &entries {
+            on_disk(read.index.append(entry));
+        }
         for copy in file_copies {
             copies.send(copy);
         }
@@ -361,38 +396,53 @@ fn scan(
     }
     copies.close();
     run_until_done(worker, &probe);
-    let losers = Rc::try_unwrap(ids)
+    let ids = Rc::try_unwrap(ids)
         .ok()
         .expect("scan is finished")
-        .into_inner()
-        .losers;
-    bump(local, "duplicates_dropped", losers.len() as u64);
-    (read, return_losers(worker, losers, readers.to_vec()))
+        .into_inner();
+    let losers = losing_copies(on_disk(ids.finish()).map(on_disk));
+    let mine = return_losers(worker, job, losers, readers.to_vec(), local);
+    (read, mine)
 }
 
-/// Sends the orders of copies that lost back to the workers that read them.
-fn return_losers(worker: &mut Worker, losers: Vec<Order>, readers: Vec<usize>) -> HashSet<Order> {
+/// Sends the orders of copies that lost back to the workers that read them,
+/// counting them; returns this worker's, sorted.
+fn return_losers(
+    worker: &mut Worker,
+    job: &StageJob,
+    losers: impl Iterator<Item = Order>,
+    readers: Vec<usize>,
+    local: &mut Counters,
+) -> SortedRecords<Order> {
     let mut input = InputHandleVec::<u64, Order>::new();
     let probe = ProbeHandle::<u64>::new();
-    let mine = Rc::new(RefCell::new(HashSet::new()));
+    let mine = Rc::new(RefCell::new(sorter::<Order>(job)));
     let sink = mine.clone();
     worker.dataflow::<u64, _, _>(|scope| {
         consume_into(
             scope.input_from(&mut input),
-            ExchangePact::new(move |(file, _): &Order| readers[*file as usize] as u64),
+            ExchangePact::new(move |order: &Order| readers[order.file as usize] as u64),
             "ReturnLosers",
             &probe,
-            move |order| {
-                sink.borrow_mut().insert(order);
-            },
+            move |order| on_disk(sink.borrow_mut().push(order)),
         );
     });
+    let mut count = 0u64;
     for order in losers {
         input.send(order);
+        count += 1;
+        if count.is_multiple_of(1024) {
+            worker.step();
+        }
     }
+    bump(local, "duplicates_dropped", count);
     input.close();
     run_until_done(worker, &probe);
-    mine.take()
+    let mine = Rc::try_unwrap(mine)
+        .ok()
+        .expect("losers are returned")
+        .into_inner();
+    on_disk(mine.finish())
 }
 
 /// Decodes one record of a dump and spills its shares; returns its ping id,
@@ -440,10 +490,7 @@ fn read_ping(
             format!("share_bytes/{}", e.batch_id),
             (a.len() + b.len()) as u64,
         );
-        let shares = read
-            .spill
-            .append(&a, &b)
-            .unwrap_or_else(|err| fatal(format!("spill file: {err}")));
+        let shares = on_disk(read.spill.append(&a, &b));
         entries.push(ReadEntry {
             order,
             batch: read.batch_number(&e.batch_id),
@@ -497,13 +544,41 @@ impl PartSlots {
     }
 }
 
-/// Phase 3: assign report ids and parts, then in rounds: every worker reads
-/// the shares of the round's parts back from its spill and sends them to the
+/// Phase 3a: every entry this worker read, but those of losing copies,
+/// sorted by part (then by place in the spill) on local disk.
+fn route_entries(
+    job: &StageJob,
+    index: SpilledRecords<ReadEntry>,
+    losers: SortedRecords<Order>,
+    batch_ids: &[String],
+    slots: &PartSlots,
+) -> SortedRecords<RoutedEntry> {
+    let mut losers = losers.map(on_disk).peekable();
+    let mut routed = sorter(job);
+    // Both are in input order, so one pass over each finds the losers.
+    for entry in index.map(on_disk) {
+        while losers.next_if(|lost| *lost < entry.order).is_some() {}
+        // Not taken: all entries of a ping share its order.
+        if losers.peek() == Some(&entry.order) {
+            continue;
+        }
+        let slot = slots.of(&batch_ids[entry.batch as usize], &entry.report_id);
+        on_disk(routed.push(RoutedEntry {
+            slot: slot as u32,
+            shares: entry.shares,
+            report_id: entry.report_id,
+        }));
+    }
+    on_disk(routed.finish())
+}
+
+/// Phase 3: route entries to parts, then in rounds: every worker reads the
+/// shares of the round's parts back from its spill and sends them to the
 /// parts' writers, which sort and write them. A worker holds one part at a time.
 fn partition(
     worker: &mut Worker,
     job: &StageJob,
-    (read, losers): (ReadPings, HashSet<Order>),
+    (read, losers): (ReadPings, SortedRecords<Order>),
     totals: &Counters,
 ) -> Counters {
     let index = worker.index();
@@ -512,18 +587,13 @@ fn partition(
     let mut counters = Counters::new();
     let ReadPings {
         spill,
-        entries,
+        index: entries,
         batch_ids,
         ..
     } = read;
-    let mut outgoing: Vec<Vec<(Spilled, ReportId)>> = vec![Vec::new(); slots.parts.len()];
-    for e in entries.into_iter().filter(|e| !losers.contains(&e.order)) {
-        let slot = slots.of(&batch_ids[e.batch as usize], &e.report_id);
-        outgoing[slot].push((e.shares, e.report_id));
-    }
-    let mut spill = spill
-        .finish()
-        .unwrap_or_else(|e| fatal(format!("spill file: {e}")));
+    let routed = route_entries(job, on_disk(entries.finish()), losers, &batch_ids, &slots);
+    let mut routed = routed.map(on_disk).peekable();
+    let mut spill = on_disk(spill.finish());
 
     // Keyed by part: a faster worker may already send the next round's rows
     // while this one still waits for the end of the current round.
@@ -547,28 +617,20 @@ fn partition(
     });
     let total = slots.parts.len();
     for round in 0..total.div_ceil(peers) {
-        for (slot, reports_of_slot) in outgoing
-            .iter_mut()
-            .enumerate()
-            .skip(round * peers)
-            .take(peers)
-        {
-            let mut mine = std::mem::take(reports_of_slot);
-            // In file order, so the spill is read front to back.
-            mine.sort_unstable_by_key(|(at, _)| *at);
-            for (n, (at, report_id)) in mine.into_iter().enumerate() {
-                let (share_a, share_b) = spill
-                    .read(at)
-                    .unwrap_or_else(|e| fatal(format!("spill file: {e}")));
-                reports.send(StagedReport {
-                    slot: slot as u32,
-                    report_id,
-                    share_a,
-                    share_b,
-                });
-                if n % 64 == 63 {
-                    worker.step();
-                }
+        let round_end = ((round + 1) * peers) as u32;
+        let mut sent = 0u64;
+        // In spill order within each part, so the spill is read front to back.
+        while let Some(entry) = routed.next_if(|e| e.slot < round_end) {
+            let (share_a, share_b) = on_disk(spill.read(entry.shares));
+            reports.send(StagedReport {
+                slot: entry.slot,
+                report_id: entry.report_id,
+                share_a,
+                share_b,
+            });
+            sent += 1;
+            if sent.is_multiple_of(64) {
+                worker.step();
             }
         }
         reports.advance_to(round as u64 + 1);
@@ -635,20 +697,123 @@ fn write_markers(job: &StageJob, summary: &Counters) -> Result<(), String> {
     Ok(())
 }
 
+impl Sortable for Order {
+    fn encode<W: Write>(&self, out: &mut W) -> std::io::Result<()> {
+        out.write_all(&self.file.to_le_bytes())?;
+        out.write_all(&self.record.to_le_bytes())
+    }
+
+    fn decode<R: Read>(input: &mut R) -> std::io::Result<Self> {
+        Ok(Order {
+            file: u32::from_le_bytes(read_array(input)?),
+            record: u32::from_le_bytes(read_array(input)?),
+        })
+    }
+}
+
+impl Sortable for PingCopy {
+    fn encode<W: Write>(&self, out: &mut W) -> std::io::Result<()> {
+        let len = u32::try_from(self.ping_id.len()).map_err(std::io::Error::other)?;
+        out.write_all(&len.to_le_bytes())?;
+        out.write_all(self.ping_id.as_bytes())?;
+        self.order.encode(out)
+    }
+
+    fn decode<R: Read>(input: &mut R) -> std::io::Result<Self> {
+        let mut ping_id = vec![0; u32::from_le_bytes(read_array(input)?) as usize];
+        input.read_exact(&mut ping_id)?;
+        Ok(PingCopy {
+            ping_id: String::from_utf8(ping_id).map_err(std::io::Error::other)?,
+            order: Order::decode(input)?,
+        })
+    }
+}
+
+impl Sortable for ReadEntry {
+    fn encode<W: Write>(&self, out: &mut W) -> std::io::Result<()> {
+        self.order.encode(out)?;
+        out.write_all(&self.batch.to_le_bytes())?;
+        out.write_all(&self.report_id)?;
+        self.shares.encode(out)
+    }
+
+    fn decode<R: Read>(input: &mut R) -> std::io::Result<Self> {
+        Ok(ReadEntry {
+            order: Order::decode(input)?,
+            batch: u32::from_le_bytes(read_array(input)?),
+            report_id: read_array::<REPORT_ID_LEN>(input)?,
+            shares: Spilled::decode(input)?,
+        })
+    }
+}
+
+impl Sortable for RoutedEntry {
+    fn encode<W: Write>(&self, out: &mut W) -> std::io::Result<()> {
+        out.write_all(&self.slot.to_le_bytes())?;
+        self.shares.encode(out)?;
+        out.write_all(&self.report_id)
+    }
+
+    fn decode<R: Read>(input: &mut R) -> std::io::Result<Self> {
+        Ok(RoutedEntry {
+            slot: u32::from_le_bytes(read_array(input)?),
+            shares: Spilled::decode(input)?,
+            report_id: read_array::<REPORT_ID_LEN>(input)?,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn copy(ping_id: &str, file: u32, record: u32) -> PingCopy {
+        PingCopy {
+            ping_id: ping_id.into(),
+            order: Order { file, record },
+        }
+    }
+
     #[test]
     fn the_first_copy_by_input_order_wins_whatever_order_copies_arrive_in() {
-        let mut ids = PingIds::default();
-        for order in [(1, 0), (0, 5), (2, 3), (0, 7)] {
-            ids.add(("ping".into(), order));
+        let dir = tempfile::tempdir().unwrap();
+        // Runs of two records, so that copies of one id sit in different runs.
+        let mut sorter = DiskSorter::new(dir.path(), 2).unwrap();
+        for c in [
+            copy("ping", 1, 0),
+            copy("other", 1, 1),
+            copy("ping", 0, 5),
+            copy("ping", 2, 3),
+            copy("third", 0, 0),
+            copy("ping", 0, 7),
+            copy("other", 0, 9),
+        ] {
+            sorter.push(c).unwrap();
         }
-        ids.add(("other".into(), (1, 1)));
-        assert_eq!(ids.first["ping"], (0, 5));
-        assert_eq!(ids.first["other"], (1, 1));
-        ids.losers.sort();
-        assert_eq!(ids.losers, vec![(0, 7), (1, 0), (2, 3)]);
+        let sorted = sorter.finish().unwrap().map(Result::unwrap);
+        let mut losers: Vec<Order> = losing_copies(sorted).collect();
+        losers.sort();
+        let order = |file, record| Order { file, record };
+        assert_eq!(
+            losers,
+            vec![order(0, 7), order(1, 0), order(1, 1), order(2, 3)]
+        );
+    }
+
+    #[test]
+    fn index_records_read_back_as_written() {
+        let entry = ReadEntry {
+            order: Order { file: 3, record: 9 },
+            batch: 2,
+            report_id: [7; REPORT_ID_LEN],
+            shares: Spilled::decode(&mut &[1u8; 16][..]).unwrap(),
+        };
+        let mut bytes = Vec::new();
+        entry.encode(&mut bytes).unwrap();
+        let back = ReadEntry::decode(&mut bytes.as_slice()).unwrap();
+        assert_eq!(
+            (back.order, back.batch, back.report_id, back.shares),
+            (entry.order, entry.batch, entry.report_id, entry.shares)
+        );
     }
 }

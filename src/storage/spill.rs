@@ -1,11 +1,19 @@
-//! Local spill file for shares: a worker that must hold shares until its
-//! input is complete appends them here and keeps only where they are, so
-//! memory holds an index, not the dataset. Each share is written and read
-//! back exactly once, with no encoding around it.
+//! Local spill files, so that a worker's memory does not grow with its input:
+//! - [`ShareSpill`]: shares that must wait until the input is complete. Each
+//!   is written and read back exactly once, with no encoding around it, and
+//!   found again by its [`Spilled`] position.
+//! - [`RecordSpill`]: small records (such as those positions) read back once,
+//!   in the order written.
+//! - [`DiskSorter`]: small records read back sorted (an external merge sort).
 
+use std::cmp::Ordering;
 use std::fs::File;
-use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{BufRead, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
+
+pub use extsort::Sortable;
+use extsort::{ExternalSorter, PushExternalSorter, SortedIterator};
 
 /// Where one appended pair of shares sits in the spill file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -13,6 +21,29 @@ pub struct Spilled {
     offset: u64,
     len_a: u32,
     len_b: u32,
+}
+
+impl Spilled {
+    pub fn encode(&self, out: &mut impl Write) -> std::io::Result<()> {
+        out.write_all(&self.offset.to_le_bytes())?;
+        out.write_all(&self.len_a.to_le_bytes())?;
+        out.write_all(&self.len_b.to_le_bytes())
+    }
+
+    pub fn decode(input: &mut impl Read) -> std::io::Result<Self> {
+        Ok(Spilled {
+            offset: u64::from_le_bytes(read_array(input)?),
+            len_a: u32::from_le_bytes(read_array(input)?),
+            len_b: u32::from_le_bytes(read_array(input)?),
+        })
+    }
+}
+
+/// Reads exactly `N` bytes.
+pub fn read_array<const N: usize>(input: &mut impl Read) -> std::io::Result<[u8; N]> {
+    let mut bytes = [0; N];
+    input.read_exact(&mut bytes)?;
+    Ok(bytes)
 }
 
 /// An append-only file of share pairs.
@@ -80,6 +111,116 @@ impl Drop for SpillFile {
     }
 }
 
+/// An append-only file of records, read back once in the order written.
+pub struct RecordSpill<T> {
+    path: PathBuf,
+    out: BufWriter<File>,
+    records: PhantomData<T>,
+}
+
+impl<T: Sortable> RecordSpill<T> {
+    pub fn create(path: &Path) -> std::io::Result<Self> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        Ok(RecordSpill {
+            path: path.to_path_buf(),
+            out: BufWriter::with_capacity(1 << 16, File::create(path)?),
+            records: PhantomData,
+        })
+    }
+
+    pub fn append(&mut self, record: &T) -> std::io::Result<()> {
+        record.encode(&mut self.out)
+    }
+
+    /// The records appended, in order; the file is deleted once they are dropped.
+    pub fn finish(mut self) -> std::io::Result<SpilledRecords<T>> {
+        self.out.flush()?;
+        Ok(SpilledRecords {
+            input: BufReader::with_capacity(1 << 16, File::open(&self.path)?),
+            path: self.path,
+            records: PhantomData,
+        })
+    }
+}
+
+pub struct SpilledRecords<T> {
+    input: BufReader<File>,
+    path: PathBuf,
+    records: PhantomData<T>,
+}
+
+impl<T: Sortable> Iterator for SpilledRecords<T> {
+    type Item = std::io::Result<T>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self.input.fill_buf() {
+            Ok([]) => None,
+            Ok(_) => Some(T::decode(&mut self.input)),
+            Err(e) => Some(Err(e)),
+        }
+    }
+}
+
+impl<T> Drop for SpilledRecords<T> {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+type Compare<T> = fn(&T, &T) -> Ordering;
+
+/// Sorts records of any number in bounded memory: runs of `run_len` records
+/// are sorted in memory and written to a directory of their own, then merged
+/// as they are read. Memory holds one run while pushing and a buffer per run
+/// while reading.
+pub struct DiskSorter<T: Sortable> {
+    dir: tempfile::TempDir,
+    sorter: PushExternalSorter<T, Compare<T>>,
+}
+
+impl<T: Sortable + Ord> DiskSorter<T> {
+    /// Keeps its runs in a new directory under `parent`.
+    pub fn new(parent: &Path, run_len: usize) -> std::io::Result<Self> {
+        std::fs::create_dir_all(parent)?;
+        let dir = tempfile::Builder::new().prefix("sort-").tempdir_in(parent)?;
+        // A run is written when it holds more than the segment size: one less
+        // keeps the run's buffer at `run_len`, not the next power of two.
+        let sorter = ExternalSorter::new()
+            .with_segment_size(run_len.max(2) - 1)
+            .with_sort_dir(dir.path().to_path_buf())
+            .pushed_by(T::cmp as Compare<T>);
+        Ok(DiskSorter { dir, sorter })
+    }
+
+    pub fn push(&mut self, record: T) -> std::io::Result<()> {
+        self.sorter.push(record)
+    }
+
+    /// Every record pushed, sorted; the runs are deleted once it is dropped.
+    pub fn finish(self) -> std::io::Result<SortedRecords<T>> {
+        Ok(SortedRecords {
+            merged: self.sorter.done()?,
+            _dir: self.dir,
+        })
+    }
+}
+
+pub struct SortedRecords<T: Sortable> {
+    merged: SortedIterator<T, Compare<T>>,
+    /// Declared after `merged`, so that the run files are closed before their directory goes.
+    _dir: tempfile::TempDir,
+}
+
+impl<T: Sortable> Iterator for SortedRecords<T> {
+    type Item = std::io::Result<T>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.merged.next()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -101,5 +242,59 @@ mod tests {
         assert_eq!(file.read(first).unwrap(), (b"aaaa".to_vec(), b"b".to_vec()));
         drop(file);
         assert!(!path.exists());
+    }
+
+    #[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+    struct Record(String, u32);
+
+    impl Sortable for Record {
+        fn encode<W: Write>(&self, out: &mut W) -> std::io::Result<()> {
+            out.write_all(&(self.0.len() as u32).to_le_bytes())?;
+            out.write_all(self.0.as_bytes())?;
+            out.write_all(&self.1.to_le_bytes())
+        }
+
+        fn decode<R: Read>(input: &mut R) -> std::io::Result<Self> {
+            let len = u32::from_le_bytes(read_array(input)?) as usize;
+            let mut name = vec![0; len];
+            input.read_exact(&mut name)?;
+            let name = String::from_utf8(name).map_err(std::io::Error::other)?;
+            Ok(Record(name, u32::from_le_bytes(read_array(input)?)))
+        }
+    }
+
+    fn records(n: u32) -> impl Iterator<Item = Record> {
+        (0..n).map(|i| Record(format!("id-{}", (i * 7919) % 1000), i))
+    }
+
+    #[test]
+    fn records_come_back_in_the_order_written_and_the_file_is_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("records.bin");
+        let mut spill = RecordSpill::create(&path).unwrap();
+        for r in records(500) {
+            spill.append(&r).unwrap();
+        }
+        let back: Vec<Record> = spill.finish().unwrap().map(Result::unwrap).collect();
+        assert_eq!(back, records(500).collect::<Vec<_>>());
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn records_sorted_on_disk_in_many_runs_come_back_sorted_and_the_runs_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        for (count, runs) in [(0, 0), (5, 0), (1000, 1000usize.div_ceil(64))] {
+            let mut sorter = DiskSorter::new(dir.path(), 64).unwrap();
+            for r in records(count) {
+                sorter.push(r).unwrap();
+            }
+            let sorted = sorter.finish().unwrap();
+            assert_eq!(sorted.merged.disk_segment_count(), runs);
+            let back: Vec<Record> = sorted.map(Result::unwrap).collect();
+            let mut expected: Vec<Record> = records(count).collect();
+            expected.sort();
+            assert_eq!(back, expected);
+        }
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 }
