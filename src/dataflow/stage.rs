@@ -139,7 +139,7 @@ struct ReadEntry {
 }
 
 /// An entry on its way to its part: sorted by part, then by place in the spill.
-#[derive(PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
 struct RoutedEntry {
     slot: u32,
     shares: Spilled,
@@ -800,20 +800,38 @@ mod tests {
         );
     }
 
-    #[test]
-    fn index_records_read_back_as_written() {
-        let entry = ReadEntry {
-            order: Order { file: 3, record: 9 },
-            batch: 2,
-            report_id: [7; REPORT_ID_LEN],
-            shares: Spilled::decode(&mut &[1u8; 16][..]).unwrap(),
-        };
+    fn round_trip<T: Sortable>(record: &T) -> T {
         let mut bytes = Vec::new();
-        entry.encode(&mut bytes).unwrap();
-        let back = ReadEntry::decode(&mut bytes.as_slice()).unwrap();
+        record.encode(&mut bytes).unwrap();
+        let mut input = bytes.as_slice();
+        let back = T::decode(&mut input).unwrap();
+        assert!(input.is_empty(), "decode reads exactly what encode wrote");
+        back
+    }
+
+    #[test]
+    fn records_spilled_to_disk_read_back_as_written() {
+        let order = Order { file: 3, record: 9 };
+        let shares = Spilled::decode(&mut &(1u8..=16).collect::<Vec<_>>()[..]).unwrap();
+        let report_id: ReportId = std::array::from_fn(|i| i as u8 * 3);
+        assert_eq!(round_trip(&order), order);
+        let ping = copy("ping-\u{e9}", 1, 2);
+        assert_eq!(round_trip(&ping), ping);
+        let entry = round_trip(&ReadEntry {
+            order,
+            batch: 2,
+            report_id,
+            shares,
+        });
         assert_eq!(
-            (back.order, back.batch, back.report_id, back.shares),
-            (entry.order, entry.batch, entry.report_id, entry.shares)
+            (entry.order, entry.batch, entry.report_id, entry.shares),
+            (order, 2, report_id, shares)
         );
+        let routed = RoutedEntry {
+            slot: 7,
+            shares,
+            report_id,
+        };
+        assert_eq!(round_trip(&routed), routed);
     }
 }

@@ -184,7 +184,9 @@ impl<T: Sortable + Ord> DiskSorter<T> {
     /// Keeps its runs in a new directory under `parent`.
     pub fn new(parent: &Path, run_len: usize) -> std::io::Result<Self> {
         std::fs::create_dir_all(parent)?;
-        let dir = tempfile::Builder::new().prefix("sort-").tempdir_in(parent)?;
+        let dir = tempfile::Builder::new()
+            .prefix("sort-")
+            .tempdir_in(parent)?;
         // A run is written when it holds more than the segment size: one less
         // keeps the run's buffer at `run_len`, not the next power of two.
         let sorter = ExternalSorter::new()
