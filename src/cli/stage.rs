@@ -137,7 +137,7 @@ pub fn run(args: StageArgs) -> anyhow::Result<u8> {
         spill_dir: spill_dir.clone(),
         progress: ReadProgress::new(progress.clone()),
     };
-    keep_freed_memory_for_reuse();
+    tune_process();
     let started = std::time::Instant::now();
     let result = run_stage(job, config);
     progress.finish_and_clear();
@@ -149,6 +149,9 @@ pub fn run(args: StageArgs) -> anyhow::Result<u8> {
     Ok(exit::OK)
 }
 
+/// Process settings that staging needs on Linux with glibc; called before
+/// workers start.
+///
 /// Staging allocates and frees buffers of megabytes per input file and part
 /// (file contents, shares read back for a part). By default glibc's malloc
 /// serves such buffers with fresh `mmap`s and hands freed memory back to the
@@ -157,17 +160,29 @@ pub fn run(args: StageArgs) -> anyhow::Result<u8> {
 /// fixed 32 MiB mmap threshold and a 64 MiB trim threshold make worker
 /// arenas reuse that memory instead; peak RSS is unchanged (it is bounded
 /// by what is live anyway).
+///
+/// A worker merges its sort runs with all of them open, one file per ~130k
+/// entries, which passes the usual soft limit of 1024 open files at about
+/// 130M entries per worker; the soft limit is raised to the hard one, which
+/// needs no privilege.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn keep_freed_memory_for_reuse() {
-    // SAFETY: mallopt only sets allocator parameters; called before workers start.
+fn tune_process() {
+    // SAFETY: mallopt only sets allocator parameters; getrlimit and setrlimit
+    // only read and write the struct passed.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
         libc::mallopt(libc::M_TRIM_THRESHOLD, 64 << 20);
+        let mut files = std::mem::zeroed::<libc::rlimit>();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut files) == 0 && files.rlim_cur < files.rlim_max
+        {
+            files.rlim_cur = files.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &files);
+        }
     }
 }
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn keep_freed_memory_for_reuse() {}
+fn tune_process() {}
 
 fn print_summary(c: &Counters, layout: &StagedLayout, elapsed: std::time::Duration) {
     let get = |k: &str| c.get(k).copied().unwrap_or(0);
