@@ -311,13 +311,9 @@ fn scan(
     local: &mut Counters,
 ) -> (ReadPings, SortedRecords<Order>) {
     let index = worker.index();
-    let spill_path = job.spill_dir.join(format!("shares-{index}.bin"));
-    let index_path = job.spill_dir.join(format!("index-{index}.bin"));
     let mut read = ReadPings {
-        spill: ShareSpill::create(&spill_path)
-            .unwrap_or_else(|e| fatal(format!("{}: {e}", spill_path.display()))),
-        index: RecordSpill::create(&index_path)
-            .unwrap_or_else(|e| fatal(format!("{}: {e}", index_path.display()))),
+        spill: on_disk(ShareSpill::create(&job.spill_dir)),
+        index: on_disk(RecordSpill::create(&job.spill_dir, "index-")),
         batch_ids: Vec::new(),
         batch_numbers: HashMap::new(),
     };

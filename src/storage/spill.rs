@@ -5,15 +5,38 @@
 //! - [`RecordSpill`]: small records (such as those positions) read back once,
 //!   in the order written.
 //! - [`DiskSorter`]: small records read back sorted (an external merge sort).
+//!
+//! Each lives in a file (or directory) of its own under the caller's
+//! directory, deleted when its reader is dropped.
 
 use std::cmp::Ordering;
 use std::fs::File;
 use std::io::{BufRead, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::marker::PhantomData;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 pub use extsort::Sortable;
 use extsort::{ExternalSorter, PushExternalSorter, SortedIterator};
+use tempfile::{NamedTempFile, TempPath};
+
+/// A new file under `dir` (created if missing), named `prefix` and a random
+/// suffix, deleted once the last handle to it goes.
+fn spill_file(
+    dir: &Path,
+    prefix: &str,
+    buffer: usize,
+) -> std::io::Result<BufWriter<NamedTempFile>> {
+    std::fs::create_dir_all(dir)?;
+    let file = tempfile::Builder::new().prefix(prefix).tempfile_in(dir)?;
+    Ok(BufWriter::with_capacity(buffer, file))
+}
+
+/// Flushes a spill file and opens it for reading from the start; the
+/// returned path deletes the file when dropped.
+fn reopen(out: BufWriter<NamedTempFile>) -> std::io::Result<(File, TempPath)> {
+    let file = out.into_inner().map_err(|e| e.into_error())?;
+    Ok((file.reopen()?, file.into_temp_path()))
+}
 
 /// Where one appended pair of shares sits in the spill file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -48,19 +71,14 @@ pub fn read_array<const N: usize>(input: &mut impl Read) -> std::io::Result<[u8;
 
 /// An append-only file of share pairs.
 pub struct ShareSpill {
-    path: PathBuf,
-    out: BufWriter<File>,
+    out: BufWriter<NamedTempFile>,
     len: u64,
 }
 
 impl ShareSpill {
-    pub fn create(path: &Path) -> std::io::Result<Self> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
+    pub fn create(dir: &Path) -> std::io::Result<Self> {
         Ok(ShareSpill {
-            path: path.to_path_buf(),
-            out: BufWriter::with_capacity(1 << 20, File::create(path)?),
+            out: spill_file(dir, "shares-", 1 << 20)?,
             len: 0,
         })
     }
@@ -79,19 +97,16 @@ impl ShareSpill {
     }
 
     /// Flushes what was appended, so that it can be read back.
-    pub fn finish(mut self) -> std::io::Result<SpillFile> {
-        self.out.flush()?;
-        Ok(SpillFile {
-            input: File::open(&self.path)?,
-            path: self.path,
-        })
+    pub fn finish(self) -> std::io::Result<SpillFile> {
+        let (input, _path) = reopen(self.out)?;
+        Ok(SpillFile { input, _path })
     }
 }
 
 /// A finished spill file, read back by position; deleted when dropped.
 pub struct SpillFile {
     input: File,
-    path: PathBuf,
+    _path: TempPath,
 }
 
 impl SpillFile {
@@ -105,27 +120,16 @@ impl SpillFile {
     }
 }
 
-impl Drop for SpillFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
-    }
-}
-
 /// An append-only file of records, read back once in the order written.
 pub struct RecordSpill<T> {
-    path: PathBuf,
-    out: BufWriter<File>,
+    out: BufWriter<NamedTempFile>,
     records: PhantomData<T>,
 }
 
 impl<T: Sortable> RecordSpill<T> {
-    pub fn create(path: &Path) -> std::io::Result<Self> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
+    pub fn create(dir: &Path, prefix: &str) -> std::io::Result<Self> {
         Ok(RecordSpill {
-            path: path.to_path_buf(),
-            out: BufWriter::with_capacity(1 << 16, File::create(path)?),
+            out: spill_file(dir, prefix, 1 << 16)?,
             records: PhantomData,
         })
     }
@@ -135,11 +139,11 @@ impl<T: Sortable> RecordSpill<T> {
     }
 
     /// The records appended, in order; the file is deleted once they are dropped.
-    pub fn finish(mut self) -> std::io::Result<SpilledRecords<T>> {
-        self.out.flush()?;
+    pub fn finish(self) -> std::io::Result<SpilledRecords<T>> {
+        let (input, _path) = reopen(self.out)?;
         Ok(SpilledRecords {
-            input: BufReader::with_capacity(1 << 16, File::open(&self.path)?),
-            path: self.path,
+            input: BufReader::with_capacity(1 << 16, input),
+            _path,
             records: PhantomData,
         })
     }
@@ -147,7 +151,7 @@ impl<T: Sortable> RecordSpill<T> {
 
 pub struct SpilledRecords<T> {
     input: BufReader<File>,
-    path: PathBuf,
+    _path: TempPath,
     records: PhantomData<T>,
 }
 
@@ -160,12 +164,6 @@ impl<T: Sortable> Iterator for SpilledRecords<T> {
             Ok(_) => Some(T::decode(&mut self.input)),
             Err(e) => Some(Err(e)),
         }
-    }
-}
-
-impl<T> Drop for SpilledRecords<T> {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
     }
 }
 
@@ -230,8 +228,7 @@ mod tests {
     #[test]
     fn shares_read_back_by_position_in_any_order_and_the_file_is_removed() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("spill.bin");
-        let mut spill = ShareSpill::create(&path).unwrap();
+        let mut spill = ShareSpill::create(dir.path()).unwrap();
         let first = spill.append(b"aaaa", b"b").unwrap();
         let empty = spill.append(b"", b"").unwrap();
         let last = spill.append(&[7; 3000], b"bbbbbb").unwrap();
@@ -243,7 +240,7 @@ mod tests {
         assert_eq!(file.read(empty).unwrap(), (vec![], vec![]));
         assert_eq!(file.read(first).unwrap(), (b"aaaa".to_vec(), b"b".to_vec()));
         drop(file);
-        assert!(!path.exists());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 
     #[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -272,14 +269,13 @@ mod tests {
     #[test]
     fn records_come_back_in_the_order_written_and_the_file_is_removed() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("records.bin");
-        let mut spill = RecordSpill::create(&path).unwrap();
+        let mut spill = RecordSpill::create(dir.path(), "records-").unwrap();
         for r in records(500) {
             spill.append(&r).unwrap();
         }
         let back: Vec<Record> = spill.finish().unwrap().map(Result::unwrap).collect();
         assert_eq!(back, records(500).collect::<Vec<_>>());
-        assert!(!path.exists());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 
     #[test]
