@@ -283,8 +283,25 @@ fn on_disk<T>(result: std::io::Result<T>) -> T {
     result.unwrap_or_else(|e| fatal(format!("local spill file (see --spill-dir): {e}")))
 }
 
+/// A sorter that a dataflow's operator feeds and the worker finishes once
+/// the dataflow is done.
+type SharedSorter<T> = Rc<RefCell<Option<DiskSorter<T>>>>;
+
 fn sorter<T: Sortable + Ord>(job: &StageJob) -> DiskSorter<T> {
     on_disk(DiskSorter::new(&job.spill_dir, SORT_RUN_LEN))
+}
+
+fn shared_sorter<T: Sortable + Ord>(job: &StageJob) -> SharedSorter<T> {
+    Rc::new(RefCell::new(Some(sorter(job))))
+}
+
+fn push_to<T: Sortable + Ord>(sorter: &SharedSorter<T>, record: T) {
+    let mut sorter = sorter.borrow_mut();
+    on_disk(sorter.as_mut().expect("fed until finished").push(record));
+}
+
+fn finish<T: Sortable + Ord>(sorter: &SharedSorter<T>) -> SortedRecords<T> {
+    on_disk(sorter.take().expect("finished once").finish())
 }
 
 /// Of each ping id's copies, sorted by (id, order): every copy but the first.
@@ -317,7 +334,7 @@ fn scan(
         batch_ids: Vec::new(),
         batch_numbers: HashMap::new(),
     };
-    let ids = Rc::new(RefCell::new(sorter::<PingCopy>(job)));
+    let ids = shared_sorter::<PingCopy>(job);
     let mut copies = InputHandleVec::<u64, PingCopy>::new();
     let probe = ProbeHandle::<u64>::new();
     let sink = ids.clone();
@@ -327,7 +344,7 @@ fn scan(
             ExchangePact::new(|copy: &PingCopy| route_hash(&[copy.ping_id.as_bytes()])),
             "OwnPingIds",
             &probe,
-            move |copy| on_disk(sink.borrow_mut().push(copy)),
+            move |copy| push_to(&sink, copy),
         );
     });
     // In listing order, so the index is in input order too.
@@ -392,11 +409,7 @@ fn scan(
     }
     copies.close();
     run_until_done(worker, &probe);
-    let ids = Rc::try_unwrap(ids)
-        .ok()
-        .expect("scan is finished")
-        .into_inner();
-    let losers = losing_copies(on_disk(ids.finish()).map(on_disk));
+    let losers = losing_copies(finish(&ids).map(on_disk));
     let mine = return_losers(worker, job, losers, readers.to_vec(), local);
     (read, mine)
 }
@@ -412,7 +425,7 @@ fn return_losers(
 ) -> SortedRecords<Order> {
     let mut input = InputHandleVec::<u64, Order>::new();
     let probe = ProbeHandle::<u64>::new();
-    let mine = Rc::new(RefCell::new(sorter::<Order>(job)));
+    let mine = shared_sorter::<Order>(job);
     let sink = mine.clone();
     worker.dataflow::<u64, _, _>(|scope| {
         consume_into(
@@ -420,7 +433,7 @@ fn return_losers(
             ExchangePact::new(move |order: &Order| readers[order.file as usize] as u64),
             "ReturnLosers",
             &probe,
-            move |order| on_disk(sink.borrow_mut().push(order)),
+            move |order| push_to(&sink, order),
         );
     });
     let mut count = 0u64;
@@ -434,11 +447,7 @@ fn return_losers(
     bump(local, "duplicates_dropped", count);
     input.close();
     run_until_done(worker, &probe);
-    let mine = Rc::try_unwrap(mine)
-        .ok()
-        .expect("losers are returned")
-        .into_inner();
-    on_disk(mine.finish())
+    finish(&mine)
 }
 
 /// Decodes one record of a dump and spills its shares; returns its ping id,
