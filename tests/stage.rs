@@ -364,14 +364,21 @@ fn unreadable_files_fail_with_their_name_unless_skipped() {
     let bad = dump.join("sink/2019-06-26/03/telemetry/prio/4/broken.ndjson.gz");
     std::fs::write(&bad, [0x1f, 0x8b, 0x08, 0x00, 0x01, 0x02]).unwrap();
     let out = dir.path().join("out");
+    let spill = dir.path().join("spill");
     let failed = bin()
         .args(["stage", "--date", DATE, "--input"])
         .arg(dump.join("sink"))
         .arg("--output")
         .arg(&out)
+        .arg("--spill-dir")
+        .arg(&spill)
         .output()
         .unwrap();
     assert_eq!(failed.status.code(), Some(1));
+    assert!(
+        common::files_below(&spill).is_empty(),
+        "the failed run's spill files are deleted"
+    );
     let stderr = String::from_utf8_lossy(&failed.stderr);
     assert!(
         stderr.contains("broken.ndjson.gz") && stderr.contains("--skip-unreadable"),

@@ -8,7 +8,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::{exit, parse_date};
 use crate::dataflow::stage::{run as run_stage, Counters, ReadProgress, StageJob};
-use crate::dataflow::ClusterArgs;
+use crate::dataflow::{remove_on_fatal, ClusterArgs};
 use crate::storage::input::InputFormat;
 use crate::storage::location::Location;
 use crate::storage::staged::{StagedFormat, StagedLayout};
@@ -119,6 +119,7 @@ pub fn run(args: StageArgs) -> anyhow::Result<u8> {
         std::process::id(),
         args.cluster.process
     ));
+    remove_on_fatal(spill_dir.clone());
     let progress = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr()).with_style(
         ProgressStyle::with_template(
             "staging {bar:30} {bytes}/{total_bytes} read, {msg} ({binary_bytes_per_sec}, eta {eta})",

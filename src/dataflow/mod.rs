@@ -7,7 +7,9 @@ pub mod stage;
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, VecDeque};
+use std::path::PathBuf;
 use std::rc::Rc;
+use std::sync::{Mutex, PoisonError};
 
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::{
@@ -148,10 +150,29 @@ impl Hasher for FnvHasher {
     }
 }
 
+/// Local scratch directories (spill files, which can be as large as the
+/// input) that `fatal` deletes: it exits without running destructors.
+static SCRATCH_DIRS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+/// Deletes `dir` if the job stops on a fault; on success the caller deletes it.
+pub fn remove_on_fatal(dir: PathBuf) {
+    SCRATCH_DIRS
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .push(dir);
+}
+
 /// Stops the whole job on a real fault. timely is fail-stop: a worker that
 /// leaves its dataflows early would leave the others waiting forever.
 pub fn fatal(err: impl std::fmt::Display) -> ! {
     eprintln!("error: {err}");
+    for dir in SCRATCH_DIRS
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .iter()
+    {
+        let _ = std::fs::remove_dir_all(dir);
+    }
     std::process::exit(crate::exit::FAILURE.into())
 }
 
