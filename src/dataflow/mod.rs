@@ -165,12 +165,11 @@ pub fn remove_on_fatal(dir: PathBuf) {
 /// Stops the whole job on a real fault. timely is fail-stop: a worker that
 /// leaves its dataflows early would leave the others waiting forever.
 pub fn fatal(err: impl std::fmt::Display) -> ! {
+    // Held until the process is gone: when several workers fail alike (all
+    // see the same listing), one reports and exits, and the others wait.
+    let dirs = SCRATCH_DIRS.lock().unwrap_or_else(PoisonError::into_inner);
     eprintln!("error: {err}");
-    for dir in SCRATCH_DIRS
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .iter()
-    {
+    for dir in dirs.iter() {
         let _ = std::fs::remove_dir_all(dir);
     }
     std::process::exit(crate::exit::FAILURE.into())
