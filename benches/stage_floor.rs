@@ -33,7 +33,7 @@ fn decode(files: &[PathBuf]) -> (u64, u64, u64) {
             .and_then(|mut file| file.read_to_end(&mut data))
             .expect("readable file");
         bytes += data.len() as u64;
-        read_records(&f.to_string_lossy(), InputFormat::Ndjson, &data, |r| {
+        read_records(&f.to_string_lossy(), InputFormat::Ndjson, &mut data, |r| {
             if let Ok(ping) = r.and_then(|raw| parse_ping(&raw.body)) {
                 pings += 1;
                 for e in &ping.entries {

@@ -369,7 +369,7 @@ fn scan(
         let mut file_copies = Vec::new();
         let mut counted = Counters::new();
         let mut record_index = 0u32;
-        let outcome = read_records(&url, file.format, &data, |record| {
+        let outcome = read_records(&url, file.format, &mut data, |record| {
             let order = Order {
                 file: file_index as u32,
                 record: record_index,

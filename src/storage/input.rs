@@ -95,10 +95,12 @@ fn date_of_micros(micros: i64) -> Option<String> {
 }
 
 /// Reads every record of one input object, calling `emit` for each in order.
+/// `data` holds the object's bytes. The Parquet reader is lent that buffer
+/// rather than a copy of the whole file, and gives it back for the next file.
 pub fn read_records(
     path: &str,
     format: InputFormat,
-    data: &[u8],
+    data: &mut Vec<u8>,
     mut emit: impl FnMut(Result<RawPing, PingRejection>),
 ) -> Result<(), UnreadableFile> {
     let unreadable = |message: String| UnreadableFile {
@@ -111,7 +113,7 @@ pub fn read_records(
             let text = if is_gzip(data) {
                 Cow::Owned(gunzip(data).map_err(|e| unreadable(format!("gzip: {e}")))?)
             } else {
-                Cow::Borrowed(data)
+                Cow::Borrowed(data.as_slice())
             };
             for line in text.split(|&b| b == b'\n') {
                 let line = line.strip_suffix(b"\r").unwrap_or(line);
@@ -130,49 +132,15 @@ pub fn read_records(
             }
         }
         InputFormat::Parquet => {
-            let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
-                Bytes::copy_from_slice(data),
-            )
-            .and_then(|b| b.build())
-            .map_err(|e| unreadable(e.to_string()))?;
-            for batch in reader {
-                let batch = batch.map_err(|e| unreadable(e.to_string()))?;
-                let payload = batch
-                    .column_by_name("payload")
-                    .ok_or_else(|| unreadable("no payload column".into()))?;
-                let timestamps = batch
-                    .column_by_name("submission_timestamp")
-                    .and_then(|c| c.as_primitive_opt::<TimestampMicrosecondType>().cloned());
-                let payloads: Vec<Option<&[u8]>> = match (
-                    payload.as_binary_opt::<i32>(),
-                    payload.as_binary_opt::<i64>(),
-                ) {
-                    (Some(a), _) => a.iter().collect(),
-                    (_, Some(a)) => a.iter().collect(),
-                    _ => {
-                        return Err(unreadable(format!(
-                            "payload column has type {}, expected binary",
-                            payload.data_type()
-                        )))
-                    }
-                };
-                for (i, payload) in payloads.into_iter().enumerate() {
-                    let date = timestamps
-                        .as_ref()
-                        .filter(|t| !t.is_null(i))
-                        .and_then(|t| date_of_micros(t.value(i)));
-                    emit(match payload {
-                        None => Err(PingRejection::MissingPayload),
-                        Some(bytes) => table_payload(bytes).map(|body| RawPing {
-                            body,
-                            submission_date: date,
-                        }),
-                    });
-                }
-            }
+            let file = Bytes::from(std::mem::take(data));
+            let outcome = read_parquet(file.clone(), &unreadable, &mut emit);
+            // Unique again once the reader is gone: the buffer comes back uncopied.
+            *data = file.try_into_mut().map(Vec::from).unwrap_or_default();
+            outcome?;
         }
         InputFormat::Avro => {
-            let reader = apache_avro::Reader::new(data).map_err(|e| unreadable(e.to_string()))?;
+            let reader =
+                apache_avro::Reader::new(data.as_slice()).map_err(|e| unreadable(e.to_string()))?;
             for value in reader {
                 let value = value.map_err(|e| unreadable(e.to_string()))?;
                 let AvroValue::Record(fields) = value else {
@@ -198,4 +166,88 @@ pub fn read_records(
         }
     }
     Ok(())
+}
+
+/// The records of a Parquet export of the decoded-payload table.
+fn read_parquet(
+    file: Bytes,
+    unreadable: &impl Fn(String) -> UnreadableFile,
+    emit: &mut impl FnMut(Result<RawPing, PingRejection>),
+) -> Result<(), UnreadableFile> {
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+        .and_then(|b| b.build())
+        .map_err(|e| unreadable(e.to_string()))?;
+    for batch in reader {
+        let batch = batch.map_err(|e| unreadable(e.to_string()))?;
+        let payload = batch
+            .column_by_name("payload")
+            .ok_or_else(|| unreadable("no payload column".into()))?;
+        let timestamps = batch
+            .column_by_name("submission_timestamp")
+            .and_then(|c| c.as_primitive_opt::<TimestampMicrosecondType>().cloned());
+        let payloads: Vec<Option<&[u8]>> = match (
+            payload.as_binary_opt::<i32>(),
+            payload.as_binary_opt::<i64>(),
+        ) {
+            (Some(a), _) => a.iter().collect(),
+            (_, Some(a)) => a.iter().collect(),
+            _ => {
+                return Err(unreadable(format!(
+                    "payload column has type {}, expected binary",
+                    payload.data_type()
+                )))
+            }
+        };
+        for (i, payload) in payloads.into_iter().enumerate() {
+            let date = timestamps
+                .as_ref()
+                .filter(|t| !t.is_null(i))
+                .and_then(|t| date_of_micros(t.value(i)));
+            emit(match payload {
+                None => Err(PingRejection::MissingPayload),
+                Some(bytes) => table_payload(bytes).map(|body| RawPing {
+                    body,
+                    submission_date: date,
+                }),
+            });
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::dump::{gzip, write_parquet, DecodedRow};
+
+    #[test]
+    fn parquet_is_read_from_the_callers_buffer_which_comes_back_uncopied() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("part.parquet");
+        let row = |id: &str, payload: Vec<u8>| DecodedRow {
+            document_id: id.into(),
+            submission_timestamp: 1_561_507_200_000_000, // 2019-06-26T00:00:00Z
+            payload,
+        };
+        let rows = [
+            row("raw", br#"{"id":"raw"}"#.to_vec()),
+            row("gzip", gzip(br#"{"id":"gzip"}"#)),
+        ];
+        write_parquet(&path, &rows).unwrap();
+        let file = std::fs::read(&path).unwrap();
+        let mut data = file.clone();
+        let buffer = data.as_ptr();
+        let mut read = Vec::new();
+        read_records("part.parquet", InputFormat::Parquet, &mut data, |r| {
+            read.push(r.unwrap())
+        })
+        .unwrap();
+        let bodies: Vec<&[u8]> = read.iter().map(|r| r.body.as_slice()).collect();
+        assert_eq!(bodies, [&br#"{"id":"raw"}"#[..], br#"{"id":"gzip"}"#]);
+        assert!(read
+            .iter()
+            .all(|r| r.submission_date.as_deref() == Some("2019-06-26")));
+        assert_eq!(data, file, "the caller's buffer is given back");
+        assert_eq!(data.as_ptr(), buffer, "without a copy");
+    }
 }
