@@ -62,7 +62,7 @@ fn crypto(c: &mut Criterion) {
         let len = batch.spec().output_len();
         let m = seed_measurement(
             len,
-            !matches!(batch.spec(), prio_processor::wire::config::VdafSpec::Count),
+            !matches!(batch.spec(), prio_processor::wire::vdaf::VdafSpec::Count),
         );
         let mut group = c.benchmark_group(*name);
         group.bench_function("client_encode", |b| {

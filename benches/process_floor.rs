@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use base64::Engine;
-use prio_processor::storage::messages::decode_staged;
+use prio_processor::storage::staged::decode_staged;
 use prio_processor::storage::staged::StagedFormat;
 use prio_processor::wire::config::BatchConfig;
 use prio_processor::wire::envelope::PrivateKey;

@@ -235,7 +235,7 @@ fn generate_writes_three_consistent_formats_with_the_known_answer() {
                 verify_locally(&spec.vdaf, &secrets, &entry.batch_id, [&env[0], &env[1]]).unwrap();
             let aggs = aggregates.get_mut(entry.batch_id.as_str()).unwrap();
             for (agg, out) in aggs.iter_mut().zip(&outs) {
-                spec.vdaf.accumulate(agg, out);
+                spec.vdaf.accumulate(agg, out).unwrap();
             }
             totals.entry(entry.batch_id.clone()).or_default().0 += 1;
         }

@@ -7,10 +7,11 @@ use std::process::{Child, Command, Output};
 
 mod common;
 
-use prio_processor::storage::messages::{decode_message, decode_staged, encode_message, OK};
-use prio_processor::storage::staged::{encode_part, StagedFormat};
+use prio_processor::storage::messages::{decode_message, encode_message};
+
+use prio_processor::storage::staged::{decode_staged, encode_part, StagedFormat};
 use prio_processor::wire::envelope::generate_keypair;
-use prio_processor::wire::Role;
+use prio_processor::wire::{Rejection, Role};
 
 const DATE: &str = "2019-06-26";
 
@@ -472,12 +473,12 @@ fn a_report_the_peer_rejects_after_this_server_accepted_it_is_left_out_of_the_su
     let read =
         |path: &Path| decode_message("verdicts", std::fs::read(path).unwrap().into()).unwrap();
     let mut rows = read(&verdicts(Role::A));
-    let flipped = rows.iter().position(|r| r.status == OK).unwrap();
+    let flipped = rows.iter().position(|r| r.status.is_ok()).unwrap();
     let id = rows[flipped].id.clone();
-    rows[flipped].status = "invalid_proof".into();
+    rows[flipped].status = Err(Rejection::InvalidProof);
     std::fs::write(verdicts(Role::A), encode_message(&rows)).unwrap();
     let mut rows = read(&verdicts(Role::B));
-    rows.iter_mut().find(|r| r.id == id).unwrap().status = "invalid_proof".into();
+    rows.iter_mut().find(|r| r.id == id).unwrap().status = Err(Rejection::InvalidProof);
     std::fs::write(verdicts(Role::B), encode_message(&rows)).unwrap();
 
     let [a, b] = world.run_both("aggregate", &[], &[]);

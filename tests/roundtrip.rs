@@ -111,7 +111,7 @@ fn every_vdaf_aggregates_to_the_plain_sum() {
             let outs = verify_locally(vdaf, &servers.secrets, batch_id, [&a, &b])
                 .unwrap_or_else(|r| panic!("{batch_id}: valid report rejected: {r}"));
             for (agg, out) in aggregates.iter_mut().zip(&outs) {
-                vdaf.accumulate(agg, out);
+                vdaf.accumulate(agg, out).unwrap();
             }
         }
         // Aggregate shares travel between servers as bytes.
@@ -136,12 +136,13 @@ fn merged_partial_aggregates_equal_one_aggregate() {
         let entry = encode_entry(vdaf, "v", &m, &servers.public).unwrap();
         let [a, b] = envelopes(&entry);
         let [out_a, out_b] = verify_locally(vdaf, &servers.secrets, "v", [&a, &b]).unwrap();
-        vdaf.accumulate(&mut parts[(i % 2) as usize], &out_a);
-        vdaf.accumulate(&mut whole, &out_a);
-        vdaf.accumulate(&mut others, &out_b);
+        vdaf.accumulate(&mut parts[(i % 2) as usize], &out_a)
+            .unwrap();
+        vdaf.accumulate(&mut whole, &out_a).unwrap();
+        vdaf.accumulate(&mut others, &out_b).unwrap();
     }
     let [mut merged, second] = parts;
-    vdaf.merge(&mut merged, &second);
+    vdaf.merge(&mut merged, &second).unwrap();
     assert_eq!(
         vdaf.encode_aggregate(&merged),
         vdaf.encode_aggregate(&whole)

@@ -8,11 +8,11 @@ use std::path::PathBuf;
 use prio::codec::Encode;
 use prio::vdaf::prio3::{Prio3Count, Prio3Histogram, Prio3MultihotCountVec, Prio3Sum, Prio3SumVec};
 use prio::vdaf::test_utils::TestVectorClient;
-use prio_processor::wire::config::{BatchConfig, VdafSpec};
+use prio_processor::wire::config::BatchConfig;
 use prio_processor::wire::envelope::{derive_keypair, open, seal_with_rng};
 use prio_processor::wire::ping::{decode_base64, encode_base64};
 use prio_processor::wire::server::{open_and_verify_init, verify_locally, ServerSecrets};
-use prio_processor::wire::vdaf::{context, Measurement, ReportShare, Vdaf};
+use prio_processor::wire::vdaf::{context, Measurement, ReportShare, Vdaf, VdafSpec};
 use prio_processor::wire::Role;
 use rand::rngs::ChaCha20Rng;
 use rand::{Rng, SeedableRng};
@@ -291,7 +291,7 @@ fn build(name: &str, spec_text: &str, measurements: &[Measurement]) -> VectorFil
         let raw = envelopes.clone().map(|e| decode_base64(&e).unwrap());
         let outs = verify_locally(&vdaf, &servers, &batch_id, [&raw[0], &raw[1]]).unwrap();
         for (agg, out) in aggregates.iter_mut().zip(&outs) {
-            vdaf.accumulate(agg, out);
+            vdaf.accumulate(agg, out).unwrap();
         }
         let [plaintext_a, plaintext_b] = plain.map(hex::encode);
         let [hpke_seed_a, hpke_seed_b] = seeds;
@@ -475,7 +475,7 @@ fn check(v: &VectorFile) {
         let raw = [&r.envelope_a, &r.envelope_b].map(|e| decode_base64(e).unwrap());
         let outs = verify_locally(&vdaf, &servers, &v.batch_id, [&raw[0], &raw[1]]).unwrap();
         for (agg, out) in aggregates.iter_mut().zip(&outs) {
-            vdaf.accumulate(agg, out);
+            vdaf.accumulate(agg, out).unwrap();
         }
     }
     assert_eq!(

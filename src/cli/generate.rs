@@ -17,9 +17,9 @@ use super::keys::ClientKeyArgs;
 use super::{exit, parse_date, ConfigArg};
 use crate::storage::dump::{gzip, write_avro, write_ndjson, write_parquet, DecodedRow};
 use crate::wire::client::{encode_entry, ServerPublicKeys};
-use crate::wire::config::{BatchConfig, VdafSpec};
+use crate::wire::config::BatchConfig;
 use crate::wire::ping::{build_ping, SinkMessage};
-use crate::wire::vdaf::{Measurement, Vdaf};
+use crate::wire::vdaf::{Measurement, Vdaf, VdafSpec};
 
 /// Write a simulated ingestion dump with a known answer.
 #[derive(Args, Debug)]

@@ -16,7 +16,8 @@ use clap::Args;
 
 use super::generate::{generate_dump, DumpOptions, Expected, Pattern};
 use super::{exit, parse_date, ConfigArg};
-use crate::storage::location::{Location, StorageError};
+use crate::storage::location::Location;
+use crate::storage::server::ServerBuckets;
 use crate::wire::client::ServerPublicKeys;
 use crate::wire::envelope::{generate_keypair, PrivateKey};
 use crate::wire::Role;
@@ -148,11 +149,7 @@ pub fn run(args: IntegrateArgs) -> anyhow::Result<u8> {
         )?;
     }
 
-    let bucket = |role: Role, name: &str| {
-        root.child(&format!("server-{role}/{name}"))
-            .url()
-            .to_string()
-    };
+    let buckets = Role::BOTH.map(|role| ServerBuckets::under_root(&root, role, &date));
     let workers = args.workers.to_string();
     eprintln!("[2/4] staging into each server's private bucket");
     let stage = run_self(
@@ -166,9 +163,9 @@ pub fn run(args: IntegrateArgs) -> anyhow::Result<u8> {
             "--workers",
             &workers,
             "--output-a",
-            &bucket(Role::A, "private"),
+            buckets[0].private().url(),
             "--output-b",
-            &bucket(Role::B, "private"),
+            buckets[1].private().url(),
         ],
         &[("STAGING_SECRET", secret_from_env("STAGING_SECRET"))],
     )?;
@@ -183,6 +180,7 @@ pub fn run(args: IntegrateArgs) -> anyhow::Result<u8> {
         .iter()
         .map(|&role| {
             let i = role.agg_id();
+            let url = |l: &Location| l.url().to_string();
             run_self(
                 &format!("server {role}"),
                 &["process", "--date", &date, "--workers", &workers],
@@ -191,9 +189,9 @@ pub fn run(args: IntegrateArgs) -> anyhow::Result<u8> {
                     ("PRIVATE_KEY_HEX", keys[i].to_hex()),
                     ("SHARED_SECRET", shared_secret.clone()),
                     ("DATA_CONFIG", args.config.clone()),
-                    ("BUCKET_INTERNAL_PRIVATE", bucket(role, "private")),
-                    ("BUCKET_INTERNAL_SHARED", bucket(role, "inbox")),
-                    ("BUCKET_EXTERNAL_SHARED", bucket(role.peer(), "inbox")),
+                    ("BUCKET_INTERNAL_PRIVATE", url(buckets[i].private())),
+                    ("BUCKET_INTERNAL_SHARED", url(buckets[i].inbox())),
+                    ("BUCKET_EXTERNAL_SHARED", url(buckets[i].outbox())),
                     ("RETRY_DELAY", "0.2".into()),
                     ("RETRY_LIMIT", "12".into()),
                 ],
@@ -208,7 +206,7 @@ pub fn run(args: IntegrateArgs) -> anyhow::Result<u8> {
     }
 
     eprintln!("[4/4] checking the published aggregates against the plaintext totals");
-    print_summary(&expected, &root, &date)
+    print_summary(&expected, &buckets)
 }
 
 /// Copies every object below `from` to the same place below `to`.
@@ -219,34 +217,15 @@ fn copy_all(from: &Location, to: &Location) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Where a server publishes its results for a date.
-fn processed(root: &Location, role: Role, date: &str) -> Location {
-    root.child(&format!("server-{role}/private/{date}/processed"))
-}
-
-/// One server's published result for a batch, if any.
-fn published(
-    root: &Location,
-    role: Role,
-    date: &str,
-    batch: &str,
-) -> anyhow::Result<Option<serde_json::Value>> {
-    match processed(root, role, date).get(&format!("batch_id={batch}/aggregate.json")) {
-        Ok(bytes) => Ok(Some(serde_json::from_slice(&bytes)?)),
-        Err(StorageError::NotFound { .. }) => Ok(None),
-        Err(e) => Err(e.into()),
-    }
-}
-
-fn print_summary(expected: &Expected, root: &Location, date: &str) -> anyhow::Result<u8> {
+fn print_summary(expected: &Expected, buckets: &[ServerBuckets; 2]) -> anyhow::Result<u8> {
     let mut all_match = true;
     println!(
         "{:<54} {:>8} {:>10} {:>8}  match  rejected by reason",
         "batch id", "reports", "aggregated", "rejected"
     );
     for (batch_id, want) in &expected.batches {
-        let a = published(root, Role::A, date, batch_id)?;
-        let b = published(root, Role::B, date, batch_id)?;
+        let a = buckets[0].published(batch_id)?;
+        let b = buckets[1].published(batch_id)?;
         let matches = match (&a, &b) {
             (Some(a), Some(b)) => {
                 a["aggregate"] == b["aggregate"]
@@ -272,7 +251,7 @@ fn print_summary(expected: &Expected, root: &Location, date: &str) -> anyhow::Re
         );
     }
     for (batch_id, count) in &expected.unknown_batches {
-        let published = published(root, Role::A, date, batch_id)?.is_some();
+        let published = buckets[0].published(batch_id)?.is_some();
         all_match &= !published;
         println!(
             "{batch_id:<54} {count:>8} {:>10} {:>8}  {:<5}  not in the config: skipped",
@@ -290,11 +269,8 @@ fn print_summary(expected: &Expected, root: &Location, date: &str) -> anyhow::Re
             .get("ndjson")
             .map_or(0, |m| m.values().sum::<u64>())
     );
-    for role in Role::BOTH {
-        println!(
-            "results of server {role}: {}",
-            processed(root, role, date).url()
-        );
+    for (role, buckets) in Role::BOTH.iter().zip(buckets) {
+        println!("results of server {role}: {}", buckets.processed().url());
     }
     if all_match {
         println!("result: every published aggregate matches the expected totals");

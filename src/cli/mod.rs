@@ -15,8 +15,9 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-use crate::dataflow::process::Step;
+use crate::dataflow::Cluster;
 use crate::wire::config::BatchConfig;
+use crate::wire::protocol::Step;
 
 pub use crate::exit;
 
@@ -128,6 +129,48 @@ impl ConfigArg {
             PathBuf::from(&self.config).display().to_string()
         }
     }
+}
+
+/// How a job is spread: `--workers` threads per process, and optionally
+/// several processes (on one or many machines) that find each other
+/// through a hostfile.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ClusterArgs {
+    /// Worker threads per process.
+    #[arg(long, short = 'w', default_value_t = 1, env = "WORKERS")]
+    pub workers: usize,
+    /// Number of processes in the cluster.
+    #[arg(long, default_value_t = 1)]
+    pub processes: usize,
+    /// This process's index, from 0 to --processes - 1.
+    #[arg(long, default_value_t = 0)]
+    pub process: usize,
+    /// File with one `host:port` per line, in process order. Without it,
+    /// processes listen on 127.0.0.1:2101, 2102, ...
+    #[arg(long, value_name = "FILE")]
+    pub hostfile: Option<PathBuf>,
+}
+
+impl ClusterArgs {
+    pub fn cluster(&self) -> Cluster {
+        Cluster {
+            workers: self.workers,
+            processes: self.processes,
+            process: self.process,
+            hostfile: self.hostfile.clone(),
+        }
+    }
+}
+
+/// A flag that takes one of `names`, read by `from_name` (the layers below
+/// name their own formats; clap stays up here).
+pub fn one_of<T: Clone + Send + Sync + 'static>(
+    names: impl IntoIterator<Item = &'static str>,
+    from_name: fn(&str) -> Option<T>,
+) -> impl clap::builder::TypedValueParser<Value = T> {
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(names)
+        .map(move |name| from_name(&name).expect("clap passes only listed names"))
 }
 
 /// Parses a `YYYY-MM-DD` submission date.

@@ -7,11 +7,12 @@ use anyhow::Context;
 use clap::Args;
 
 use super::keys::parse_shared_secret;
-use super::{exit, parse_date, ConfigArg};
-use crate::dataflow::process::{run, BatchOutcome, Retry, ServerJob, Step};
-use crate::dataflow::ClusterArgs;
+use super::{exit, parse_date, ClusterArgs, ConfigArg};
+use crate::dataflow::process::{run, Retry, ServerJob};
 use crate::storage::location::Location;
+use crate::storage::server::ServerBuckets;
 use crate::wire::envelope::{PrivateKey, PublicKey};
+use crate::wire::protocol::{BatchOutcome, BatchStatus, Step};
 use crate::wire::server::ServerSecrets;
 use crate::wire::Role;
 
@@ -94,11 +95,12 @@ pub fn run_steps(args: ServerArgs, steps: &[Step]) -> anyhow::Result<u8> {
             verify_key: parse_shared_secret(&args.shared_secret)?,
         },
         config: args.config.load()?,
-        date: args.date.format("%Y-%m-%d").to_string(),
-        private: Location::parse(&args.bucket_internal_private)
-            .context("BUCKET_INTERNAL_PRIVATE")?,
-        inbox: Location::parse(&args.bucket_internal_shared).context("BUCKET_INTERNAL_SHARED")?,
-        outbox: Location::parse(&args.bucket_external_shared).context("BUCKET_EXTERNAL_SHARED")?,
+        buckets: ServerBuckets::new(
+            &args.date.format("%Y-%m-%d").to_string(),
+            Location::parse(&args.bucket_internal_private).context("BUCKET_INTERNAL_PRIVATE")?,
+            Location::parse(&args.bucket_internal_shared).context("BUCKET_INTERNAL_SHARED")?,
+            Location::parse(&args.bucket_external_shared).context("BUCKET_EXTERNAL_SHARED")?,
+        ),
         retry: Retry {
             limit: args.retry_limit,
             delay: Duration::from_secs_f64(args.retry_delay),
@@ -106,13 +108,15 @@ pub fn run_steps(args: ServerArgs, steps: &[Step]) -> anyhow::Result<u8> {
         },
         steps: steps.to_vec(),
     };
-    let config = args.cluster.timely_config().map_err(anyhow::Error::msg)?;
-    let outcomes = run(job, config).map_err(anyhow::Error::msg)?;
+    let outcomes = run(job, &args.cluster.cluster())?;
     if args.cluster.process != 0 || !steps.contains(&Step::Publish) {
         return Ok(exit::OK);
     }
     print_summary(args.server_id, &outcomes);
-    let refused: Vec<_> = outcomes.iter().filter(|o| o.status == "refused").collect();
+    let refused: Vec<_> = outcomes
+        .iter()
+        .filter(|o| o.status == BatchStatus::Refused)
+        .collect();
     if refused.is_empty() {
         Ok(exit::OK)
     } else {
@@ -135,14 +139,18 @@ fn print_summary(role: Role, outcomes: &[BatchOutcome]) {
     );
     for o in outcomes {
         let rejected: u64 = o.rejected.values().sum();
-        let reasons: Vec<String> = o.rejected.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let reasons: Vec<String> = o
+            .rejected
+            .iter()
+            .map(|(r, n)| format!("{}={n}", r.reason()))
+            .collect();
         println!(
             "{:<54} {:>8} {:>10} {:>8}  {:<9} {}",
             o.batch_id,
             o.reports_total,
             o.reports_aggregated,
             rejected,
-            o.status,
+            o.status.name(),
             reasons.join(" ")
         );
     }

@@ -6,9 +6,10 @@ use anyhow::{bail, Context};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use super::{exit, parse_date};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::{exit, one_of, parse_date, ClusterArgs};
 use crate::dataflow::stage::{run as run_stage, Counters, ReadProgress, StageJob};
-use crate::dataflow::{remove_on_fatal, ClusterArgs};
 use crate::storage::input::InputFormat;
 use crate::storage::location::Location;
 use crate::storage::staged::{StagedFormat, StagedLayout};
@@ -36,7 +37,7 @@ pub struct StageArgs {
     #[arg(long, value_name = "URL")]
     pub input: String,
     /// Read only files of this format (default: every .ndjson[.gz], .parquet and .avro file).
-    #[arg(long, value_enum)]
+    #[arg(long, value_parser = one_of(InputFormat::ALL.map(InputFormat::name), InputFormat::from_name))]
     pub input_format: Option<InputFormat>,
     /// Output for both servers.
     #[arg(long, value_name = "URL", required_unless_present_all = ["output_a", "output_b"], conflicts_with_all = ["output_a", "output_b"])]
@@ -48,7 +49,8 @@ pub struct StageArgs {
     #[arg(long, value_name = "URL", requires = "output_a")]
     pub output_b: Option<String>,
     /// File format of the staged parts.
-    #[arg(long, value_enum, default_value_t = StagedFormat::Parquet)]
+    #[arg(long, default_value = "parquet",
+        value_parser = one_of(StagedFormat::ALL.map(StagedFormat::extension), StagedFormat::of_extension))]
     pub output_format: StagedFormat,
     /// Target size of a part, in share bytes (e.g. 250MB, 64MiB, 1GB).
     #[arg(long, default_value = "250MB", value_parser = parse_size)]
@@ -112,20 +114,19 @@ pub fn run(args: StageArgs) -> anyhow::Result<u8> {
         }
         _ => bail!("give --output, or both --output-a and --output-b"),
     };
-    let config = args.cluster.timely_config().map_err(anyhow::Error::msg)?;
     let spill_root = args.spill_dir.clone().unwrap_or_else(std::env::temp_dir);
     let spill_dir = spill_root.join(format!(
         "prio-processor-stage-{}-{}",
         std::process::id(),
         args.cluster.process
     ));
-    remove_on_fatal(spill_dir.clone());
-    let progress = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr()).with_style(
-        ProgressStyle::with_template(
-            "staging {bar:30} {bytes}/{total_bytes} read, {msg} ({binary_bytes_per_sec}, eta {eta})",
-        )
-        .expect("template"),
-    );
+    let progress = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr())
+        .with_style(
+            ProgressStyle::with_template(
+                "staging {bar:30} {bytes}/{total_bytes} read, {msg} ({binary_bytes_per_sec}, eta {eta})",
+            )
+            .expect("template"),
+        );
     let job = StageJob {
         date: date.clone(),
         input,
@@ -136,18 +137,45 @@ pub fn run(args: StageArgs) -> anyhow::Result<u8> {
         secret,
         skip_unreadable: args.skip_unreadable,
         spill_dir: spill_dir.clone(),
-        progress: ReadProgress::new(progress.clone()),
+        progress: Box::new(ReadBar {
+            bar: progress.clone(),
+            files: AtomicU64::new(0),
+            pings: AtomicU64::new(0),
+        }),
     };
     tune_process();
     let started = std::time::Instant::now();
-    let result = run_stage(job, config);
+    let result = run_stage(job, &args.cluster.cluster());
     progress.finish_and_clear();
+    // Also after a fault: spill files can be as large as the input.
     let _ = std::fs::remove_dir_all(&spill_dir);
-    let counters = result.map_err(anyhow::Error::msg)?;
+    let counters = result?;
     if args.cluster.process == 0 {
         print_summary(&counters, &layout, started.elapsed());
     }
     Ok(exit::OK)
+}
+
+/// The progress bar while reading: input bytes read of this process's
+/// total, with files and pings so far.
+struct ReadBar {
+    bar: ProgressBar,
+    files: AtomicU64,
+    pings: AtomicU64,
+}
+
+impl ReadProgress for ReadBar {
+    fn expect(&self, bytes: u64) {
+        self.bar.inc_length(bytes);
+    }
+
+    fn file_done(&self, bytes: u64, pings: u64) {
+        let files = self.files.fetch_add(1, Ordering::Relaxed) + 1;
+        let pings = self.pings.fetch_add(pings, Ordering::Relaxed) + pings;
+        self.bar.inc(bytes);
+        self.bar
+            .set_message(format!("{files} files, {pings} pings"));
+    }
 }
 
 /// Process settings that staging needs on Linux with glibc; called before

@@ -11,6 +11,11 @@ use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::{Mutex, PoisonError};
 
+use crate::storage::input::UnreadableFile;
+use crate::storage::location::StorageError;
+use crate::wire::protocol::Step;
+use crate::wire::vdaf::VdafUseError;
+
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::{
     Exchange as ExchangePact, ParallelizationContract, Pipeline,
@@ -24,35 +29,83 @@ use std::hash::Hasher;
 
 /// How the job is spread: threads per process, and optionally several
 /// processes (on one or many machines) that find each other through a hostfile.
-#[derive(clap::Args, Debug, Clone)]
-pub struct ClusterArgs {
+#[derive(Debug, Clone)]
+pub struct Cluster {
     /// Worker threads per process.
-    #[arg(long, short = 'w', default_value_t = 1, env = "WORKERS")]
     pub workers: usize,
     /// Number of processes in the cluster.
-    #[arg(long, default_value_t = 1)]
     pub processes: usize,
-    /// This process's index, from 0 to --processes - 1.
-    #[arg(long, default_value_t = 0)]
+    /// This process's index, from 0 to `processes - 1`.
     pub process: usize,
-    /// File with one `host:port` per line, in process order. Without it,
-    /// processes listen on 127.0.0.1:2101, 2102, ...
-    #[arg(long, value_name = "FILE")]
-    pub hostfile: Option<std::path::PathBuf>,
+    /// One `host:port` per line, in process order; without it, processes
+    /// listen on 127.0.0.1:2101, 2102, ...
+    pub hostfile: Option<PathBuf>,
 }
 
-impl ClusterArgs {
+/// Why a job stopped. Bad records are never errors (they are counted);
+/// these are faults that leave the job unable to do its work.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("local spill file (see --spill-dir): {0}")]
+    Spill(std::io::Error),
+    #[error("{0}")]
+    Cluster(String),
+    #[error("{0}\n(pass --skip-unreadable to count such files and go on)")]
+    UnreadableInput(#[from] UnreadableFile),
+    #[error("no input files under {url} (looked for .ndjson, .ndjson.gz, .parquet, .avro)")]
+    NoInput { url: String },
+    /// Another worker's error, as it reached this one.
+    #[error("{0}")]
+    Remote(String),
+    #[error("{marker} is missing: stage this date into the server's private bucket first (stage --output-a/--output-b)")]
+    NotStaged { marker: String },
+    #[error("{marker} is missing: run verify1 for this date first")]
+    Verify1Missing { marker: String },
+    #[error(
+        "the peer's {step} never arrived: {marker} is still missing after {retries} retries; \
+         check that the other server is running this date and writes to this server's inbox \
+         (raise RETRY_LIMIT / RETRY_DELAY to wait longer)"
+    )]
+    PeerTimeout {
+        step: Step,
+        marker: String,
+        retries: u32,
+    },
+    #[error(
+        "{part}: {summed} of the {accepted} reports both servers accepted verify again; this \
+         server's stored data for the date changed since verify2. Reset both servers for this \
+         date (prio-processor cleanup) and rerun"
+    )]
+    StoredDataChanged {
+        part: String,
+        summed: usize,
+        accepted: usize,
+    },
+    #[error("{what}: {source}")]
+    Vdaf { what: String, source: VdafUseError },
+    #[error("a worker stopped unexpectedly: {0}")]
+    WorkerPanicked(String),
+}
+
+/// A spill file's result as a job error.
+pub fn on_disk<T>(result: std::io::Result<T>) -> Result<T, Error> {
+    result.map_err(Error::Spill)
+}
+
+impl Cluster {
     /// Builds timely's configuration from our own flags (timely's `-h` would clash with `--help`).
-    pub fn timely_config(&self) -> Result<timely::Config, String> {
+    pub fn timely_config(&self) -> Result<timely::Config, Error> {
         if self.workers == 0 {
-            return Err("--workers must be at least 1".into());
+            return Err(Error::Cluster("--workers must be at least 1".into()));
         }
         if self.processes == 0 || self.process >= self.processes {
-            return Err(format!(
+            return Err(Error::Cluster(format!(
                 "--process must be between 0 and {} (--processes {})",
                 self.processes.saturating_sub(1),
                 self.processes
-            ));
+            )));
         }
         let communication = if self.processes == 1 {
             if self.workers == 1 {
@@ -63,8 +116,9 @@ impl ClusterArgs {
         } else {
             let addresses = match &self.hostfile {
                 Some(path) => {
-                    let text = std::fs::read_to_string(path)
-                        .map_err(|e| format!("reading hostfile {}: {e}", path.display()))?;
+                    let text = std::fs::read_to_string(path).map_err(|e| {
+                        Error::Cluster(format!("reading hostfile {}: {e}", path.display()))
+                    })?;
                     let hosts: Vec<String> = text
                         .lines()
                         .map(str::trim)
@@ -72,12 +126,12 @@ impl ClusterArgs {
                         .map(str::to_string)
                         .collect();
                     if hosts.len() != self.processes {
-                        return Err(format!(
+                        return Err(Error::Cluster(format!(
                             "hostfile {} lists {} hosts, --processes is {}",
                             path.display(),
                             hosts.len(),
                             self.processes
-                        ));
+                        )));
                     }
                     hosts
                 }
@@ -102,23 +156,72 @@ impl ClusterArgs {
 
 /// Runs `work` on every worker of a timely cluster and returns the first
 /// local worker's result (every worker computes the same global answer).
+///
+/// timely is fail-stop: a worker that leaves its dataflows early would leave
+/// the others waiting for it forever. So a worker that fails hands its
+/// error to this thread and parks, and the first error returns at once;
+/// the caller then ends the process, which ends the parked and waiting
+/// workers with it (and, in a cluster, the other processes see it go).
 pub fn execute<J, T>(
     job: J,
-    config: timely::Config,
-    work: fn(&mut Worker, &J) -> T,
-) -> Result<T, String>
+    cluster: &Cluster,
+    work: fn(&mut Worker, &J) -> Result<T, Error>,
+) -> Result<T, Error>
 where
     J: Send + Sync + 'static,
     T: Send + 'static,
 {
+    let config = cluster.timely_config()?;
     let job = std::sync::Arc::new(job);
-    let guards = timely::execute(config, move |worker| work(worker, &job))?;
-    let mut results = guards.join().into_iter();
-    let first = results.next().ok_or("no workers ran")??;
-    for other in results {
-        other?;
+    let (report, reports) = std::sync::mpsc::channel::<(usize, Result<T, Error>)>();
+    let report = Mutex::new(report);
+    let guards = timely::execute(config, move |worker| {
+        let index = worker.index();
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(worker, &job)))
+            .unwrap_or_else(|panic| Err(Error::WorkerPanicked(panic_message(&panic))));
+        let failed = result.is_err();
+        let sender = report
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let _ = sender.send((index, result));
+        if failed {
+            loop {
+                std::thread::park();
+            }
+        }
+    })
+    .map_err(Error::Cluster)?;
+    let local = cluster.workers;
+    let mut results = Vec::with_capacity(local);
+    while results.len() < local {
+        match reports.recv() {
+            Ok((_, Err(e))) => {
+                // Joining would wait for workers that wait for the failed one.
+                std::mem::forget(guards);
+                return Err(e);
+            }
+            Ok((index, Ok(value))) => results.push((index, value)),
+            Err(_) => break,
+        }
     }
-    Ok(first)
+    for result in guards.join() {
+        result.map_err(Error::WorkerPanicked)?;
+    }
+    results.sort_by_key(|(index, _)| *index);
+    results
+        .into_iter()
+        .next()
+        .map(|(_, value)| value)
+        .ok_or_else(|| Error::Cluster("no workers ran".into()))
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic".into())
 }
 
 /// A hash that is the same in every process and run, for routing records to workers.
@@ -150,31 +253,6 @@ impl Hasher for FnvHasher {
     }
 }
 
-/// Local scratch directories (spill files, which can be as large as the
-/// input) that `fatal` deletes: it exits without running destructors.
-static SCRATCH_DIRS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
-
-/// Deletes `dir` if the job stops on a fault; on success the caller deletes it.
-pub fn remove_on_fatal(dir: PathBuf) {
-    SCRATCH_DIRS
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .push(dir);
-}
-
-/// Stops the whole job on a real fault. timely is fail-stop: a worker that
-/// leaves its dataflows early would leave the others waiting forever.
-pub fn fatal(err: impl std::fmt::Display) -> ! {
-    // Held until the process is gone: when several workers fail alike (all
-    // see the same listing), one reports and exits, and the others wait.
-    let dirs = SCRATCH_DIRS.lock().unwrap_or_else(PoisonError::into_inner);
-    eprintln!("error: {err}");
-    for dir in dirs.iter() {
-        let _ = std::fs::remove_dir_all(dir);
-    }
-    std::process::exit(crate::exit::FAILURE.into())
-}
-
 /// Named counts, summed across workers: `pings_read`, `rejected/<reason>`,
 /// `entries/<batch id>`, ...
 pub type Counters = BTreeMap<String, u64>;
@@ -183,9 +261,22 @@ pub fn bump(counters: &mut Counters, key: impl Into<String>, by: u64) {
     *counters.entry(key.into()).or_default() += by;
 }
 
+/// Counts that workers keep apart and then add up.
+pub trait Merge: timely::ExchangeData + Clone + Default {
+    fn merge(&mut self, other: Self);
+}
+
+impl<K: Ord + timely::ExchangeData + Clone> Merge for BTreeMap<K, u64> {
+    fn merge(&mut self, other: Self) {
+        for (k, v) in other {
+            *self.entry(k).or_default() += v;
+        }
+    }
+}
+
 /// Feeds every record of `stream`, routed by `pact`, to `consume` on the
 /// receiving worker; `probe` completes once every record was consumed.
-pub fn consume_into<'s, D, P>(
+fn consume_into<'s, D, P>(
     stream: StreamVec<'s, u64, D>,
     pact: P,
     name: &str,
@@ -204,50 +295,65 @@ pub fn consume_into<'s, D, P>(
         .probe_with(probe);
 }
 
-/// Records sent to the worker that `route` picks (`route % peers`), where
-/// they wait in arrival order until taken. Every worker builds the channel;
-/// each closes its sending side when it has sent everything.
-pub struct Channel<D: Clone + 'static> {
+/// The sending side of an exchange: records go to the worker that `route`
+/// picks (`route % peers`), which hands each to its `deliver`. Every worker
+/// builds the exchange and closes its side when it has sent everything;
+/// epochs (`advance_to`) mark rounds that a worker can wait for.
+pub struct Exchange<D: timely::ExchangeData + Clone> {
     input: Option<InputHandleVec<u64, D>>,
     probe: ProbeHandle<u64>,
-    received: Rc<RefCell<VecDeque<D>>>,
 }
 
-impl<D: timely::ExchangeData + Clone> Channel<D> {
-    pub fn new(worker: &mut Worker, name: &str, route: impl Fn(&D) -> u64 + 'static) -> Self {
+impl<D: timely::ExchangeData + Clone> Exchange<D> {
+    pub fn new(
+        worker: &mut Worker,
+        name: &str,
+        route: impl Fn(&D) -> u64 + 'static,
+        deliver: impl FnMut(D) + 'static,
+    ) -> Self {
         let mut input = InputHandleVec::new();
         let probe = ProbeHandle::new();
-        let received = Rc::new(RefCell::new(VecDeque::new()));
-        let sink = received.clone();
         worker.dataflow::<u64, _, _>(|scope| {
             consume_into(
                 scope.input_from(&mut input),
                 ExchangePact::new(route),
                 name,
                 &probe,
-                move |record| sink.borrow_mut().push_back(record),
+                deliver,
             );
         });
-        Channel {
+        Exchange {
             input: Some(input),
             probe,
-            received,
         }
     }
 
-    /// Sends one record and lets it go at once: records here are large (a
-    /// slice of a part), and the receiver should not wait for more. Closing
-    /// the record's epoch is what makes the exchange deliver its buffers.
+    fn input(&mut self) -> &mut InputHandleVec<u64, D> {
+        self.input.as_mut().expect("send on a closed exchange")
+    }
+
     pub fn send(&mut self, record: D) {
-        let input = self.input.as_mut().expect("send on a closed channel");
+        self.input().send(record);
+    }
+
+    /// Sends one record and lets it go at once: for large records (a slice
+    /// of a part), whose receiver should not wait for more. Closing the
+    /// record's epoch is what makes the exchange deliver its buffers.
+    pub fn send_now(&mut self, record: D) {
+        let input = self.input();
         input.send(record);
         let next = input.time() + 1;
         input.advance_to(next);
     }
 
-    /// The oldest record that arrived here and was not taken yet.
-    pub fn take(&self) -> Option<D> {
-        self.received.borrow_mut().pop_front()
+    /// Ends epoch `epoch - 1` of this worker's side.
+    pub fn advance_to(&mut self, epoch: u64) {
+        self.input().advance_to(epoch);
+    }
+
+    /// Whether everything sent before `epoch` was delivered, by every worker.
+    pub fn delivered_before(&self, epoch: u64) -> bool {
+        !self.probe.less_than(&epoch)
     }
 
     /// Ends this worker's sending side.
@@ -259,19 +365,62 @@ impl<D: timely::ExchangeData + Clone> Channel<D> {
         self.input.is_none()
     }
 
-    /// Every worker closed its side and everything sent here has arrived
-    /// (it may still wait to be taken).
+    /// Every worker closed its side and everything sent was delivered.
     pub fn delivered(&self) -> bool {
         self.probe.done()
     }
+
+    /// Closes this worker's side and steps the worker until every worker's
+    /// records were delivered.
+    pub fn close_and_wait(mut self, worker: &mut Worker) {
+        self.close();
+        while !self.delivered() {
+            worker.step_or_park(None);
+        }
+    }
 }
 
-/// Steps `worker` until `probe` is done. A worker with nothing to do parks
-/// until a message arrives instead of spinning, leaving the core to the
-/// workers still busy and to the storage I/O threads.
-pub fn run_until_done(worker: &mut Worker, probe: &ProbeHandle<u64>) {
-    while !probe.done() {
-        worker.step_or_park(None);
+/// An exchange whose records wait at the receiving worker, in arrival
+/// order, until taken.
+pub struct Channel<D: timely::ExchangeData + Clone> {
+    exchange: Exchange<D>,
+    received: Rc<RefCell<VecDeque<D>>>,
+}
+
+impl<D: timely::ExchangeData + Clone> Channel<D> {
+    pub fn new(worker: &mut Worker, name: &str, route: impl Fn(&D) -> u64 + 'static) -> Self {
+        let received = Rc::new(RefCell::new(VecDeque::new()));
+        let sink = received.clone();
+        Channel {
+            exchange: Exchange::new(worker, name, route, move |record| {
+                sink.borrow_mut().push_back(record)
+            }),
+            received,
+        }
+    }
+
+    /// See [`Exchange::send_now`].
+    pub fn send(&mut self, record: D) {
+        self.exchange.send_now(record);
+    }
+
+    /// The oldest record that arrived here and was not taken yet.
+    pub fn take(&self) -> Option<D> {
+        self.received.borrow_mut().pop_front()
+    }
+
+    pub fn close(&mut self) {
+        self.exchange.close();
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.exchange.is_closed()
+    }
+
+    /// Every worker closed its side and everything sent here has arrived
+    /// (it may still wait to be taken).
+    pub fn delivered(&self) -> bool {
+        self.exchange.delivered()
     }
 }
 
@@ -294,15 +443,17 @@ fn broadcast<D: timely::ExchangeData + Clone>(
         input.send(record);
     }
     input.close();
-    run_until_done(worker, &probe);
+    while !probe.done() {
+        worker.step_or_park(None);
+    }
     received.take()
 }
 
-/// Sums counters across all workers; every worker gets the totals.
-pub fn all_reduce(worker: &mut Worker, local: &Counters) -> Counters {
-    let mut total = Counters::new();
-    for (k, v) in broadcast(worker, local.clone()) {
-        *total.entry(k).or_default() += v;
+/// Adds up counts across all workers; every worker gets the totals.
+pub fn all_reduce<C: Merge>(worker: &mut Worker, local: &C) -> C {
+    let mut total = C::default();
+    for counts in broadcast(worker, [local.clone()]) {
+        total.merge(counts);
     }
     total
 }

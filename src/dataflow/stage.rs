@@ -29,21 +29,17 @@ use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use timely::dataflow::channels::pact::Exchange as ExchangePact;
-use timely::dataflow::operators::Input;
-use timely::dataflow::{InputHandleVec, ProbeHandle};
 use timely::worker::Worker;
 
 use super::{
-    all_reduce, broadcast_from_first, bump, consume_into, fatal, route_hash, run_until_done,
-    spread_by_size,
+    all_reduce, broadcast_from_first, bump, on_disk, route_hash, spread_by_size, Cluster, Error,
+    Exchange,
 };
 use crate::storage::input::{read_records, InputFormat, RawPing};
-use crate::storage::location::Location;
+use crate::storage::location::{Location, StorageError};
 use crate::storage::spill::{
     read_array, DiskSorter, RecordSpill, ShareSpill, Sortable, SortedRecords, Spilled,
     SpilledRecords,
@@ -68,39 +64,16 @@ pub struct StageJob {
     pub secret: Vec<u8>,
     pub skip_unreadable: bool,
     pub spill_dir: PathBuf,
-    pub progress: ReadProgress,
+    /// Told how reading goes; shared by the process's workers.
+    pub progress: Box<dyn ReadProgress>,
 }
 
-/// The progress bar while reading: input bytes read of this process's
-/// total, with files and pings so far. Shared by the process's workers.
-pub struct ReadProgress {
-    bar: indicatif::ProgressBar,
-    files: AtomicU64,
-    pings: AtomicU64,
-}
-
-impl ReadProgress {
-    pub fn new(bar: indicatif::ProgressBar) -> Self {
-        bar.set_length(0);
-        ReadProgress {
-            bar,
-            files: AtomicU64::new(0),
-            pings: AtomicU64::new(0),
-        }
-    }
-
+/// How reading the input goes, for whoever shows it (the cli's progress bar).
+pub trait ReadProgress: Send + Sync {
     /// A worker of this process will read `bytes` more.
-    fn expect(&self, bytes: u64) {
-        self.bar.inc_length(bytes);
-    }
-
-    fn file_done(&self, bytes: u64, pings: u64) {
-        let files = self.files.fetch_add(1, Ordering::Relaxed) + 1;
-        let pings = self.pings.fetch_add(pings, Ordering::Relaxed) + pings;
-        self.bar.inc(bytes);
-        self.bar
-            .set_message(format!("{files} files, {pings} pings"));
-    }
+    fn expect(&self, bytes: u64);
+    /// A worker of this process read a file of `bytes` with `pings` pings.
+    fn file_done(&self, bytes: u64, pings: u64);
 }
 
 /// One input file, as listed.
@@ -159,27 +132,27 @@ struct StagedReport {
 }
 
 /// Runs the job on a timely cluster; returns the global counters.
-pub fn run(job: StageJob, config: timely::Config) -> Result<Counters, String> {
-    super::execute(job, config, stage_worker)
+pub fn run(job: StageJob, cluster: &Cluster) -> Result<Counters, Error> {
+    super::execute(job, cluster, stage_worker)
 }
 
-fn stage_worker(worker: &mut Worker, job: &StageJob) -> Counters {
-    let files = shared_listing(worker, job);
+fn stage_worker(worker: &mut Worker, job: &StageJob) -> Result<Counters, Error> {
+    let files = shared_listing(worker, job)?;
     if worker.index() == 0 {
-        job.layout.clear().unwrap_or_else(|e| fatal(e));
+        job.layout.clear()?;
     }
     let mut local = Counters::new();
     let started = std::time::Instant::now();
     let sizes: Vec<u64> = files.iter().map(|f| f.size).collect();
     let readers = spread_by_size(&sizes, worker.peers());
-    let read = scan(worker, job, &files, &readers, &mut local);
+    let read = scan(worker, job, &files, &readers, &mut local)?;
     tracing::debug!(
         worker = worker.index(),
         seconds = started.elapsed().as_secs_f64(),
         "scan done"
     );
     let totals = all_reduce(worker, &local);
-    let mut written = partition(worker, job, read, &totals);
+    let mut written = partition(worker, job, read, &totals)?;
     tracing::debug!(
         worker = worker.index(),
         seconds = started.elapsed().as_secs_f64(),
@@ -201,31 +174,33 @@ fn stage_worker(worker: &mut Worker, job: &StageJob) -> Counters {
         }
     }
     if worker.index() == 0 {
-        write_markers(job, &summary).unwrap_or_else(|e| fatal(e));
+        write_markers(job, &summary)?;
     }
-    summary
+    Ok(summary)
 }
 
 /// Worker 0 lists the input and every worker takes that list, so that all
 /// split the same files among them even if the input changes meanwhile.
-fn shared_listing(worker: &mut Worker, job: &StageJob) -> Vec<InputFile> {
-    let listed: Vec<Result<InputFile, String>> = if worker.index() == 0 {
-        match list_inputs(job) {
-            Ok(files) => files.into_iter().map(Ok).collect(),
-            Err(e) => vec![Err(e)],
-        }
-    } else {
-        Vec::new()
+/// A listing error reaches the other workers (and processes) as its message.
+fn shared_listing(worker: &mut Worker, job: &StageJob) -> Result<Vec<InputFile>, Error> {
+    let (listed, error) = match (worker.index() == 0).then(|| list_inputs(job)) {
+        Some(Ok(files)) => (files.into_iter().map(Ok).collect(), None),
+        Some(Err(e)) => (vec![Err(e.to_string())], Some(e)),
+        None => (Vec::new(), None),
     };
-    broadcast_from_first(worker, listed)
+    let shared = broadcast_from_first(worker, listed);
+    if let Some(e) = error {
+        return Err(e);
+    }
+    shared
         .into_iter()
         .collect::<Result<_, _>>()
-        .unwrap_or_else(|e| fatal(e))
+        .map_err(Error::Remote)
 }
 
 /// Lists the input, sorted, keeping dump files of the requested date.
-fn list_inputs(job: &StageJob) -> Result<Vec<InputFile>, String> {
-    let listed = job.input.list().map_err(|e| e.to_string())?;
+fn list_inputs(job: &StageJob) -> Result<Vec<InputFile>, Error> {
+    let listed = job.input.list()?;
     let files: Vec<InputFile> = listed
         .into_iter()
         .filter_map(|(rel, size)| {
@@ -242,10 +217,9 @@ fn list_inputs(job: &StageJob) -> Result<Vec<InputFile>, String> {
         })
         .collect();
     if files.is_empty() {
-        return Err(format!(
-            "no input files under {} (looked for .ndjson, .ndjson.gz, .parquet, .avro)",
-            job.input.url()
-        ));
+        return Err(Error::NoInput {
+            url: job.input.url().to_string(),
+        });
     }
     Ok(files)
 }
@@ -277,40 +251,56 @@ impl ReadPings {
     }
 }
 
-/// A local spill file's result, or the end of the job: without its spill
-/// files a worker cannot go on.
-fn on_disk<T>(result: std::io::Result<T>) -> T {
-    result.unwrap_or_else(|e| fatal(format!("local spill file (see --spill-dir): {e}")))
-}
-
-/// A sorter that a dataflow's operator feeds and the worker finishes once
-/// the dataflow is done.
-type SharedSorter<T> = Rc<RefCell<Option<DiskSorter<T>>>>;
-
-fn sorter<T: Sortable + Ord>(job: &StageJob) -> DiskSorter<T> {
+fn sorter<T: Sortable + Ord>(job: &StageJob) -> Result<DiskSorter<T>, Error> {
     on_disk(DiskSorter::new(&job.spill_dir, SORT_RUN_LEN))
 }
 
-fn shared_sorter<T: Sortable + Ord>(job: &StageJob) -> SharedSorter<T> {
-    Rc::new(RefCell::new(Some(sorter(job))))
+/// A sorter that an exchange feeds on the receiving worker, which finishes
+/// it once everything was delivered. An operator cannot return an error,
+/// so the first one waits here until then.
+struct FedSorter<T: Sortable + Ord> {
+    sorter: DiskSorter<T>,
+    error: Option<std::io::Error>,
 }
 
-fn push_to<T: Sortable + Ord>(sorter: &SharedSorter<T>, record: T) {
-    let mut sorter = sorter.borrow_mut();
-    on_disk(sorter.as_mut().expect("fed until finished").push(record));
+type SharedSorter<T> = Rc<RefCell<Option<FedSorter<T>>>>;
+
+fn shared_sorter<T: Sortable + Ord>(job: &StageJob) -> Result<SharedSorter<T>, Error> {
+    Ok(Rc::new(RefCell::new(Some(FedSorter {
+        sorter: sorter(job)?,
+        error: None,
+    }))))
 }
 
-fn finish<T: Sortable + Ord>(sorter: &SharedSorter<T>) -> SortedRecords<T> {
-    on_disk(sorter.take().expect("finished once").finish())
+/// The exchange's delivery into a shared sorter.
+fn push_to<T: Sortable + Ord + 'static>(sorter: &SharedSorter<T>) -> impl FnMut(T) + 'static {
+    let sorter = sorter.clone();
+    move |record| {
+        let mut fed = sorter.borrow_mut();
+        let fed = fed.as_mut().expect("fed until finished");
+        if fed.error.is_none() {
+            fed.error = fed.sorter.push(record).err();
+        }
+    }
+}
+
+fn finish<T: Sortable + Ord>(sorter: &SharedSorter<T>) -> Result<SortedRecords<T>, Error> {
+    let fed = sorter.take().expect("finished once");
+    match fed.error {
+        Some(e) => Err(Error::Spill(e)),
+        None => on_disk(fed.sorter.finish()),
+    }
 }
 
 /// Of each ping id's copies, sorted by (id, order): every copy but the first.
-fn losing_copies(sorted: impl Iterator<Item = PingCopy>) -> impl Iterator<Item = Order> {
+fn losing_copies(
+    sorted: impl Iterator<Item = std::io::Result<PingCopy>>,
+) -> impl Iterator<Item = std::io::Result<Order>> {
     let mut first: Option<String> = None;
-    sorted.filter_map(move |copy| {
-        if first.as_deref() == Some(copy.ping_id.as_str()) {
-            Some(copy.order)
-        } else {
+    sorted.filter_map(move |copy| match copy {
+        Err(e) => Some(Err(e)),
+        Ok(copy) if first.as_deref() == Some(copy.ping_id.as_str()) => Some(Ok(copy.order)),
+        Ok(copy) => {
             first = Some(copy.ping_id);
             None
         }
@@ -326,27 +316,21 @@ fn scan(
     files: &[InputFile],
     readers: &[usize],
     local: &mut Counters,
-) -> (ReadPings, SortedRecords<Order>) {
+) -> Result<(ReadPings, SortedRecords<Order>), Error> {
     let index = worker.index();
     let mut read = ReadPings {
-        spill: on_disk(ShareSpill::create(&job.spill_dir)),
-        index: on_disk(RecordSpill::create(&job.spill_dir, "index-")),
+        spill: on_disk(ShareSpill::create(&job.spill_dir))?,
+        index: on_disk(RecordSpill::create(&job.spill_dir, "index-"))?,
         batch_ids: Vec::new(),
         batch_numbers: HashMap::new(),
     };
-    let ids = shared_sorter::<PingCopy>(job);
-    let mut copies = InputHandleVec::<u64, PingCopy>::new();
-    let probe = ProbeHandle::<u64>::new();
-    let sink = ids.clone();
-    worker.dataflow::<u64, _, _>(|scope| {
-        consume_into(
-            scope.input_from(&mut copies),
-            ExchangePact::new(|copy: &PingCopy| route_hash(&[copy.ping_id.as_bytes()])),
-            "OwnPingIds",
-            &probe,
-            move |copy| push_to(&sink, copy),
-        );
-    });
+    let ids = shared_sorter::<PingCopy>(job)?;
+    let mut copies = Exchange::new(
+        worker,
+        "OwnPingIds",
+        |copy: &PingCopy| route_hash(&[copy.ping_id.as_bytes()]),
+        push_to(&ids),
+    );
     // In listing order, so the index is in input order too.
     let mine = || {
         files
@@ -359,9 +343,7 @@ fn scan(
     let mut data = Vec::new();
     for (file_index, file) in mine() {
         let url = format!("{}/{}", job.input.url(), file.rel);
-        job.input
-            .read_into(&file.rel, &mut data)
-            .unwrap_or_else(|e| fatal(e));
+        job.input.read_into(&file.rel, &mut data)?;
         // Records are decoded and spilled as they are read, but they count
         // once the whole file was readable: an unreadable file is skipped
         // whole (its spilled shares stay unused), never in part.
@@ -369,23 +351,28 @@ fn scan(
         let mut file_copies = Vec::new();
         let mut counted = Counters::new();
         let mut record_index = 0u32;
+        let mut spill_error = None;
         let outcome = read_records(&url, file.format, &mut data, |record| {
             let order = Order {
                 file: file_index as u32,
                 record: record_index,
             };
             record_index += 1;
-            if let Some(ping_id) =
-                read_ping(job, &mut read, record, order, &mut entries, &mut counted)
-            {
-                file_copies.push(PingCopy { ping_id, order });
+            if spill_error.is_some() {
+                return;
+            }
+            match read_ping(job, &mut read, record, order, &mut entries, &mut counted) {
+                Ok(Some(ping_id)) => file_copies.push(PingCopy { ping_id, order }),
+                Ok(None) => {}
+                Err(e) => spill_error = Some(e),
             }
         });
+        if let Some(e) = spill_error {
+            return Err(Error::Spill(e));
+        }
         if let Err(e) = outcome {
             if !job.skip_unreadable {
-                fatal(format!(
-                    "{e}\n(pass --skip-unreadable to count such files and go on)"
-                ));
+                return Err(e.into());
             }
             tracing::warn!("skipping unreadable file: {e}");
             bump(local, "files_unreadable", 1);
@@ -400,18 +387,17 @@ fn scan(
             bump(local, key, n);
         }
         for entry in &entries {
-            on_disk(read.index.append(entry));
+            on_disk(read.index.append(entry))?;
         }
         for copy in file_copies {
             copies.send(copy);
         }
         worker.step();
     }
-    copies.close();
-    run_until_done(worker, &probe);
-    let losers = losing_copies(finish(&ids).map(on_disk));
-    let mine = return_losers(worker, job, losers, readers.to_vec(), local);
-    (read, mine)
+    copies.close_and_wait(worker);
+    let losers = losing_copies(finish(&ids)?);
+    let mine = return_losers(worker, job, losers, readers.to_vec(), local)?;
+    Ok((read, mine))
 }
 
 /// Sends the orders of copies that lost back to the workers that read them,
@@ -419,34 +405,27 @@ fn scan(
 fn return_losers(
     worker: &mut Worker,
     job: &StageJob,
-    losers: impl Iterator<Item = Order>,
+    losers: impl Iterator<Item = std::io::Result<Order>>,
     readers: Vec<usize>,
     local: &mut Counters,
-) -> SortedRecords<Order> {
-    let mut input = InputHandleVec::<u64, Order>::new();
-    let probe = ProbeHandle::<u64>::new();
-    let mine = shared_sorter::<Order>(job);
-    let sink = mine.clone();
-    worker.dataflow::<u64, _, _>(|scope| {
-        consume_into(
-            scope.input_from(&mut input),
-            ExchangePact::new(move |order: &Order| readers[order.file as usize] as u64),
-            "ReturnLosers",
-            &probe,
-            move |order| push_to(&sink, order),
-        );
-    });
+) -> Result<SortedRecords<Order>, Error> {
+    let mine = shared_sorter::<Order>(job)?;
+    let mut returned = Exchange::new(
+        worker,
+        "ReturnLosers",
+        move |order: &Order| readers[order.file as usize] as u64,
+        push_to(&mine),
+    );
     let mut count = 0u64;
     for order in losers {
-        input.send(order);
+        returned.send(on_disk(order)?);
         count += 1;
         if count.is_multiple_of(1024) {
             worker.step();
         }
     }
     bump(local, "duplicates_dropped", count);
-    input.close();
-    run_until_done(worker, &probe);
+    returned.close_and_wait(worker);
     finish(&mine)
 }
 
@@ -459,7 +438,7 @@ fn read_ping(
     order: Order,
     entries: &mut Vec<ReadEntry>,
     counters: &mut Counters,
-) -> Option<String> {
+) -> std::io::Result<Option<String>> {
     let parsed = record.and_then(|raw| {
         if raw
             .submission_date
@@ -474,7 +453,7 @@ fn read_ping(
         Ok(ping) => ping,
         Err(r) => {
             bump(counters, format!("rejected/{}", r.reason()), 1);
-            return None;
+            return Ok(None);
         }
     };
     bump(counters, "pings_read", 1);
@@ -495,7 +474,7 @@ fn read_ping(
             format!("share_bytes/{}", e.batch_id),
             (a.len() + b.len()) as u64,
         );
-        let shares = on_disk(read.spill.append(&a, &b));
+        let shares = read.spill.append(&a, &b)?;
         entries.push(ReadEntry {
             order,
             batch: read.batch_number(&e.batch_id),
@@ -503,7 +482,7 @@ fn read_ping(
             shares,
         });
     }
-    Some(ping.id)
+    Ok(Some(ping.id))
 }
 
 /// Every part of every batch id in one global order (batch ids sorted, then
@@ -557,14 +536,20 @@ fn route_entries(
     losers: SortedRecords<Order>,
     batch_ids: &[String],
     slots: &PartSlots,
-) -> SortedRecords<RoutedEntry> {
-    let mut losers = losers.map(on_disk).peekable();
-    let mut routed = sorter(job);
+) -> Result<SortedRecords<RoutedEntry>, Error> {
+    let mut losers = losers.peekable();
+    let mut routed = sorter(job)?;
     // Both are in input order, so one pass over each finds the losers.
-    for entry in index.map(on_disk) {
-        while losers.next_if(|lost| *lost < entry.order).is_some() {}
+    for entry in index {
+        let entry = on_disk(entry)?;
+        // An error is taken too, to be raised.
+        while let Some(lost) =
+            losers.next_if(|lost| lost.as_ref().map_or(true, |l| *l < entry.order))
+        {
+            on_disk(lost)?;
+        }
         // Not taken: all entries of a ping share its order.
-        if losers.peek() == Some(&entry.order) {
+        if matches!(losers.peek(), Some(Ok(lost)) if *lost == entry.order) {
             continue;
         }
         let slot = slots.of(&batch_ids[entry.batch as usize], &entry.report_id);
@@ -572,7 +557,7 @@ fn route_entries(
             slot: slot as u32,
             shares: entry.shares,
             report_id: entry.report_id,
-        }));
+        }))?;
     }
     on_disk(routed.finish())
 }
@@ -585,7 +570,7 @@ fn partition(
     job: &StageJob,
     (read, losers): (ReadPings, SortedRecords<Order>),
     totals: &Counters,
-) -> Counters {
+) -> Result<Counters, Error> {
     let index = worker.index();
     let peers = worker.peers();
     let slots = PartSlots::new(totals, job.partition_size);
@@ -596,37 +581,35 @@ fn partition(
         batch_ids,
         ..
     } = read;
-    let routed = route_entries(job, on_disk(entries.finish()), losers, &batch_ids, &slots);
-    let mut routed = routed.map(on_disk).peekable();
-    let mut spill = on_disk(spill.finish());
+    let routed = route_entries(job, on_disk(entries.finish())?, losers, &batch_ids, &slots)?;
+    let mut routed = routed.peekable();
+    let mut spill = on_disk(spill.finish())?;
 
     // Keyed by part: a faster worker may already send the next round's rows
     // while this one still waits for the end of the current round.
     let received: Rc<RefCell<HashMap<u32, Vec<StagedReport>>>> = Rc::default();
-    let mut reports = InputHandleVec::<u64, StagedReport>::new();
-    let probe = ProbeHandle::<u64>::new();
     let sink = received.clone();
-    worker.dataflow::<u64, _, _>(|scope| {
-        consume_into(
-            scope.input_from(&mut reports),
-            ExchangePact::new(|r: &StagedReport| u64::from(r.slot)),
-            "GatherParts",
-            &probe,
-            move |report| {
-                sink.borrow_mut()
-                    .entry(report.slot)
-                    .or_default()
-                    .push(report)
-            },
-        );
-    });
+    let mut reports = Exchange::new(
+        worker,
+        "GatherParts",
+        |r: &StagedReport| u64::from(r.slot),
+        move |report: StagedReport| {
+            sink.borrow_mut()
+                .entry(report.slot)
+                .or_default()
+                .push(report)
+        },
+    );
     let total = slots.parts.len();
     for round in 0..total.div_ceil(peers) {
         let round_end = ((round + 1) * peers) as u32;
         let mut sent = 0u64;
-        // In spill order within each part, so the spill is read front to back.
-        while let Some(entry) = routed.next_if(|e| e.slot < round_end) {
-            let (share_a, share_b) = on_disk(spill.read(entry.shares));
+        // In spill order within each part, so the spill is read front to back;
+        // an error is taken too, to be raised.
+        while let Some(entry) = routed.next_if(|e| e.as_ref().map_or(true, |e| e.slot < round_end))
+        {
+            let entry = on_disk(entry)?;
+            let (share_a, share_b) = on_disk(spill.read(entry.shares))?;
             reports.send(StagedReport {
                 slot: entry.slot,
                 report_id: entry.report_id,
@@ -639,16 +622,17 @@ fn partition(
             }
         }
         reports.advance_to(round as u64 + 1);
-        while probe.less_equal(&(round as u64)) {
+        while !reports.delivered_before(round as u64 + 1) {
             worker.step_or_park(None);
         }
         let slot = round * peers + index;
-        if let Some(rows) = received.borrow_mut().remove(&(slot as u32)) {
+        let rows = received.borrow_mut().remove(&(slot as u32));
+        if let Some(rows) = rows {
             let (batch_id, part) = &slots.parts[slot];
-            write_part_for_both(job, batch_id, *part, rows, &mut counters);
+            write_part_for_both(job, batch_id, *part, rows, &mut counters)?;
         }
     }
-    counters
+    Ok(counters)
 }
 
 /// Sorts a part's reports by id and writes the part for both servers.
@@ -658,7 +642,7 @@ fn write_part_for_both(
     part: u32,
     mut rows: Vec<StagedReport>,
     counters: &mut Counters,
-) {
+) -> Result<(), Error> {
     rows.sort_unstable_by_key(|r| r.report_id);
     let count = rows.len() as u64;
     let (shares_a, shares_b): (Vec<_>, Vec<_>) = rows
@@ -672,21 +656,23 @@ fn write_part_for_both(
         .unzip();
     for (role, shares) in Role::BOTH.into_iter().zip([shares_a, shares_b]) {
         let name = StagedLayout::part_name(batch_id, part, job.output_format);
-        let mut out = job
-            .layout
-            .server(role)
-            .writer(&name)
-            .unwrap_or_else(|e| fatal(e));
-        write_part(job.output_format, batch_id, role, &shares, &mut out)
-            .unwrap_or_else(|e| fatal(format!("{}/{name}: {e}", job.layout.server(role).url())));
-        out.finish().unwrap_or_else(|e| fatal(e));
+        let server = job.layout.server(role);
+        let mut out = server.writer(&name)?;
+        write_part(job.output_format, batch_id, role, &shares, &mut out).map_err(|source| {
+            StorageError::Write {
+                url: format!("{}/{name}", server.url()),
+                source,
+            }
+        })?;
+        out.finish()?;
     }
     bump(counters, format!("entries/{batch_id}"), count);
     bump(counters, format!("parts/{batch_id}"), 1);
+    Ok(())
 }
 
 /// `_SUMMARY.json` then `_SUCCESS`, in every marker directory.
-fn write_markers(job: &StageJob, summary: &Counters) -> Result<(), String> {
+fn write_markers(job: &StageJob, summary: &Counters) -> Result<(), StorageError> {
     let json = serde_json::json!({
         "date": job.date,
         "input": job.input.url(),
@@ -694,10 +680,8 @@ fn write_markers(job: &StageJob, summary: &Counters) -> Result<(), String> {
         "counters": summary,
     });
     for marker in job.layout.markers() {
-        marker
-            .put(SUMMARY, serde_json::to_vec_pretty(&json).expect("JSON"))
-            .map_err(|e| e.to_string())?;
-        marker.put(SUCCESS, Vec::new()).map_err(|e| e.to_string())?;
+        marker.put(SUMMARY, serde_json::to_vec_pretty(&json).expect("JSON"))?;
+        marker.put(SUCCESS, Vec::new())?;
     }
     Ok(())
 }
@@ -795,8 +779,8 @@ mod tests {
         ] {
             sorter.push(c).unwrap();
         }
-        let sorted = sorter.finish().unwrap().map(Result::unwrap);
-        let mut losers: Vec<Order> = losing_copies(sorted).collect();
+        let sorted = sorter.finish().unwrap();
+        let mut losers: Vec<Order> = losing_copies(sorted).map(Result::unwrap).collect();
         losers.sort();
         let order = |file, record| Order { file, record };
         assert_eq!(

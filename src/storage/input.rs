@@ -14,17 +14,7 @@ use crate::wire::ping::{parse_sink_line, PingRejection};
 
 /// Input formats `stage` reads.
 #[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Hash,
-    PartialOrd,
-    Ord,
-    clap::ValueEnum,
-    serde::Serialize,
-    serde::Deserialize,
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
 )]
 pub enum InputFormat {
     /// The telemetry sink's NDJSON of PubSub messages (`.ndjson`, `.ndjson.gz`).
@@ -36,6 +26,22 @@ pub enum InputFormat {
 }
 
 impl InputFormat {
+    pub const ALL: [InputFormat; 3] =
+        [InputFormat::Ndjson, InputFormat::Parquet, InputFormat::Avro];
+
+    /// The format's name, as `stage --input-format` takes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            InputFormat::Ndjson => "ndjson",
+            InputFormat::Parquet => "parquet",
+            InputFormat::Avro => "avro",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<InputFormat> {
+        InputFormat::ALL.into_iter().find(|f| f.name() == name)
+    }
+
     /// The format a file name implies, if any.
     pub fn of_path(path: &str) -> Option<InputFormat> {
         let name = path.rsplit('/').next().unwrap_or(path);

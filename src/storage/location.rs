@@ -33,6 +33,8 @@ pub enum StorageError {
     Write { url: String, source: std::io::Error },
     #[error("{url}: reading failed: {source}")]
     Read { url: String, source: std::io::Error },
+    #[error("{url}: malformed: {message}")]
+    Malformed { url: String, message: String },
     #[error("{url}: {source}")]
     Other {
         url: String,

@@ -1,44 +1,38 @@
-//! Rows the two servers exchange through buckets, one file per staged part:
-//! `verify1` carries each report's verifier share (or why there is none),
-//! `verify2` each report's verdict. Both are Parquet with a `status` column
-//! that is `ok` or a rejection reason; rows are sorted by report id.
+//! What the two servers exchange through buckets, and how each is encoded.
+//!
+//! - `verify1` and `verify2`: one Parquet file per staged part, a row per
+//!   report with its `status` (`ok` or a rejection reason) and, for
+//!   verify1, the verifier share. The same rows hold a server's stored
+//!   verification states.
+//! - `aggregate`: one JSON object per batch with the aggregate share and
+//!   what it covers (count and digest of report ids).
+//!
+//! Decoders name the object and never panic: the peer's bytes are untrusted.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray, BinaryArray, StringArray};
+use arrow::array::{ArrayRef, BinaryArray, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
 use arrow::record_batch::RecordBatch;
 use bytes::Bytes;
+use serde::{Deserialize, Serialize};
 
-use super::staged::StagedFormat;
-
-/// `status` of a row that is fine.
-pub const OK: &str = "ok";
-
-/// One row of a staged part, as `process` reads it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StagedRow {
-    pub id: String,
-    pub payload: Vec<u8>,
-}
+use super::location::StorageError;
+use super::tables::{binaries, malformed, parquet_bytes, random_columns, record_batches, strings};
+use crate::wire::protocol::{
+    by_reason, parse_status, status_name, RejectionCounts, Status, StatusCounts, Step,
+};
 
 /// One row of a verify1 or verify2 message. Serializable so that workers
 /// can pass rows to the worker that writes the part's message.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MessageRow {
     pub id: String,
-    pub status: String,
-    /// The verifier share (verify1); empty otherwise.
+    pub status: Status,
+    /// The verifier share (verify1) or verification state (stored states); empty otherwise.
     #[serde(with = "serde_bytes")]
     pub share: Vec<u8>,
-}
-
-/// A message or part that cannot be decoded: a clear error naming it, never a panic.
-#[derive(Debug, thiserror::Error)]
-#[error("{name}: malformed: {message}")]
-pub struct MalformedObject {
-    pub name: String,
-    pub message: String,
 }
 
 fn message_schema() -> Arc<Schema> {
@@ -57,7 +51,7 @@ pub fn encode_message(rows: &[MessageRow]) -> Vec<u8> {
                 rows.iter().map(|r| r.id.as_str()),
             )) as ArrayRef,
             Arc::new(StringArray::from_iter_values(
-                rows.iter().map(|r| r.status.as_str()),
+                rows.iter().map(|r| status_name(r.status)),
             )),
             Arc::new(BinaryArray::from_iter_values(
                 rows.iter().map(|r| r.share.as_slice()),
@@ -65,71 +59,25 @@ pub fn encode_message(rows: &[MessageRow]) -> Vec<u8> {
         ],
     )
     .expect("columns match the schema");
-    super::parquet_bytes(&batch, Some(super::random_columns(&["id", "share"])))
+    parquet_bytes(&batch, Some(random_columns(&["id", "share"])))
 }
 
-/// Reads every record batch of a Parquet object.
-fn parquet_batches(name: &str, data: Bytes) -> Result<Vec<RecordBatch>, MalformedObject> {
-    let malformed = |e: &dyn std::fmt::Display| MalformedObject {
-        name: name.to_string(),
-        message: e.to_string(),
-    };
-    parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(data)
-        .and_then(|b| b.build())
-        .map_err(|e| malformed(&e))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| malformed(&e))
-}
-
-fn column<'a>(
-    name: &str,
-    batch: &'a RecordBatch,
-    col: &str,
-) -> Result<&'a Arc<dyn Array>, MalformedObject> {
-    batch.column_by_name(col).ok_or_else(|| MalformedObject {
-        name: name.to_string(),
-        message: format!("no {col:?} column"),
-    })
-}
-
-fn strings<'a>(
-    name: &str,
-    batch: &'a RecordBatch,
-    col: &str,
-) -> Result<&'a StringArray, MalformedObject> {
-    column(name, batch, col)?
-        .as_string_opt::<i32>()
-        .ok_or_else(|| MalformedObject {
-            name: name.to_string(),
-            message: format!("column {col:?} is not utf8"),
-        })
-}
-
-fn binaries<'a>(
-    name: &str,
-    batch: &'a RecordBatch,
-    col: &str,
-) -> Result<&'a BinaryArray, MalformedObject> {
-    column(name, batch, col)?
-        .as_binary_opt::<i32>()
-        .ok_or_else(|| MalformedObject {
-            name: name.to_string(),
-            message: format!("column {col:?} is not binary"),
-        })
-}
-
-pub fn decode_message(name: &str, data: Bytes) -> Result<Vec<MessageRow>, MalformedObject> {
+/// Reads a message written by [`encode_message`]; a status this version
+/// does not know makes the object malformed.
+pub fn decode_message(url: &str, data: Bytes) -> Result<Vec<MessageRow>, StorageError> {
     let mut rows = Vec::new();
-    for batch in parquet_batches(name, data)? {
+    for batch in record_batches(url, data)? {
         let (ids, status, shares) = (
-            strings(name, &batch, "id")?,
-            strings(name, &batch, "status")?,
-            binaries(name, &batch, "share")?,
+            strings(url, &batch, "id")?,
+            strings(url, &batch, "status")?,
+            binaries(url, &batch, "share")?,
         );
         for i in 0..batch.num_rows() {
+            let status = parse_status(status.value(i))
+                .ok_or_else(|| malformed(url, format!("unknown status {:?}", status.value(i))))?;
             rows.push(MessageRow {
                 id: ids.value(i).to_string(),
-                status: status.value(i).to_string(),
+                status,
                 share: shares.value(i).to_vec(),
             });
         }
@@ -137,76 +85,78 @@ pub fn decode_message(name: &str, data: Bytes) -> Result<Vec<MessageRow>, Malfor
     Ok(rows)
 }
 
-/// Reads a staged part written by `stage`, in either format.
-pub fn decode_staged(
-    name: &str,
-    format: StagedFormat,
-    data: Bytes,
-) -> Result<Vec<StagedRow>, MalformedObject> {
-    let malformed = |message: String| MalformedObject {
-        name: name.to_string(),
-        message,
-    };
-    match format {
-        StagedFormat::Parquet => {
-            let mut rows = Vec::new();
-            for batch in parquet_batches(name, data)? {
-                let (ids, payloads) = (
-                    strings(name, &batch, "id")?,
-                    binaries(name, &batch, "payload")?,
-                );
-                for i in 0..batch.num_rows() {
-                    rows.push(StagedRow {
-                        id: ids.value(i).to_string(),
-                        payload: payloads.value(i).to_vec(),
-                    });
-                }
-            }
-            Ok(rows)
-        }
-        StagedFormat::Ndjson => data
-            .split(|&b| b == b'\n')
-            .filter(|l| !l.is_empty())
-            .enumerate()
-            .map(|(n, line)| {
-                #[derive(serde::Deserialize)]
-                struct Line {
-                    id: String,
-                    payload: String,
-                }
-                let line: Line = serde_json::from_slice(line)
-                    .map_err(|e| malformed(format!("line {}: {e}", n + 1)))?;
-                // A share that is not base64 stays a row: it is rejected per report, not per file.
-                let payload = crate::wire::ping::decode_base64(&line.payload).unwrap_or_default();
-                Ok(StagedRow {
-                    id: line.id,
-                    payload,
-                })
-            })
-            .collect(),
+/// The aggregate message: one server's share of a batch, with what it covers.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AggregateMessage {
+    pub batch_id: String,
+    pub vdaf: String,
+    pub reports_total: u64,
+    pub reports_aggregated: u64,
+    /// Hex SHA-256 over the parts' digests of aggregated report ids, in part order.
+    pub digest: String,
+    /// The encoded aggregate share, base64.
+    pub share: String,
+    #[serde(with = "by_reason")]
+    pub rejected: RejectionCounts,
+}
+
+impl AggregateMessage {
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec_pretty(self).expect("JSON")
     }
+
+    pub fn decode(url: &str, data: &[u8]) -> Result<Self, StorageError> {
+        serde_json::from_slice(data)
+            .map_err(|e| malformed(url, format!("not an aggregate message: {e}")))
+    }
+}
+
+/// A step's `_SUMMARY.json`, sent with its `_SUCCESS`: `{"STEP/BATCH/STATUS": reports}`.
+pub fn encode_step_summary(step: Step, counts: &StatusCounts) -> Vec<u8> {
+    let flat: BTreeMap<String, u64> = counts
+        .iter()
+        .map(|((batch_id, status), n)| (format!("{step}/{batch_id}/{}", status_name(*status)), *n))
+        .collect();
+    serde_json::to_vec_pretty(&flat).expect("JSON")
+}
+
+/// Whether two message files hold the same rows, however they were encoded.
+pub fn same_rows(a: &Bytes, b: &Bytes) -> bool {
+    a == b
+        || decode_message("", a.clone())
+            .is_ok_and(|x| decode_message("", b.clone()).is_ok_and(|y| x == y))
+}
+
+/// Whether two JSON objects hold the same values, however they were formatted.
+pub fn same_json(a: &Bytes, b: &Bytes) -> bool {
+    let parse = |bytes: &Bytes| serde_json::from_slice::<serde_json::Value>(bytes).ok();
+    a == b || parse(a).is_some_and(|x| Some(x) == parse(b))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::Rejection;
 
-    #[test]
-    fn messages_round_trip_and_garbage_is_a_named_error() {
-        let rows = vec![
+    fn rows() -> Vec<MessageRow> {
+        vec![
             MessageRow {
                 id: "01".into(),
-                status: OK.into(),
+                status: Ok(()),
                 share: vec![1, 2, 3],
             },
             MessageRow {
                 id: "02".into(),
-                status: "undecryptable".into(),
+                status: Err(Rejection::Undecryptable),
                 share: vec![],
             },
-        ];
-        let bytes = Bytes::from(encode_message(&rows));
-        assert_eq!(decode_message("m", bytes.clone()).unwrap(), rows);
+        ]
+    }
+
+    #[test]
+    fn messages_round_trip_and_garbage_is_a_named_error() {
+        let bytes = Bytes::from(encode_message(&rows()));
+        assert_eq!(decode_message("m", bytes.clone()).unwrap(), rows());
         let err = decode_message(
             "peer/verify1/part-00000.parquet",
             bytes.slice(0..bytes.len() / 2),
@@ -217,5 +167,43 @@ mod tests {
                 .starts_with("peer/verify1/part-00000.parquet: malformed"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_status_this_version_does_not_know_is_malformed() {
+        let batch = RecordBatch::try_new(
+            message_schema(),
+            vec![
+                Arc::new(StringArray::from_iter_values(["01"])) as ArrayRef,
+                Arc::new(StringArray::from_iter_values(["fine_trust_me"])),
+                Arc::new(BinaryArray::from_iter_values([b"".as_slice()])),
+            ],
+        )
+        .unwrap();
+        let err = decode_message("peer/x", parquet_bytes(&batch, None).into()).unwrap_err();
+        assert!(err.to_string().contains("fine_trust_me"), "{err}");
+    }
+
+    #[test]
+    fn write_once_compares_content_not_encoding() {
+        let ours = Bytes::from(encode_message(&rows()));
+        // The same rows as another version might have encoded them: other writer settings.
+        let batch = record_batches("", ours.clone()).unwrap().remove(0);
+        let theirs = Bytes::from(parquet_bytes(&batch, None));
+        assert_ne!(ours, theirs);
+        assert!(same_rows(&ours, &theirs));
+        let mut changed = rows();
+        changed[0].status = Err(Rejection::InvalidProof);
+        assert!(!same_rows(&ours, &Bytes::from(encode_message(&changed))));
+        assert!(!same_rows(&ours, &Bytes::from_static(b"not parquet")));
+
+        assert!(same_json(
+            &Bytes::from_static(b"{\"a\": 1, \"b\": [2]}"),
+            &Bytes::from_static(b"{\n  \"b\": [2],\n  \"a\": 1\n}")
+        ));
+        assert!(!same_json(
+            &Bytes::from_static(b"{\"a\": 1}"),
+            &Bytes::from_static(b"{\"a\": 2}")
+        ));
     }
 }

@@ -1,13 +1,17 @@
-//! Everything that touches files: ingestion-dump writers (and, with staging,
-//! readers) for the sink's NDJSON, Parquet and Avro, and atomic writes.
+//! Everything that touches files and buckets: object-store locations, each
+//! server's bucket layout, ingestion-dump readers and writers (sink NDJSON,
+//! Parquet, Avro), staged parts, exchanged messages, published results and
+//! local spill files. Each file format is encoded and decoded in one module.
 
 pub mod dump;
 pub mod input;
 pub mod location;
 pub mod messages;
 pub mod published;
+pub mod server;
 pub mod spill;
 pub mod staged;
+pub mod tables;
 
 use std::io::Write;
 use std::path::Path;
@@ -36,35 +40,4 @@ pub fn write_atomic(
         let _ = std::fs::remove_file(&tmp);
     }
     result
-}
-
-/// A record batch as one in-memory Parquet file.
-pub fn parquet_bytes(
-    batch: &arrow::record_batch::RecordBatch,
-    properties: Option<parquet::file::properties::WriterProperties>,
-) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut writer = parquet::arrow::ArrowWriter::try_new(&mut out, batch.schema(), properties)
-        .expect("in-memory writer");
-    writer.write(batch).expect("in-memory write");
-    writer.close().expect("in-memory close");
-    out
-}
-
-/// Writer settings for tables whose `columns` hold random-looking values
-/// (shares, verification states, report ids): dictionaries, statistics and
-/// compression only cost time on them. Other columns get Snappy.
-pub fn random_columns(columns: &[&str]) -> parquet::file::properties::WriterProperties {
-    use parquet::basic::Compression;
-    use parquet::file::properties::{EnabledStatistics, WriterProperties};
-    use parquet::schema::types::ColumnPath;
-    let mut builder = WriterProperties::builder().set_compression(Compression::SNAPPY);
-    for column in columns {
-        let path = ColumnPath::from(*column);
-        builder = builder
-            .set_column_dictionary_enabled(path.clone(), false)
-            .set_column_statistics_enabled(path.clone(), EnabledStatistics::None)
-            .set_column_compression(path, Compression::UNCOMPRESSED);
-    }
-    builder.build()
 }

@@ -12,12 +12,13 @@ use parquet::file::writer::SerializedFileWriter;
 use std::io::Write;
 
 use super::location::{Location, StorageError};
+use super::tables::{binaries, malformed, random_columns, record_batches, strings};
 use crate::wire::ping::encode_base64;
 use crate::wire::report_id::ReportId;
 use crate::wire::Role;
 
 /// File format of staged parts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum StagedFormat {
     Parquet,
@@ -25,11 +26,11 @@ pub enum StagedFormat {
 }
 
 impl StagedFormat {
-    /// The format a part's file extension names.
+    pub const ALL: [StagedFormat; 2] = [StagedFormat::Parquet, StagedFormat::Ndjson];
+
+    /// The format a part's file extension (also its name) names.
     pub fn of_extension(ext: &str) -> Option<StagedFormat> {
-        [StagedFormat::Parquet, StagedFormat::Ndjson]
-            .into_iter()
-            .find(|f| f.extension() == ext)
+        StagedFormat::ALL.into_iter().find(|f| f.extension() == ext)
     }
 
     pub fn extension(self) -> &'static str {
@@ -96,7 +97,7 @@ fn write_parquet_part(
     // Page sizes are checked after each batch of values written: a batch of
     // shares should stay under a page.
     let share_len = rows.iter().map(|(_, p)| p.len()).max().unwrap_or(1).max(1);
-    let mut properties = super::random_columns(&["id", "payload"])
+    let mut properties = random_columns(&["id", "payload"])
         .into_builder()
         .set_data_page_size_limit(PAGE_BYTES)
         .set_write_batch_size((PAGE_BYTES / share_len).clamp(1, 1024))
@@ -154,6 +155,59 @@ pub fn encode_part(
     let mut out = Vec::new();
     write_part(format, batch_id, role, rows, &mut out).expect("writing to memory");
     out
+}
+
+/// One row of a staged part, as `process` reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StagedRow {
+    pub id: String,
+    pub payload: Vec<u8>,
+}
+
+/// Reads a staged part written by [`write_part`], in either format.
+pub fn decode_staged(
+    url: &str,
+    format: StagedFormat,
+    data: Bytes,
+) -> Result<Vec<StagedRow>, StorageError> {
+    match format {
+        StagedFormat::Parquet => {
+            let mut rows = Vec::new();
+            for batch in record_batches(url, data)? {
+                let (ids, payloads) = (
+                    strings(url, &batch, "id")?,
+                    binaries(url, &batch, "payload")?,
+                );
+                for i in 0..batch.num_rows() {
+                    rows.push(StagedRow {
+                        id: ids.value(i).to_string(),
+                        payload: payloads.value(i).to_vec(),
+                    });
+                }
+            }
+            Ok(rows)
+        }
+        StagedFormat::Ndjson => data
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+            .enumerate()
+            .map(|(n, line)| {
+                #[derive(serde::Deserialize)]
+                struct Line {
+                    id: String,
+                    payload: String,
+                }
+                let line: Line = serde_json::from_slice(line)
+                    .map_err(|e| malformed(url, format!("line {}: {e}", n + 1)))?;
+                // A share that is not base64 stays a row: it is rejected per report, not per file.
+                let payload = crate::wire::ping::decode_base64(&line.payload).unwrap_or_default();
+                Ok(StagedRow {
+                    id: line.id,
+                    payload,
+                })
+            })
+            .collect(),
+    }
 }
 
 /// Where staged parts and markers go for each server.
@@ -216,7 +270,6 @@ impl StagedLayout {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::messages::decode_staged;
 
     #[test]
     fn a_large_part_is_written_in_row_groups_and_reads_back_whole() {

@@ -6,63 +6,12 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
 use serde_json::{Map, Value};
 
-use super::vdaf::Vdaf;
+use super::vdaf::{Vdaf, VdafSpec};
 
 /// Published nothing below this many reports unless a spec says otherwise.
 pub const DEFAULT_MIN_BATCH_SIZE: u64 = 1;
-
-/// The VDAF of one batch and its parameters, validated.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "vdaf", rename_all = "lowercase")]
-pub enum VdafSpec {
-    /// ENPA Prio2 over a bit vector of `length` bits.
-    Prio2 { length: usize },
-    /// Prio3Count: each measurement is 0 or 1.
-    Count,
-    /// Prio3Sum: each measurement is an integer in `[0, max_measurement]`.
-    Sum { max_measurement: u64 },
-    /// Prio3SumVec: a vector of `length` integers in `[0, max_measurement]`.
-    SumVec {
-        length: usize,
-        max_measurement: u128,
-        chunk_length: usize,
-    },
-    /// Prio3Histogram: each measurement is a bucket index in `[0, length)`.
-    Histogram { length: usize, chunk_length: usize },
-    /// Prio3MultihotCountVec: `length` booleans, at most `max_weight` set.
-    MultihotCountVec {
-        length: usize,
-        max_weight: usize,
-        chunk_length: usize,
-    },
-}
-
-impl VdafSpec {
-    pub fn name(&self) -> &'static str {
-        match self {
-            VdafSpec::Prio2 { .. } => "prio2",
-            VdafSpec::Count => "count",
-            VdafSpec::Sum { .. } => "sum",
-            VdafSpec::SumVec { .. } => "sumvec",
-            VdafSpec::Histogram { .. } => "histogram",
-            VdafSpec::MultihotCountVec { .. } => "multihotcountvec",
-        }
-    }
-
-    /// Number of elements in the aggregate result.
-    pub fn output_len(&self) -> usize {
-        match self {
-            VdafSpec::Count | VdafSpec::Sum { .. } => 1,
-            VdafSpec::Prio2 { length }
-            | VdafSpec::SumVec { length, .. }
-            | VdafSpec::Histogram { length, .. }
-            | VdafSpec::MultihotCountVec { length, .. } => *length,
-        }
-    }
-}
 
 /// One batch id's configuration.
 #[derive(Debug, Clone)]

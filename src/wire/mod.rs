@@ -5,11 +5,14 @@ pub mod client;
 pub mod config;
 pub mod envelope;
 pub mod ping;
+pub mod protocol;
 pub mod report_id;
 pub mod server;
 pub mod vdaf;
 
 use serde::{Deserialize, Serialize};
+
+pub use protocol::Rejection;
 
 /// Which of the two aggregation servers a share or message belongs to.
 ///
@@ -63,45 +66,6 @@ impl std::str::FromStr for Role {
             "a" | "A" => Ok(Role::A),
             "b" | "B" => Ok(Role::B),
             other => Err(format!("server id must be A or B, got {other:?}")),
-        }
-    }
-}
-
-/// Why one report share was not counted. These are data, never fatal:
-/// the pipeline counts them by [`Rejection::reason`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, thiserror::Error)]
-pub enum Rejection {
-    /// The share is not valid base64.
-    #[error("share is not valid base64")]
-    BadBase64,
-    /// The envelope names another batch id or server than the one opening it.
-    #[error("envelope bound to another batch id or server")]
-    WrongBinding,
-    /// Not a whole v1 envelope, or HPKE open failed: wrong key, tampered or
-    /// truncated ciphertext, or another system's ciphertext (libprio v1).
-    #[error("envelope could not be decrypted")]
-    Undecryptable,
-    /// The plaintext is not a valid report share for the batch's VDAF.
-    #[error("share could not be decoded for this batch's VDAF")]
-    Undecodable,
-    /// The peer's verifier share for this report could not be decoded.
-    #[error("peer verifier share could not be decoded")]
-    PeerShareUndecodable,
-    /// The proof did not verify: the client's measurement is invalid.
-    #[error("proof did not verify")]
-    InvalidProof,
-}
-
-impl Rejection {
-    /// Stable snake_case name used as the counter key in summaries.
-    pub fn reason(self) -> &'static str {
-        match self {
-            Rejection::BadBase64 => "bad_base64",
-            Rejection::WrongBinding => "wrong_binding",
-            Rejection::Undecryptable => "undecryptable",
-            Rejection::Undecodable => "undecodable",
-            Rejection::PeerShareUndecodable => "peer_share_undecodable",
-            Rejection::InvalidProof => "invalid_proof",
         }
     }
 }

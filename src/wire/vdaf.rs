@@ -2,13 +2,86 @@
 //! client shard; server decode + verify_init; combine verifier shares and
 //! verify_next; aggregate; unshard. No field or proof code of our own.
 
+use std::sync::Arc;
+
 use prio::codec::{Encode, ParameterizedDecode};
 use prio::vdaf::prio2::Prio2;
 use prio::vdaf::prio3::{Prio3Count, Prio3Histogram, Prio3MultihotCountVec, Prio3Sum, Prio3SumVec};
 use prio::vdaf::{Aggregatable, Aggregator, Client, Collector, VdafError, VerifyTransition};
 
-use super::config::VdafSpec;
+use serde::Serialize;
+
 use super::{Rejection, Role};
+
+/// The VDAF of one batch and its parameters, validated.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "vdaf", rename_all = "lowercase")]
+pub enum VdafSpec {
+    /// ENPA Prio2 over a bit vector of `length` bits.
+    Prio2 { length: usize },
+    /// Prio3Count: each measurement is 0 or 1.
+    Count,
+    /// Prio3Sum: each measurement is an integer in `[0, max_measurement]`.
+    Sum { max_measurement: u64 },
+    /// Prio3SumVec: a vector of `length` integers in `[0, max_measurement]`.
+    SumVec {
+        length: usize,
+        max_measurement: u128,
+        chunk_length: usize,
+    },
+    /// Prio3Histogram: each measurement is a bucket index in `[0, length)`.
+    Histogram { length: usize, chunk_length: usize },
+    /// Prio3MultihotCountVec: `length` booleans, at most `max_weight` set.
+    MultihotCountVec {
+        length: usize,
+        max_weight: usize,
+        chunk_length: usize,
+    },
+}
+
+impl VdafSpec {
+    pub fn name(&self) -> &'static str {
+        match self {
+            VdafSpec::Prio2 { .. } => "prio2",
+            VdafSpec::Count => "count",
+            VdafSpec::Sum { .. } => "sum",
+            VdafSpec::SumVec { .. } => "sumvec",
+            VdafSpec::Histogram { .. } => "histogram",
+            VdafSpec::MultihotCountVec { .. } => "multihotcountvec",
+        }
+    }
+
+    /// The largest value one element of a measurement may take.
+    pub fn max_element(&self) -> u128 {
+        match self {
+            VdafSpec::Prio2 { .. } | VdafSpec::Count | VdafSpec::MultihotCountVec { .. } => 1,
+            VdafSpec::Sum { max_measurement } => u128::from(*max_measurement),
+            VdafSpec::SumVec {
+                max_measurement, ..
+            } => *max_measurement,
+            VdafSpec::Histogram { length, .. } => *length as u128 - 1,
+        }
+    }
+
+    /// How many elements of a measurement may be non-zero.
+    pub fn max_weight(&self) -> usize {
+        match self {
+            VdafSpec::MultihotCountVec { max_weight, .. } => *max_weight,
+            other => other.output_len(),
+        }
+    }
+
+    /// Number of elements in the aggregate result.
+    pub fn output_len(&self) -> usize {
+        match self {
+            VdafSpec::Count | VdafSpec::Sum { .. } => 1,
+            VdafSpec::Prio2 { length }
+            | VdafSpec::SumVec { length, .. }
+            | VdafSpec::Histogram { length, .. }
+            | VdafSpec::MultihotCountVec { length, .. } => *length,
+        }
+    }
+}
 
 /// Length of the VDAF verify key shared by the two servers (`SHARED_SECRET`).
 pub const VERIFY_KEY_LEN: usize = 32;
@@ -36,6 +109,8 @@ pub enum VdafUseError {
     Prio(#[from] VdafError),
     #[error("encoding: {0}")]
     Codec(#[from] prio::codec::CodecError),
+    #[error("values of different VDAFs were combined; they are built from one Vdaf")]
+    Mismatch,
 }
 
 /// What each server receives from the client, inside its HPKE envelope.
@@ -86,21 +161,48 @@ pub fn context(batch_id: &str) -> Vec<u8> {
     ctx
 }
 
-/// Expands `$body` once per supported VDAF with the patterns bound to that
-/// VDAF's variant of each enum; `wrap = Enum` binds `wrap` to the constructor
-/// of the same variant of `Enum`. `else` covers mismatched variants.
-macro_rules! match_variants {
-    ($s:expr; $pats:tt; $($wrap:ident = $W:ident),* => $body:expr; else $other:expr) => {
-        match_variants!(@go $s; $pats; [$($wrap = $W),*]; $body; $other;
-            Prio2 Count Sum SumVec Histogram MultihotCountVec)
+/// The one list of supported VDAFs: enum variant and prio type. The enums
+/// below and every dispatch over them are generated from it, so a VDAF added
+/// here and missed in a dispatch does not compile. Passes the list to
+/// `$callback!($args... [list])`.
+macro_rules! with_vdafs {
+    ($callback:ident!($($args:tt)*)) => {
+        $callback! { $($args)* [
+            Prio2(Prio2),
+            Count(Prio3Count),
+            Sum(Prio3Sum),
+            SumVec(Prio3SumVec),
+            Histogram(Prio3Histogram),
+            MultihotCountVec(Prio3MultihotCountVec),
+        ] }
     };
-    (@go $s:expr; $pats:tt; $wraps:tt; $body:expr; $other:expr; $($variant:ident)+) => {
+}
+
+/// One match arm per VDAF over `$s`, with `$pats` (one `Enum(bindings)` per
+/// value matched) bound to that VDAF's variant; `wrap = Enum` binds `wrap` to
+/// the constructor of the same variant of `Enum`. Over one value the match
+/// is exhaustive; over several, `else` covers values of different VDAFs.
+macro_rules! each_vdaf {
+    ($s:expr; $pats:tt; $($wrap:ident = $W:ident),* => $body:expr) => {
+        with_vdafs!(each_vdaf!(@one $s; $pats; [$($wrap = $W),*]; $body;))
+    };
+    ($s:expr; $pats:tt; $($wrap:ident = $W:ident),* => $body:expr; else $other:expr) => {
+        with_vdafs!(each_vdaf!(@many $s; $pats; [$($wrap = $W),*]; $body; $other;))
+    };
+    (@one $s:expr; $pats:tt; $wraps:tt; $body:expr; [$($variant:ident($ty:ty)),+ $(,)?]) => {
         match $s {
-            $(match_variants!(@pat $variant $pats) => {
-                match_variants!(@wrap $variant $wraps);
+            $(each_vdaf!(@pat $variant $pats) => {
+                each_vdaf!(@wrap $variant $wraps);
                 $body
             })+
-            #[allow(unreachable_patterns)]
+        }
+    };
+    (@many $s:expr; $pats:tt; $wraps:tt; $body:expr; $other:expr; [$($variant:ident($ty:ty)),+ $(,)?]) => {
+        match $s {
+            $(each_vdaf!(@pat $variant $pats) => {
+                each_vdaf!(@wrap $variant $wraps);
+                $body
+            })+
             _ => $other,
         }
     };
@@ -109,15 +211,18 @@ macro_rules! match_variants {
     (@wrap $variant:ident [$($wrap:ident = $W:ident),*]) => { $(let $wrap = $W::$variant;)* };
 }
 
-/// Declares the enums that hold one value per supported VDAF.
+/// Declares the enums that hold one value per supported VDAF. A
+/// verification state keeps its VDAF, so finishing it needs no second
+/// value to agree with.
 macro_rules! vdaf_enums {
-    ($($variant:ident($ty:ty)),+ $(,)?) => {
+    ([$($variant:ident($ty:ty)),+ $(,)?]) => {
         #[derive(Clone, Debug)]
-        enum Inner { $($variant($ty)),+ }
+        enum Inner { $($variant(Arc<$ty>)),+ }
 
         #[derive(Clone)]
         enum StateInner {
             $($variant(
+                Arc<$ty>,
                 <$ty as Aggregator<VERIFY_KEY_LEN, NONCE_LEN>>::VerifyState,
                 <$ty as Aggregator<VERIFY_KEY_LEN, NONCE_LEN>>::VerifierShare,
             )),+
@@ -131,14 +236,7 @@ macro_rules! vdaf_enums {
     };
 }
 
-vdaf_enums!(
-    Prio2(Prio2),
-    Count(Prio3Count),
-    Sum(Prio3Sum),
-    SumVec(Prio3SumVec),
-    Histogram(Prio3Histogram),
-    MultihotCountVec(Prio3MultihotCountVec),
-);
+with_vdafs!(vdaf_enums!());
 
 /// A report's verification state on one server after `verify_init`.
 #[derive(Clone)]
@@ -151,8 +249,6 @@ pub struct OutputShare(OutputInner);
 /// This server's running sum of output shares.
 #[derive(Clone, Debug)]
 pub struct AggregateShare(AggregateInner);
-
-const MISMATCH: &str = "values of different VDAFs were combined; they are built from one Vdaf";
 
 /// A batch's VDAF, built from its validated [`VdafSpec`].
 #[derive(Clone, Debug)]
@@ -218,10 +314,7 @@ impl Typed for Prio3Count {
 
 impl Typed for Prio3Sum {
     fn measurement(spec: &VdafSpec, m: &Measurement) -> Result<u64, String> {
-        let VdafSpec::Sum { max_measurement } = spec else {
-            unreachable!("spec and VDAF are built together")
-        };
-        scalar(m, *max_measurement)
+        scalar(m, u64::try_from(spec.max_element()).unwrap_or(u64::MAX))
     }
     fn result(r: u64) -> Vec<u128> {
         vec![r.into()]
@@ -230,17 +323,12 @@ impl Typed for Prio3Sum {
 
 impl Typed for Prio3SumVec {
     fn measurement(spec: &VdafSpec, m: &Measurement) -> Result<Vec<u128>, String> {
-        let VdafSpec::SumVec {
-            max_measurement, ..
-        } = spec
-        else {
-            unreachable!("spec and VDAF are built together")
-        };
+        let max_measurement = spec.max_element();
         vector(m, spec)?
             .iter()
             .map(|&x| {
                 let x = u128::from(x);
-                if x <= *max_measurement {
+                if x <= max_measurement {
                     Ok(x)
                 } else {
                     Err(format!("{x} is above the maximum {max_measurement}"))
@@ -255,7 +343,7 @@ impl Typed for Prio3SumVec {
 
 impl Typed for Prio3Histogram {
     fn measurement(spec: &VdafSpec, m: &Measurement) -> Result<usize, String> {
-        let bucket = scalar(m, spec.output_len() as u64 - 1)?;
+        let bucket = scalar(m, u64::try_from(spec.max_element()).unwrap_or(u64::MAX))?;
         Ok(bucket as usize)
     }
     fn result(r: Vec<u128>) -> Vec<u128> {
@@ -265,12 +353,10 @@ impl Typed for Prio3Histogram {
 
 impl Typed for Prio3MultihotCountVec {
     fn measurement(spec: &VdafSpec, m: &Measurement) -> Result<Vec<bool>, String> {
-        let VdafSpec::MultihotCountVec { max_weight, .. } = spec else {
-            unreachable!("spec and VDAF are built together")
-        };
+        let max_weight = spec.max_weight();
         let b = bits(m, spec)?;
         let weight = b.iter().filter(|&&x| x).count();
-        if weight > *max_weight {
+        if weight > max_weight {
             return Err(format!("{weight} bits set, at most {max_weight} allowed"));
         }
         Ok(b)
@@ -385,35 +471,39 @@ impl Vdaf {
     /// Builds the prio VDAF for a spec; fails on parameters prio refuses.
     pub fn new(spec: VdafSpec) -> Result<Self, VdafError> {
         let inner = match &spec {
-            VdafSpec::Prio2 { length } => Inner::Prio2(Prio2::new(*length)?),
-            VdafSpec::Count => Inner::Count(Prio3Count::new_count(2)?),
+            VdafSpec::Prio2 { length } => Inner::Prio2(Arc::new(Prio2::new(*length)?)),
+            VdafSpec::Count => Inner::Count(Arc::new(Prio3Count::new_count(2)?)),
             VdafSpec::Sum { max_measurement } => {
-                Inner::Sum(Prio3Sum::new_sum(2, *max_measurement)?)
+                Inner::Sum(Arc::new(Prio3Sum::new_sum(2, *max_measurement)?))
             }
             VdafSpec::SumVec {
                 length,
                 max_measurement,
                 chunk_length,
-            } => Inner::SumVec(Prio3SumVec::new_sum_vec(
+            } => Inner::SumVec(Arc::new(Prio3SumVec::new_sum_vec(
                 2,
                 *max_measurement,
                 *length,
                 *chunk_length,
-            )?),
+            )?)),
             VdafSpec::Histogram {
                 length,
                 chunk_length,
-            } => Inner::Histogram(Prio3Histogram::new_histogram(2, *length, *chunk_length)?),
+            } => Inner::Histogram(Arc::new(Prio3Histogram::new_histogram(
+                2,
+                *length,
+                *chunk_length,
+            )?)),
             VdafSpec::MultihotCountVec {
                 length,
                 max_weight,
                 chunk_length,
-            } => Inner::MultihotCountVec(Prio3MultihotCountVec::new_multihot_count_vec(
+            } => Inner::MultihotCountVec(Arc::new(Prio3MultihotCountVec::new_multihot_count_vec(
                 2,
                 *length,
                 *max_weight,
                 *chunk_length,
-            )?),
+            )?)),
         };
         Ok(Vdaf { spec, inner })
     }
@@ -430,8 +520,8 @@ impl Vdaf {
         nonce: &Nonce,
     ) -> Result<[ReportShare; 2], VdafUseError> {
         let ctx = context(batch_id);
-        match_variants!(&self.inner; [Inner(v)]; =>
-            shard(v, &self.spec, &ctx, measurement, nonce); else unreachable!())
+        each_vdaf!(&self.inner; [Inner(v)]; =>
+            shard(&**v, &self.spec, &ctx, measurement, nonce))
     }
 
     /// Server: decodes a report share and starts verification. Returns the
@@ -444,15 +534,16 @@ impl Vdaf {
         report: &ReportShare,
     ) -> Result<(VerifyState, Vec<u8>), Rejection> {
         let ctx = context(batch_id);
-        match_variants!(&self.inner; [Inner(v)]; wrap = StateInner => {
-            let (state, share) = verify_init(v, verify_key, &ctx, role, report)?;
+        each_vdaf!(&self.inner; [Inner(v)]; wrap = StateInner => {
+            let (state, share) = verify_init(&**v, verify_key, &ctx, role, report)?;
             let encoded = share.get_encoded().map_err(|_| Rejection::Undecodable)?;
-            Ok((VerifyState(wrap(state, share)), encoded))
-        }; else unreachable!())
+            Ok((VerifyState(wrap(v.clone(), state, share)), encoded))
+        })
     }
 
     /// Server: combines its own verifier share with the peer's and finishes
-    /// verification, yielding the output share of a valid report.
+    /// verification, yielding the output share of a valid report. The
+    /// state carries its VDAF; `self` names the batch.
     pub fn verify_finish(
         &self,
         batch_id: &str,
@@ -461,62 +552,78 @@ impl Vdaf {
         peer_share: &[u8],
     ) -> Result<OutputShare, Rejection> {
         let ctx = context(batch_id);
-        match_variants!((&self.inner, &state.0); [Inner(v), StateInner(s, own)]; wrap = OutputInner =>
-            verify_finish(v, &ctx, role, s, own, peer_share).map(|out| OutputShare(wrap(out)));
-            else panic!("{MISMATCH}"))
+        each_vdaf!(&state.0; [StateInner(v, s, own)]; wrap = OutputInner =>
+            verify_finish(&**v, &ctx, role, s, own, peer_share).map(|out| OutputShare(wrap(out))))
     }
 
     /// A verification state's bytes, kept by the server between steps:
     /// `u32be(len(state)) || state || own verifier share`.
     pub fn encode_state(&self, state: &VerifyState) -> Vec<u8> {
-        match_variants!(&state.0; [StateInner(s, own)]; => {
+        each_vdaf!(&state.0; [StateInner(_, s, own)]; => {
             let s = s.get_encoded().expect("verify states always encode");
             let mut out = (s.len() as u32).to_be_bytes().to_vec();
             out.extend_from_slice(&s);
             own.encode(&mut out).expect("verifier shares always encode");
             out
-        }; else unreachable!())
+        })
     }
 
     /// Reads back [`Vdaf::encode_state`] for `role`.
     pub fn decode_state(&self, role: Role, bytes: &[u8]) -> Result<VerifyState, VdafUseError> {
         let (state_bytes, share_bytes) = split_state(bytes)?;
-        match_variants!(&self.inner; [Inner(v)]; wrap = StateInner => {
-            let state = ParameterizedDecode::get_decoded_with_param(&(v, role.agg_id()), state_bytes)?;
+        each_vdaf!(&self.inner; [Inner(v)]; wrap = StateInner => {
+            let state = ParameterizedDecode::get_decoded_with_param(&(&**v, role.agg_id()), state_bytes)?;
             let share = ParameterizedDecode::get_decoded_with_param(&state, share_bytes)?;
-            Ok(VerifyState(wrap(state, share)))
-        }; else unreachable!())
+            Ok(VerifyState(wrap(v.clone(), state, share)))
+        })
     }
 
     /// An empty aggregate share.
     pub fn aggregate_init(&self) -> AggregateShare {
-        match_variants!(&self.inner; [Inner(v)]; wrap = AggregateInner =>
-            AggregateShare(wrap(v.aggregate_init(&()))); else unreachable!())
+        each_vdaf!(&self.inner; [Inner(v)]; wrap = AggregateInner =>
+            AggregateShare(wrap(v.aggregate_init(&()))))
     }
 
     /// Adds one output share into an aggregate share.
-    pub fn accumulate(&self, agg: &mut AggregateShare, out: &OutputShare) {
-        match_variants!((&mut agg.0, &out.0); [AggregateInner(a), OutputInner(o)]; =>
-            a.accumulate(o).expect("output share length matches its VDAF"); else panic!("{MISMATCH}"))
+    pub fn accumulate(
+        &self,
+        agg: &mut AggregateShare,
+        out: &OutputShare,
+    ) -> Result<(), VdafUseError> {
+        each_vdaf!((&mut agg.0, &out.0); [AggregateInner(a), OutputInner(o)]; =>
+            Ok(a.accumulate(o)?); else Err(VdafUseError::Mismatch))
     }
 
     /// Adds another aggregate share (e.g. another worker's) into `agg`.
-    pub fn merge(&self, agg: &mut AggregateShare, other: &AggregateShare) {
-        match_variants!((&mut agg.0, &other.0); [AggregateInner(a), AggregateInner(b)]; =>
-            a.merge(b).expect("aggregate share length matches its VDAF"); else panic!("{MISMATCH}"))
+    pub fn merge(
+        &self,
+        agg: &mut AggregateShare,
+        other: &AggregateShare,
+    ) -> Result<(), VdafUseError> {
+        each_vdaf!((&mut agg.0, &other.0); [AggregateInner(a), AggregateInner(b)]; =>
+            Ok(a.merge(b)?); else Err(VdafUseError::Mismatch))
+    }
+
+    /// Adds an encoded aggregate share (a slice's, a part's) into `agg`.
+    pub fn merge_encoded(
+        &self,
+        agg: &mut AggregateShare,
+        bytes: &[u8],
+    ) -> Result<(), VdafUseError> {
+        let other = self.decode_aggregate(bytes)?;
+        self.merge(agg, &other)
     }
 
     /// The aggregate share's bytes, as sent to the peer and published.
     pub fn encode_aggregate(&self, agg: &AggregateShare) -> Vec<u8> {
-        match_variants!(&agg.0; [AggregateInner(a)]; =>
-            a.get_encoded().expect("field vectors always encode"); else unreachable!())
+        each_vdaf!(&agg.0; [AggregateInner(a)]; =>
+            a.get_encoded().expect("field vectors always encode"))
     }
 
     /// Decodes an aggregate share received from the peer.
     pub fn decode_aggregate(&self, bytes: &[u8]) -> Result<AggregateShare, VdafUseError> {
-        match_variants!(&self.inner; [Inner(v)]; wrap = AggregateInner =>
-            Ok(AggregateShare(wrap(ParameterizedDecode::get_decoded_with_param(&(v, &()), bytes)?)));
-            else unreachable!())
+        each_vdaf!(&self.inner; [Inner(v)]; wrap = AggregateInner =>
+            Ok(AggregateShare(wrap(ParameterizedDecode::get_decoded_with_param(&(&**v, &()), bytes)?))))
     }
 
     /// Collector: combines both servers' aggregate shares into the result.
@@ -526,9 +633,9 @@ impl Vdaf {
         b: &AggregateShare,
         num_measurements: usize,
     ) -> Result<Vec<u128>, VdafUseError> {
-        match_variants!((&self.inner, &a.0, &b.0); [Inner(v), AggregateInner(x), AggregateInner(y)]; =>
-            Ok(typed_result(v, v.unshard(&(), [x.clone(), y.clone()], num_measurements)?));
-            else panic!("{MISMATCH}"))
+        each_vdaf!((&self.inner, &a.0, &b.0); [Inner(v), AggregateInner(x), AggregateInner(y)]; =>
+            Ok(typed_result(&**v, v.unshard(&(), [x.clone(), y.clone()], num_measurements)?));
+            else Err(VdafUseError::Mismatch))
     }
 }
 

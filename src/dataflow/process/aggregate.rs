@@ -1,0 +1,167 @@
+//! aggregate: per part, the sum of the output shares of the reports both
+//! servers accepted, with a digest of their ids; per batch, those sums
+//! merged into the aggregate message for the peer.
+
+use std::collections::{BTreeMap, HashSet};
+
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use timely::worker::Worker;
+
+use super::verify::{finish_states, part_states};
+use super::{by_id, part_vdaf, ServerJob};
+use crate::dataflow::{Channel, Error};
+use crate::storage::messages::AggregateMessage;
+use crate::storage::server::StagedPart;
+use crate::wire::protocol::{Rejection, RejectionCounts, Step};
+use crate::wire::vdaf::Vdaf;
+
+/// One part's contribution to a batch's aggregate, sent to worker 0.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct PartAggregate {
+    batch_id: String,
+    part: String,
+    reports: u64,
+    aggregated: u64,
+    digest: [u8; 32],
+    #[serde(with = "serde_bytes")]
+    share: Vec<u8>,
+    rejected: Vec<(Rejection, u64)>,
+}
+
+/// The sum of the output shares of a part's reports that both servers accepted.
+fn aggregate_part(job: &ServerJob, vdaf: &Vdaf, part: &StagedPart) -> Result<PartAggregate, Error> {
+    let peer_verdicts = by_id(job.buckets.peer_rows(Step::Verify2, part)?);
+    let mut ids = Sha256::new();
+    let mut both_accepted = HashSet::new();
+    let (mut reports, mut only_here) = (0, 0);
+    let mut rejected = RejectionCounts::new();
+    for own in job.buckets.own_rows(Step::Verify2, part)? {
+        reports += 1;
+        let peer = peer_verdicts.get(&own.id).map(|row| row.status);
+        let reason = match (own.status, peer) {
+            (Ok(()), Some(Ok(()))) => {
+                ids.update(own.id.as_bytes());
+                both_accepted.insert(own.id);
+                continue;
+            }
+            (Ok(()), Some(Err(_))) => Rejection::PeerVerdictReject,
+            (Ok(()), None) => Rejection::MissingOnPeer,
+            (Err(reason), _) => reason,
+        };
+        if own.status.is_ok() {
+            only_here += 1;
+        }
+        *rejected.entry(reason).or_default() += 1;
+    }
+    let stored_sum = if only_here == 0 {
+        // None from a verify2 run that kept no sum: summed again below.
+        job.buckets.accepted_sum(part)?.map(|bytes| bytes.to_vec())
+    } else {
+        tracing::warn!(
+            "{}: the peer did not accept {only_here} reports this server accepted; \
+             summing the reports both accepted again",
+            part.name
+        );
+        None
+    };
+    let share = match stored_sum {
+        Some(share) => share,
+        None => {
+            let states = part_states(job, vdaf, part, reports as usize)?;
+            let (verdicts, sum) =
+                finish_states(job, vdaf, part, states, |id| both_accepted.contains(id))?;
+            let summed = verdicts
+                .iter()
+                .filter(|r| r.status.is_ok() && both_accepted.contains(&r.id))
+                .count();
+            if summed != both_accepted.len() {
+                return Err(Error::StoredDataChanged {
+                    part: part.name.clone(),
+                    summed,
+                    accepted: both_accepted.len(),
+                });
+            }
+            vdaf.encode_aggregate(&sum)
+        }
+    };
+    Ok(PartAggregate {
+        batch_id: part.batch_id.clone(),
+        part: part.name.clone(),
+        reports,
+        aggregated: both_accepted.len() as u64,
+        digest: ids.finalize().into(),
+        share,
+        rejected: rejected.into_iter().collect(),
+    })
+}
+
+/// Every worker sums its parts; worker 0 merges them per batch and sends
+/// each batch's aggregate message, an empty one for a batch with no reports.
+pub fn run(worker: &mut Worker, job: &ServerJob, parts: &[StagedPart]) -> Result<(), Error> {
+    let mut gathered = Channel::new(worker, "GatherAggregates", |_: &PartAggregate| 0);
+    let (index, peers) = (worker.index(), worker.peers());
+    for part in parts.iter().skip(index).step_by(peers) {
+        gathered.send(aggregate_part(job, part_vdaf(job, part), part)?);
+        worker.step();
+    }
+    gathered.close();
+    while !gathered.delivered() {
+        worker.step_or_park(None);
+    }
+    if index != 0 {
+        return Ok(());
+    }
+    let mut by_batch: BTreeMap<String, Vec<PartAggregate>> = job
+        .config
+        .batch_ids()
+        .map(|batch_id| (batch_id.to_string(), Vec::new()))
+        .collect();
+    while let Some(p) = gathered.take() {
+        by_batch.entry(p.batch_id.clone()).or_default().push(p);
+    }
+    for (batch_id, mut parts) in by_batch {
+        parts.sort_by(|a, b| a.part.cmp(&b.part));
+        let vdaf = &job.config.get(&batch_id).expect("configured").vdaf;
+        job.buckets
+            .send_aggregate(&batch_message(batch_id, vdaf, &parts)?)?;
+    }
+    job.buckets.finish_step(Step::Aggregate, b"{}".to_vec())?;
+    tracing::info!("aggregate: done");
+    Ok(())
+}
+
+/// A batch's aggregate message from its parts' sums, in part order.
+fn batch_message(
+    batch_id: String,
+    vdaf: &Vdaf,
+    parts: &[PartAggregate],
+) -> Result<AggregateMessage, Error> {
+    let mut agg = vdaf.aggregate_init();
+    let mut digest = Sha256::new();
+    let mut rejected = RejectionCounts::new();
+    let (mut total, mut aggregated) = (0, 0);
+    for p in parts {
+        vdaf.merge_encoded(&mut agg, &p.share)
+            .map_err(|source| Error::Vdaf {
+                what: format!("aggregate share of {}", p.part),
+                source,
+            })?;
+        digest.update(p.digest);
+        total += p.reports;
+        aggregated += p.aggregated;
+        for (reason, n) in &p.rejected {
+            *rejected.entry(*reason).or_default() += n;
+        }
+    }
+    Ok(AggregateMessage {
+        batch_id,
+        vdaf: vdaf.spec().name().into(),
+        reports_total: total,
+        reports_aggregated: aggregated,
+        digest: hex::encode(digest.finalize()),
+        share: base64::engine::general_purpose::STANDARD.encode(vdaf.encode_aggregate(&agg)),
+        rejected,
+    })
+}

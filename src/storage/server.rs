@@ -1,0 +1,417 @@
+//! One server's buckets for one date: every object name `process` reads or
+//! writes, and which format each object has. Nothing else spells a path.
+//!
+//! ```text
+//! BUCKET_INTERNAL_PRIVATE/DATE/raw/batch_id=X/part-NNNNN.{parquet,ndjson}   staged shares
+//! BUCKET_INTERNAL_PRIVATE/DATE/intermediate/internal/STEP/...               own copy, states, sums
+//! BUCKET_EXTERNAL_SHARED/DATE/intermediate/external/STEP/...                sent to the peer
+//! BUCKET_INTERNAL_SHARED/DATE/intermediate/external/STEP/...                from the peer
+//! BUCKET_INTERNAL_PRIVATE/DATE/processed/batch_id=X/aggregate.{json,parquet} results
+//! ```
+//!
+//! Per part, a step's message is `batch_id=X/part-NNNNN.parquet`; verify1's
+//! stored states for rows `S..E` are `...part-NNNNN.rows-S-E.parquet`;
+//! verify2's sum of accepted output shares is `...part-NNNNN.accepted-sum`.
+//! Per batch, the aggregate message is `batch_id=X/aggregate.json`. Each
+//! step ends with `_SUMMARY.json` and then `_SUCCESS`, the only signal
+//! that the step is complete. What goes to the peer is written once
+//! ([`Location::put_once`]).
+
+use std::ops::Range;
+
+use bytes::Bytes;
+
+use super::location::{Location, StorageError};
+use super::messages::{
+    decode_message, encode_message, same_json, same_rows, AggregateMessage, MessageRow,
+};
+use super::published::{encode_published, published_json};
+use super::staged::{decode_staged, StagedFormat, StagedRow, SUCCESS, SUMMARY};
+use crate::wire::config::BatchSpec;
+use crate::wire::protocol::{BatchOutcome, Step};
+use crate::wire::Role;
+
+/// A staged part this server processes: `batch_id=X/part-NNNNN.ext` under `raw/`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StagedPart {
+    pub batch_id: String,
+    /// The object name below `raw/`.
+    pub name: String,
+    format: StagedFormat,
+}
+
+impl StagedPart {
+    /// `batch_id=X/part-NNNNN`, without the extension.
+    fn stem(&self) -> &str {
+        self.name
+            .rsplit_once('.')
+            .map_or(self.name.as_str(), |(s, _)| s)
+    }
+
+    /// The message file for this part: same name, always Parquet.
+    fn message_name(&self) -> String {
+        format!("{}.parquet", self.stem())
+    }
+
+    fn states_name(&self, rows: Range<usize>) -> String {
+        format!("{}.rows-{}-{}.parquet", self.stem(), rows.start, rows.end)
+    }
+
+    fn accepted_sum_name(&self) -> String {
+        format!("{}.accepted-sum", self.stem())
+    }
+}
+
+/// A batch's directory below a step or `processed/`.
+fn batch_dir(batch_id: &str) -> String {
+    format!("batch_id={batch_id}")
+}
+
+fn aggregate_name(batch_id: &str) -> String {
+    format!("{}/aggregate.json", batch_dir(batch_id))
+}
+
+/// One server's three buckets, seen for one submission date.
+#[derive(Debug, Clone)]
+pub struct ServerBuckets {
+    date: String,
+    /// `BUCKET_INTERNAL_PRIVATE`: this server's own data.
+    private: Location,
+    /// `BUCKET_INTERNAL_SHARED`: the peer writes here.
+    inbox: Location,
+    /// `BUCKET_EXTERNAL_SHARED`: the peer's inbox.
+    outbox: Location,
+}
+
+impl ServerBuckets {
+    pub fn new(date: &str, private: Location, inbox: Location, outbox: Location) -> Self {
+        ServerBuckets {
+            date: date.to_string(),
+            private,
+            inbox,
+            outbox,
+        }
+    }
+
+    /// The buckets of a whole system run under one root (`integrate`):
+    /// `ROOT/server-{a,b}/{private,inbox}`.
+    pub fn under_root(root: &Location, role: Role, date: &str) -> Self {
+        let bucket = |role: Role, name: &str| root.child(&format!("server-{role}/{name}"));
+        ServerBuckets::new(
+            date,
+            bucket(role, "private"),
+            bucket(role, "inbox"),
+            bucket(role.peer(), "inbox"),
+        )
+    }
+
+    pub fn private(&self) -> &Location {
+        &self.private
+    }
+
+    pub fn inbox(&self) -> &Location {
+        &self.inbox
+    }
+
+    pub fn outbox(&self) -> &Location {
+        &self.outbox
+    }
+
+    /// Where `stage --output-a/--output-b` puts this server's parts.
+    pub fn raw(&self) -> Location {
+        self.private.child(&format!("{}/raw", self.date))
+    }
+
+    /// This server's copy of what it produced in `step`.
+    fn own(&self, step: Step) -> Location {
+        self.private
+            .child(&format!("{}/intermediate/internal/{step}", self.date))
+    }
+
+    /// Where the peer finds what this server produced in `step`.
+    fn sent(&self, step: Step) -> Location {
+        self.outbox
+            .child(&format!("{}/intermediate/external/{step}", self.date))
+    }
+
+    /// What the peer produced in `step`.
+    fn received(&self, step: Step) -> Location {
+        self.inbox
+            .child(&format!("{}/intermediate/external/{step}", self.date))
+    }
+
+    /// Where the published results are.
+    pub fn processed(&self) -> Location {
+        self.private.child(&format!("{}/processed", self.date))
+    }
+
+    /// The marker that says `stage` finished this date, and its URL.
+    pub fn staged_marker(&self) -> Result<(bool, String), StorageError> {
+        let raw = self.raw();
+        Ok((raw.exists(SUCCESS)?, format!("{}/{SUCCESS}", raw.url())))
+    }
+
+    /// Every staged part, sorted by name; objects that are not parts are left out.
+    pub fn staged_parts(&self) -> Result<Vec<StagedPart>, StorageError> {
+        Ok(self
+            .raw()
+            .list()?
+            .into_iter()
+            .filter_map(|(name, _)| {
+                let (dir, file) = name.split_once('/')?;
+                let batch_id = dir.strip_prefix("batch_id=")?;
+                let format = StagedFormat::of_extension(file.rsplit('.').next()?)?;
+                Some(StagedPart {
+                    batch_id: batch_id.to_string(),
+                    name,
+                    format,
+                })
+            })
+            .collect())
+    }
+
+    pub fn read_part(&self, part: &StagedPart) -> Result<Vec<StagedRow>, StorageError> {
+        let raw = self.raw();
+        let data = raw.get(&part.name)?;
+        decode_staged(&format!("{}/{}", raw.url(), part.name), part.format, data)
+    }
+
+    /// Whether this server finished `step`, and the marker's URL.
+    pub fn step_marker(&self, step: Step) -> Result<(bool, String), StorageError> {
+        let own = self.own(step);
+        Ok((own.exists(SUCCESS)?, format!("{}/{SUCCESS}", own.url())))
+    }
+
+    /// Whether the peer finished `step`, and the marker's URL.
+    pub fn peer_marker(&self, step: Step) -> Result<(bool, String), StorageError> {
+        let received = self.received(step);
+        Ok((
+            received.exists(SUCCESS)?,
+            format!("{}/{SUCCESS}", received.url()),
+        ))
+    }
+
+    /// Whether the peer's message of `step` for `part` has arrived.
+    pub fn peer_has(&self, step: Step, part: &StagedPart) -> Result<bool, StorageError> {
+        self.received(step).exists(&part.message_name())
+    }
+
+    /// The peer's rows of `step` for a part; none when the peer has no such part.
+    pub fn peer_rows(
+        &self,
+        step: Step,
+        part: &StagedPart,
+    ) -> Result<Vec<MessageRow>, StorageError> {
+        match read_rows(&self.received(step), &part.message_name()) {
+            Err(StorageError::NotFound { .. }) => Ok(Vec::new()),
+            other => other,
+        }
+    }
+
+    /// This server's own rows of `step` for a part, in order.
+    pub fn own_rows(&self, step: Step, part: &StagedPart) -> Result<Vec<MessageRow>, StorageError> {
+        read_rows(&self.own(step), &part.message_name())
+    }
+
+    /// Sends a part's rows of `step` to the peer, and keeps a copy when
+    /// later steps read them again (verify2's verdicts).
+    pub fn send_rows(
+        &self,
+        step: Step,
+        part: &StagedPart,
+        rows: &[MessageRow],
+    ) -> Result<(), StorageError> {
+        let name = part.message_name();
+        let bytes = Bytes::from(encode_message(rows));
+        self.sent(step).put_once(&name, bytes.clone(), same_rows)?;
+        if step != Step::Verify1 {
+            self.own(step).put(&name, bytes)?;
+        }
+        Ok(())
+    }
+
+    /// Keeps verify1's states of rows `range` of a part until verify2.
+    pub fn store_states(
+        &self,
+        part: &StagedPart,
+        range: Range<usize>,
+        rows: &[MessageRow],
+    ) -> Result<(), StorageError> {
+        self.own(Step::Verify1)
+            .put(&part.states_name(range), encode_message(rows))
+    }
+
+    /// verify1's stored states of exactly rows `range` of a part, if any.
+    pub fn stored_states(
+        &self,
+        part: &StagedPart,
+        range: Range<usize>,
+    ) -> Result<Option<Vec<MessageRow>>, StorageError> {
+        match read_rows(&self.own(Step::Verify1), &part.states_name(range)) {
+            Err(StorageError::NotFound { .. }) => Ok(None),
+            other => other.map(Some),
+        }
+    }
+
+    /// Keeps verify2's sum of the output shares this server accepted in a part.
+    pub fn keep_accepted_sum(&self, part: &StagedPart, sum: Vec<u8>) -> Result<(), StorageError> {
+        self.own(Step::Verify2).put(&part.accepted_sum_name(), sum)
+    }
+
+    /// verify2's kept sum for a part, if that run kept one.
+    pub fn accepted_sum(&self, part: &StagedPart) -> Result<Option<Bytes>, StorageError> {
+        match self.own(Step::Verify2).get(&part.accepted_sum_name()) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(StorageError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Sends a batch's aggregate message to the peer and keeps a copy.
+    pub fn send_aggregate(&self, message: &AggregateMessage) -> Result<(), StorageError> {
+        let name = aggregate_name(&message.batch_id);
+        let bytes = message.encode();
+        self.sent(Step::Aggregate)
+            .put_once(&name, Bytes::from(bytes.clone()), same_json)?;
+        self.own(Step::Aggregate).put(&name, bytes)
+    }
+
+    pub fn own_aggregate(&self, batch_id: &str) -> Result<Option<AggregateMessage>, StorageError> {
+        read_aggregate(&self.own(Step::Aggregate), batch_id)
+    }
+
+    pub fn peer_aggregate(&self, batch_id: &str) -> Result<Option<AggregateMessage>, StorageError> {
+        read_aggregate(&self.received(Step::Aggregate), batch_id)
+    }
+
+    /// Marks `step` done: the peer's copy of the summary and marker first,
+    /// then this server's (the marker that makes a rerun skip the step).
+    pub fn finish_step(&self, step: Step, summary: Vec<u8>) -> Result<(), StorageError> {
+        let sent = self.sent(step);
+        let summary = Bytes::from(summary);
+        sent.put_once(SUMMARY, summary.clone(), same_json)?;
+        sent.put_once(SUCCESS, Bytes::new(), |a, b| a == b)?;
+        let own = self.own(step);
+        own.put(SUMMARY, summary)?;
+        own.put(SUCCESS, Vec::new())
+    }
+
+    /// Before publishing: no reader may trust `processed/` until it is whole again.
+    pub fn start_publish(&self) -> Result<(), StorageError> {
+        self.processed().delete(SUCCESS)
+    }
+
+    /// Writes a published batch's results, JSON and Parquet.
+    pub fn publish(&self, outcome: &BatchOutcome, spec: &BatchSpec) -> Result<(), StorageError> {
+        let processed = self.processed();
+        let dir = batch_dir(&outcome.batch_id);
+        processed.put(
+            &format!("{dir}/aggregate.json"),
+            published_json(outcome, spec),
+        )?;
+        processed.put(
+            &format!("{dir}/aggregate.parquet"),
+            encode_published(outcome),
+        )
+    }
+
+    /// Removes a batch's results, so that a rerun that does not publish it
+    /// leaves no earlier result standing.
+    pub fn withdraw(&self, batch_id: &str) -> Result<(), StorageError> {
+        self.processed()
+            .delete_all(&batch_dir(batch_id))
+            .map(|_| ())
+    }
+
+    /// Every batch's outcome in `_SUMMARY.json`, then `_SUCCESS`.
+    pub fn finish_publish(&self, outcomes: &[BatchOutcome]) -> Result<(), StorageError> {
+        let processed = self.processed();
+        processed.put(SUMMARY, serde_json::to_vec_pretty(outcomes).expect("JSON"))?;
+        processed.put(SUCCESS, Vec::new())
+    }
+
+    /// A batch's published JSON result, if there is one.
+    pub fn published(&self, batch_id: &str) -> Result<Option<serde_json::Value>, StorageError> {
+        let processed = self.processed();
+        let name = format!("{}/aggregate.json", batch_dir(batch_id));
+        match processed.get(&name) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| super::tables::malformed(&format!("{}/{name}", processed.url()), e)),
+            Err(StorageError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+fn read_rows(dir: &Location, name: &str) -> Result<Vec<MessageRow>, StorageError> {
+    let data = dir.get(name)?;
+    decode_message(&format!("{}/{name}", dir.url()), data)
+}
+
+fn read_aggregate(
+    dir: &Location,
+    batch_id: &str,
+) -> Result<Option<AggregateMessage>, StorageError> {
+    let name = aggregate_name(batch_id);
+    match dir.get(&name) {
+        Ok(data) => AggregateMessage::decode(&format!("{}/{name}", dir.url()), &data).map(Some),
+        Err(StorageError::NotFound { .. }) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_object_has_its_place_in_the_seed_layout() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = Location::parse(dir.path().to_str().unwrap()).unwrap();
+        let a = ServerBuckets::under_root(&root, Role::A, "2019-06-26");
+        let b = ServerBuckets::under_root(&root, Role::B, "2019-06-26");
+        let raw = a.raw();
+        raw.put("batch_id=x/part-00001.parquet", Vec::new())
+            .unwrap();
+        raw.put("batch_id=x/part-00000.ndjson", Vec::new()).unwrap();
+        raw.put("batch_id=x/notes.txt", Vec::new()).unwrap();
+        raw.put(SUCCESS, Vec::new()).unwrap();
+        let parts = a.staged_parts().unwrap();
+        let names: Vec<_> = parts.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "batch_id=x/part-00000.ndjson",
+                "batch_id=x/part-00001.parquet"
+            ]
+        );
+        let part = &parts[0];
+        let rows = vec![MessageRow {
+            id: "01".into(),
+            status: Ok(()),
+            share: vec![7],
+        }];
+        a.send_rows(Step::Verify1, part, &rows).unwrap();
+        assert!(b.peer_has(Step::Verify1, part).unwrap());
+        assert_eq!(b.peer_rows(Step::Verify1, part).unwrap(), rows);
+        assert!(b.peer_rows(Step::Verify2, part).unwrap().is_empty());
+        a.store_states(part, 0..1, &rows).unwrap();
+        assert_eq!(a.stored_states(part, 0..1).unwrap(), Some(rows.clone()));
+        assert_eq!(a.stored_states(part, 0..2).unwrap(), None);
+        a.finish_step(Step::Verify1, b"{}".to_vec()).unwrap();
+        assert!(a.step_marker(Step::Verify1).unwrap().0);
+        assert!(b.peer_marker(Step::Verify1).unwrap().0);
+        let on_disk = |rel: &str| dir.path().join(rel).exists();
+        assert!(on_disk("server-a/private/2019-06-26/intermediate/internal/verify1/batch_id=x/part-00000.rows-0-1.parquet"));
+        assert!(on_disk(
+            "server-b/inbox/2019-06-26/intermediate/external/verify1/batch_id=x/part-00000.parquet"
+        ));
+        assert!(on_disk(
+            "server-b/inbox/2019-06-26/intermediate/external/verify1/_SUCCESS"
+        ));
+        assert!(on_disk(
+            "server-a/private/2019-06-26/intermediate/internal/verify1/_SUCCESS"
+        ));
+    }
+}

@@ -1,0 +1,246 @@
+//! The two-server protocol's vocabulary: its steps, why a report is not
+//! counted, and what becomes of a batch. Every summary, message status and
+//! (later) metric is rendered from these types, never from loose strings.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// The pipeline's steps, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Step {
+    Verify1,
+    Verify2,
+    Aggregate,
+    Publish,
+}
+
+impl Step {
+    pub const ALL: [Step; 4] = [Step::Verify1, Step::Verify2, Step::Aggregate, Step::Publish];
+
+    /// The step's name, as in commands and object paths.
+    pub fn name(self) -> &'static str {
+        match self {
+            Step::Verify1 => "verify1",
+            Step::Verify2 => "verify2",
+            Step::Aggregate => "aggregate",
+            Step::Publish => "publish",
+        }
+    }
+}
+
+impl std::fmt::Display for Step {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Why one report was not counted. These are data, never fatal: the
+/// pipeline counts them by [`Rejection::reason`], and messages carry that
+/// name as a report's status.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    thiserror::Error,
+)]
+pub enum Rejection {
+    /// The share is not valid base64.
+    #[error("share is not valid base64")]
+    BadBase64,
+    /// The envelope names another batch id or server than the one opening it.
+    #[error("envelope bound to another batch id or server")]
+    WrongBinding,
+    /// Not a whole v1 envelope, or HPKE open failed: wrong key, tampered or
+    /// truncated ciphertext, or another system's ciphertext (libprio v1).
+    #[error("envelope could not be decrypted")]
+    Undecryptable,
+    /// The plaintext is not a valid report share for the batch's VDAF.
+    #[error("share could not be decoded for this batch's VDAF")]
+    Undecodable,
+    /// The peer's verifier share for this report could not be decoded.
+    #[error("peer verifier share could not be decoded")]
+    PeerShareUndecodable,
+    /// The proof did not verify: the client's measurement is invalid.
+    #[error("proof did not verify")]
+    InvalidProof,
+    /// A report id seen earlier in the same part: only the first copy counts.
+    #[error("report id repeated within its part")]
+    DuplicateReportId,
+    /// The peer has no row for a report this server has.
+    #[error("the peer has no such report")]
+    MissingOnPeer,
+    /// The peer could not verify-init the report (its verify1 status).
+    #[error("the peer rejected the report in verify1")]
+    PeerRejected,
+    /// This server accepted the report but the peer's verdict rejects it.
+    #[error("the peer's verdict rejects the report")]
+    PeerVerdictReject,
+}
+
+impl Rejection {
+    pub const ALL: [Rejection; 10] = [
+        Rejection::BadBase64,
+        Rejection::WrongBinding,
+        Rejection::Undecryptable,
+        Rejection::Undecodable,
+        Rejection::PeerShareUndecodable,
+        Rejection::InvalidProof,
+        Rejection::DuplicateReportId,
+        Rejection::MissingOnPeer,
+        Rejection::PeerRejected,
+        Rejection::PeerVerdictReject,
+    ];
+
+    /// Stable snake_case name: the counter key in summaries and the status in messages.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Rejection::BadBase64 => "bad_base64",
+            Rejection::WrongBinding => "wrong_binding",
+            Rejection::Undecryptable => "undecryptable",
+            Rejection::Undecodable => "undecodable",
+            Rejection::PeerShareUndecodable => "peer_share_undecodable",
+            Rejection::InvalidProof => "invalid_proof",
+            Rejection::DuplicateReportId => "duplicate_report_id",
+            Rejection::MissingOnPeer => "missing_on_peer",
+            Rejection::PeerRejected => "peer_rejected",
+            Rejection::PeerVerdictReject => "peer_verdict_reject",
+        }
+    }
+
+    /// The rejection a [`Rejection::reason`] names.
+    pub fn from_reason(name: &str) -> Option<Rejection> {
+        Rejection::ALL.into_iter().find(|r| r.reason() == name)
+    }
+}
+
+/// A report's status in a message: accepted so far, or why not.
+pub type Status = Result<(), Rejection>;
+
+/// The name of `ok` statuses in messages.
+pub const OK: &str = "ok";
+
+/// A status as messages spell it: `ok` or the rejection's reason.
+pub fn status_name(status: Status) -> &'static str {
+    match status {
+        Ok(()) => OK,
+        Err(r) => r.reason(),
+    }
+}
+
+/// Reads [`status_name`] back; `None` for a name this version does not know.
+pub fn parse_status(name: &str) -> Option<Status> {
+    if name == OK {
+        Some(Ok(()))
+    } else {
+        Rejection::from_reason(name).map(Err)
+    }
+}
+
+/// Reports per rejection reason.
+pub type RejectionCounts = BTreeMap<Rejection, u64>;
+
+/// Reports per batch id and status, as a step counts them.
+pub type StatusCounts = BTreeMap<(String, Status), u64>;
+
+/// What a server decided about one batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BatchStatus {
+    /// Both servers agree and the batch reached `min_batch_size`.
+    Published,
+    /// Fewer aggregated reports than the batch's `min_batch_size`.
+    Withheld,
+    /// The servers disagree on what they aggregated, or a message is missing.
+    #[default]
+    Refused,
+}
+
+impl BatchStatus {
+    pub fn name(self) -> &'static str {
+        match self {
+            BatchStatus::Published => "published",
+            BatchStatus::Withheld => "withheld",
+            BatchStatus::Refused => "refused",
+        }
+    }
+}
+
+/// What a server reports about one batch once the pipeline has run.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BatchOutcome {
+    pub batch_id: String,
+    pub vdaf: String,
+    pub reports_total: u64,
+    pub reports_aggregated: u64,
+    #[serde(with = "by_reason")]
+    pub rejected: RejectionCounts,
+    pub status: BatchStatus,
+    pub aggregate: Option<Vec<u128>>,
+    pub message: Option<String>,
+}
+
+/// Rejection counts as a JSON object keyed by reason name, as every summary shows them.
+pub mod by_reason {
+    use super::{Rejection, RejectionCounts};
+    use serde::de::Error;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use std::collections::BTreeMap;
+
+    pub fn serialize<S: Serializer>(counts: &RejectionCounts, s: S) -> Result<S::Ok, S::Error> {
+        let named: BTreeMap<&str, u64> = counts.iter().map(|(r, n)| (r.reason(), *n)).collect();
+        named.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<RejectionCounts, D::Error> {
+        BTreeMap::<String, u64>::deserialize(d)?
+            .into_iter()
+            .map(|(name, n)| {
+                Rejection::from_reason(&name)
+                    .map(|r| (r, n))
+                    .ok_or_else(|| D::Error::custom(format!("unknown rejection reason {name:?}")))
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_status_name_reads_back_and_unknown_names_do_not() {
+        for r in Rejection::ALL {
+            assert_eq!(parse_status(status_name(Err(r))), Some(Err(r)));
+        }
+        assert_eq!(parse_status(OK), Some(Ok(())));
+        assert_eq!(parse_status("made_up"), None);
+        let names: std::collections::HashSet<_> = Rejection::ALL.map(Rejection::reason).into();
+        assert_eq!(names.len(), Rejection::ALL.len(), "names are distinct");
+    }
+
+    #[test]
+    fn outcomes_name_reasons_and_status_in_json() {
+        let outcome = BatchOutcome {
+            batch_id: "x".into(),
+            rejected: [(Rejection::InvalidProof, 2)].into(),
+            status: BatchStatus::Withheld,
+            ..Default::default()
+        };
+        let json = serde_json::to_value(&outcome).unwrap();
+        assert_eq!(json["rejected"]["invalid_proof"], 2);
+        assert_eq!(json["status"], "withheld");
+        assert_eq!(
+            serde_json::from_value::<BatchOutcome>(json).unwrap(),
+            outcome
+        );
+    }
+}
