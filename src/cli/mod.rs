@@ -174,7 +174,7 @@ pub fn one_of<T: Clone + Send + Sync + 'static>(
 }
 
 /// Parses a `YYYY-MM-DD` submission date.
-pub fn parse_date(text: &str) -> Result<chrono::NaiveDate, String> {
+pub(crate) fn parse_date(text: &str) -> Result<chrono::NaiveDate, String> {
     chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d")
         .map_err(|_| format!("expected a date as YYYY-MM-DD, got {text:?}"))
 }

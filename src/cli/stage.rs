@@ -69,7 +69,7 @@ pub struct StageArgs {
 }
 
 /// Parses sizes like `250MB`, `64MiB`, `1GB` or a plain byte count.
-pub fn parse_size(text: &str) -> Result<u64, String> {
+pub(crate) fn parse_size(text: &str) -> Result<u64, String> {
     let t = text.trim();
     let split = t
         .find(|c: char| !c.is_ascii_digit() && c != '.')

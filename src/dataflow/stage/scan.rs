@@ -1,0 +1,254 @@
+//! Phase 1, scan: read this worker's files, spill their shares and index
+//! locally, and find the copies of each ping id that lost to an earlier one.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+use timely::worker::Worker;
+
+use super::{finish, push_to, shared_sorter, InputFile, StageJob};
+use crate::dataflow::{bump, on_disk, route_hash, Counters, Error, Exchange};
+use crate::storage::input::{read_records, RawPing};
+use crate::storage::spill::{RecordSpill, ShareSpill, SortedRecords, Spilled};
+use crate::wire::ping::{decode_base64, parse_ping, PingRejection};
+use crate::wire::report_id::{report_id, ReportId};
+
+/// Where a ping was read: of several copies of a ping, the first in this
+/// order (file index in the listing, then record index in the file) wins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub(super) struct Order {
+    pub(super) file: u32,
+    pub(super) record: u32,
+}
+
+/// A copy of a ping, as its id's owner sees it: the id and where the copy is.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub(super) struct PingCopy {
+    pub(super) ping_id: String,
+    pub(super) order: Order,
+}
+
+/// An entry as its reader indexes it: its ping's order, its batch (as a
+/// number of [`ReadPings::batch_ids`]), its report id and where its shares are.
+pub(super) struct ReadEntry {
+    pub(super) order: Order,
+    pub(super) batch: u32,
+    pub(super) report_id: ReportId,
+    pub(super) shares: Spilled,
+}
+
+/// What a worker keeps of the pings it read, in local files: their shares,
+/// and an index of their entries in input order. The shares stay with their
+/// reader until their part is written.
+pub(super) struct ReadPings {
+    pub(super) spill: ShareSpill,
+    pub(super) index: RecordSpill<ReadEntry>,
+    /// Batch ids, numbered in order of arrival, so entries hold a number.
+    pub(super) batch_ids: Vec<String>,
+    pub(super) batch_numbers: HashMap<String, u32>,
+}
+
+impl ReadPings {
+    fn batch_number(&mut self, batch_id: &str) -> u32 {
+        if let Some(&n) = self.batch_numbers.get(batch_id) {
+            return n;
+        }
+        let n = self.batch_ids.len() as u32;
+        self.batch_ids.push(batch_id.to_string());
+        self.batch_numbers.insert(batch_id.to_string(), n);
+        n
+    }
+}
+
+/// Of each ping id's copies, sorted by (id, order): every copy but the first.
+pub(super) fn losing_copies(
+    sorted: impl Iterator<Item = std::io::Result<PingCopy>>,
+) -> impl Iterator<Item = std::io::Result<Order>> {
+    let mut first: Option<String> = None;
+    sorted.filter_map(move |copy| match copy {
+        Err(e) => Some(Err(e)),
+        Ok(copy) if first.as_deref() == Some(copy.ping_id.as_str()) => Some(Ok(copy.order)),
+        Ok(copy) => {
+            first = Some(copy.ping_id);
+            None
+        }
+    })
+}
+
+/// Phase 1: read this worker's files, spill their shares and index locally,
+/// and send each ping's id to the worker that owns it. Returns what was read
+/// and the orders of this worker's copies that lost to an earlier copy.
+pub(super) fn scan(
+    worker: &mut Worker,
+    job: &StageJob,
+    files: &[InputFile],
+    readers: &[usize],
+    local: &mut Counters,
+) -> Result<(ReadPings, SortedRecords<Order>), Error> {
+    let index = worker.index();
+    let mut read = ReadPings {
+        spill: on_disk(ShareSpill::create(&job.spill_dir))?,
+        index: on_disk(RecordSpill::create(&job.spill_dir, "index-"))?,
+        batch_ids: Vec::new(),
+        batch_numbers: HashMap::new(),
+    };
+    let ids = shared_sorter::<PingCopy>(job)?;
+    let mut copies = Exchange::new(
+        worker,
+        "OwnPingIds",
+        |copy: &PingCopy| route_hash(&[copy.ping_id.as_bytes()]),
+        push_to(&ids),
+    );
+    // In listing order, so the index is in input order too.
+    let mine = || {
+        files
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| readers[*i] == index)
+    };
+    job.progress.expect(mine().map(|(_, f)| f.size).sum());
+    // One buffer for every file this worker reads.
+    let mut data = Vec::new();
+    for (file_index, file) in mine() {
+        let url = format!("{}/{}", job.input.url(), file.rel);
+        job.input.read_into(&file.rel, &mut data)?;
+        // Records are decoded and spilled as they are read, but they count
+        // once the whole file was readable: an unreadable file is skipped
+        // whole (its spilled shares stay unused), never in part.
+        let mut entries = Vec::new();
+        let mut file_copies = Vec::new();
+        let mut counted = Counters::new();
+        let mut record_index = 0u32;
+        let mut spill_error = None;
+        let outcome = read_records(&url, file.format, &mut data, |record| {
+            let order = Order {
+                file: file_index as u32,
+                record: record_index,
+            };
+            record_index += 1;
+            if spill_error.is_some() {
+                return;
+            }
+            match read_ping(job, &mut read, record, order, &mut entries, &mut counted) {
+                Ok(Some(ping_id)) => file_copies.push(PingCopy { ping_id, order }),
+                Ok(None) => {}
+                Err(e) => spill_error = Some(e),
+            }
+        });
+        if let Some(e) = spill_error {
+            return Err(Error::Spill(e));
+        }
+        if let Err(e) = outcome {
+            if !job.skip_unreadable {
+                return Err(e.into());
+            }
+            tracing::warn!("skipping unreadable file: {e}");
+            bump(local, "files_unreadable", 1);
+            job.progress.file_done(file.size, 0);
+            continue;
+        }
+        bump(local, "files_read", 1);
+        bump(local, "bytes_read", file.size);
+        job.progress
+            .file_done(file.size, counted.get("pings_read").copied().unwrap_or(0));
+        for (key, n) in counted {
+            bump(local, key, n);
+        }
+        for entry in &entries {
+            on_disk(read.index.append(entry))?;
+        }
+        for copy in file_copies {
+            copies.send(copy);
+        }
+        worker.step();
+    }
+    copies.close_and_wait(worker);
+    let losers = losing_copies(finish(&ids)?);
+    let mine = return_losers(worker, job, losers, readers.to_vec(), local)?;
+    Ok((read, mine))
+}
+
+/// Sends the orders of copies that lost back to the workers that read them,
+/// counting them; returns this worker's, sorted.
+pub(super) fn return_losers(
+    worker: &mut Worker,
+    job: &StageJob,
+    losers: impl Iterator<Item = std::io::Result<Order>>,
+    readers: Vec<usize>,
+    local: &mut Counters,
+) -> Result<SortedRecords<Order>, Error> {
+    let mine = shared_sorter::<Order>(job)?;
+    let mut returned = Exchange::new(
+        worker,
+        "ReturnLosers",
+        move |order: &Order| readers[order.file as usize] as u64,
+        push_to(&mine),
+    );
+    let mut count = 0u64;
+    for order in losers {
+        returned.send(on_disk(order)?);
+        count += 1;
+        if count.is_multiple_of(1024) {
+            worker.step();
+        }
+    }
+    bump(local, "duplicates_dropped", count);
+    returned.close_and_wait(worker);
+    finish(&mine)
+}
+
+/// Decodes one record of a dump and spills its shares; returns its ping id,
+/// or `None` (counted by reason) for a record that is not a ping.
+pub(super) fn read_ping(
+    job: &StageJob,
+    read: &mut ReadPings,
+    record: Result<RawPing, PingRejection>,
+    order: Order,
+    entries: &mut Vec<ReadEntry>,
+    counters: &mut Counters,
+) -> std::io::Result<Option<String>> {
+    let parsed = record.and_then(|raw| {
+        if raw
+            .submission_date
+            .as_deref()
+            .is_some_and(|d| d != job.date)
+        {
+            return Err(PingRejection::DateOutside);
+        }
+        parse_ping(&raw.body)
+    });
+    let ping = match parsed {
+        Ok(ping) => ping,
+        Err(r) => {
+            bump(counters, format!("rejected/{}", r.reason()), 1);
+            return Ok(None);
+        }
+    };
+    bump(counters, "pings_read", 1);
+    for bad in &ping.bad_entries {
+        bump(counters, format!("rejected/{}", bad.reason()), 1);
+    }
+    let mut seen: HashMap<&str, u32> = HashMap::new();
+    for e in &ping.entries {
+        let k = seen.entry(&e.batch_id).or_default();
+        let number = *k;
+        *k += 1;
+        let (Some(a), Some(b)) = (decode_base64(&e.share_a), decode_base64(&e.share_b)) else {
+            bump(counters, "rejected/bad_share_base64", 1);
+            continue;
+        };
+        bump(
+            counters,
+            format!("share_bytes/{}", e.batch_id),
+            (a.len() + b.len()) as u64,
+        );
+        let shares = read.spill.append(&a, &b)?;
+        entries.push(ReadEntry {
+            order,
+            batch: read.batch_number(&e.batch_id),
+            report_id: report_id(&job.secret, &ping.id, &e.batch_id, number),
+            shares,
+        });
+    }
+    Ok(Some(ping.id))
+}
