@@ -9,7 +9,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::{exit, one_of, parse_date, ClusterArgs};
-use crate::dataflow::stage::{run as run_stage, Counters, ReadProgress, StageJob};
+use crate::dataflow::stage::{run as run_stage, ReadProgress, StageCounts, StageJob};
 use crate::storage::input::InputFormat;
 use crate::storage::location::Location;
 use crate::storage::staged::{StagedFormat, StagedLayout};
@@ -213,29 +213,24 @@ fn tune_process() {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn tune_process() {}
 
-fn print_summary(c: &Counters, layout: &StagedLayout, elapsed: std::time::Duration) {
-    let get = |k: &str| c.get(k).copied().unwrap_or(0);
+fn print_summary(c: &StageCounts, layout: &StagedLayout, elapsed: std::time::Duration) {
     println!(
         "staged {} pings from {} files ({} bytes) in {:.1}s; {} duplicates dropped, {} files unreadable",
-        get("pings_read"),
-        get("files_read"),
-        get("bytes_read"),
+        c.pings_read,
+        c.files_read,
+        c.bytes_read,
         elapsed.as_secs_f64(),
-        get("duplicates_dropped"),
-        get("files_unreadable"),
+        c.duplicates_dropped,
+        c.files_unreadable,
     );
     println!("{:<56} {:>10} {:>6}", "batch id", "reports", "parts");
-    for (key, n) in c.range("entries/".to_string().."entries0".to_string()) {
-        let batch = &key["entries/".len()..];
-        println!("{batch:<56} {n:>10} {:>6}", get(&format!("parts/{batch}")));
+    for (batch_id, counts) in c.batches.iter().filter(|(_, b)| b.parts > 0) {
+        println!("{batch_id:<56} {:>10} {:>6}", counts.entries, counts.parts);
     }
-    let rejected: Vec<_> = c
-        .range("rejected/".to_string().."rejected0".to_string())
-        .collect();
-    if !rejected.is_empty() {
+    if !c.rejected.is_empty() {
         println!("{:<56} {:>10}", "rejected", "records");
-        for (key, n) in rejected {
-            println!("{:<56} {n:>10}", &key["rejected/".len()..]);
+        for (reason, n) in &c.rejected {
+            println!("{:<56} {n:>10}", reason.reason());
         }
     }
     for m in layout.markers() {

@@ -253,21 +253,13 @@ impl Hasher for FnvHasher {
     }
 }
 
-/// Named counts, summed across workers: `pings_read`, `rejected/<reason>`,
-/// `entries/<batch id>`, ...
-pub type Counters = BTreeMap<String, u64>;
-
-pub fn bump(counters: &mut Counters, key: impl Into<String>, by: u64) {
-    *counters.entry(key.into()).or_default() += by;
-}
-
 /// Counts that workers keep apart and then add up.
 pub trait Merge: timely::ExchangeData + Clone + Default {
-    fn merge(&mut self, other: Self);
+    fn absorb(&mut self, other: Self);
 }
 
 impl<K: Ord + timely::ExchangeData + Clone> Merge for BTreeMap<K, u64> {
-    fn merge(&mut self, other: Self) {
+    fn absorb(&mut self, other: Self) {
         for (k, v) in other {
             *self.entry(k).or_default() += v;
         }
@@ -453,7 +445,7 @@ fn broadcast<D: timely::ExchangeData + Clone>(
 pub fn all_reduce<C: Merge>(worker: &mut Worker, local: &C) -> C {
     let mut total = C::default();
     for counts in broadcast(worker, [local.clone()]) {
-        total.merge(counts);
+        total.absorb(counts);
     }
     total
 }

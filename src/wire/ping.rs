@@ -24,7 +24,19 @@ pub fn decode_base64(text: &str) -> Option<Vec<u8>> {
 }
 
 /// Why a line, ping or entry was not staged. Counted by [`PingRejection::reason`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, thiserror::Error)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    thiserror::Error,
+)]
 pub enum PingRejection {
     #[error("not valid JSON")]
     BadJson,
@@ -44,6 +56,8 @@ pub enum PingRejection {
     BadShareMap,
     #[error("submission timestamp is outside the requested date")]
     DateOutside,
+    #[error("a prioData entry's share is not valid base64")]
+    BadShareBase64,
 }
 
 impl PingRejection {
@@ -58,6 +72,7 @@ impl PingRejection {
             PingRejection::MissingEncoding => "missing_encoding",
             PingRejection::BadShareMap => "bad_share_map",
             PingRejection::DateOutside => "date_outside",
+            PingRejection::BadShareBase64 => "bad_share_base64",
         }
     }
 }

@@ -24,6 +24,7 @@
 //! files, so memory holds one input file, one part and a few sort runs per
 //! worker, however many pings there are.
 
+mod counts;
 mod partition;
 mod records;
 mod scan;
@@ -35,7 +36,7 @@ use std::rc::Rc;
 use serde::{Deserialize, Serialize};
 use timely::worker::Worker;
 
-use super::{all_reduce, broadcast_from_first, bump, on_disk, spread_by_size, Cluster, Error};
+use super::{all_reduce, broadcast_from_first, on_disk, spread_by_size, Cluster, Error};
 use crate::storage::input::InputFormat;
 use crate::storage::location::{Location, StorageError};
 use crate::storage::spill::{DiskSorter, Sortable, SortedRecords};
@@ -43,7 +44,7 @@ use crate::storage::staged::{StagedFormat, StagedLayout, SUCCESS, SUMMARY};
 use partition::partition;
 use scan::scan;
 
-pub use super::Counters;
+pub use counts::{BatchCounts, StageCounts};
 
 /// Everything a staging run needs; shared read-only by all workers.
 pub struct StageJob {
@@ -82,16 +83,16 @@ pub(super) struct InputFile {
 const SORT_RUN_LEN: usize = 1 << 17;
 
 /// Runs the job on a timely cluster; returns the global counters.
-pub fn run(job: StageJob, cluster: &Cluster) -> Result<Counters, Error> {
+pub fn run(job: StageJob, cluster: &Cluster) -> Result<StageCounts, Error> {
     super::execute(job, cluster, stage_worker)
 }
 
-fn stage_worker(worker: &mut Worker, job: &StageJob) -> Result<Counters, Error> {
+fn stage_worker(worker: &mut Worker, job: &StageJob) -> Result<StageCounts, Error> {
     let files = shared_listing(worker, job)?;
     if worker.index() == 0 {
         job.layout.clear()?;
     }
-    let mut local = Counters::new();
+    let mut local = StageCounts::default();
     let started = std::time::Instant::now();
     let sizes: Vec<u64> = files.iter().map(|f| f.size).collect();
     let readers = spread_by_size(&sizes, worker.peers());
@@ -108,21 +109,29 @@ fn stage_worker(worker: &mut Worker, job: &StageJob) -> Result<Counters, Error> 
         seconds = started.elapsed().as_secs_f64(),
         "partition done"
     );
-    bump(
-        &mut written,
-        "files_listed",
-        if worker.index() == 0 {
-            files.len() as u64
-        } else {
-            0
-        },
-    );
-    let mut summary = all_reduce(worker, &written);
-    for (k, v) in totals {
-        if !k.starts_with("share_bytes/") {
-            summary.insert(k, v);
-        }
+    if worker.index() == 0 {
+        written.files_listed = files.len() as u64;
     }
+    // What was read, from the totals; what was written, summed now.
+    let written = all_reduce(worker, &written);
+    let summary = StageCounts {
+        files_listed: written.files_listed,
+        batches: totals
+            .batches
+            .iter()
+            .map(|(batch_id, read)| {
+                let parts = written.batches.get(batch_id).copied().unwrap_or_default();
+                (
+                    batch_id.clone(),
+                    BatchCounts {
+                        share_bytes: read.share_bytes,
+                        ..parts
+                    },
+                )
+            })
+            .collect(),
+        ..totals
+    };
     if worker.index() == 0 {
         write_markers(job, &summary)?;
     }
@@ -224,12 +233,12 @@ pub(super) fn finish<T: Sortable + Ord>(
 }
 
 /// `_SUMMARY.json` then `_SUCCESS`, in every marker directory.
-fn write_markers(job: &StageJob, summary: &Counters) -> Result<(), StorageError> {
+fn write_markers(job: &StageJob, summary: &StageCounts) -> Result<(), StorageError> {
     let json = serde_json::json!({
         "date": job.date,
         "input": job.input.url(),
         "output_format": job.output_format,
-        "counters": summary,
+        "counters": summary.summary(),
     });
     for marker in job.layout.markers() {
         marker.put(SUMMARY, serde_json::to_vec_pretty(&json).expect("JSON"))?;

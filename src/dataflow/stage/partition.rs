@@ -9,9 +9,10 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use timely::worker::Worker;
 
+use super::counts::StageCounts;
 use super::scan::{Order, ReadEntry, ReadPings};
 use super::{sorter, StageJob};
-use crate::dataflow::{bump, on_disk, Counters, Error, Exchange};
+use crate::dataflow::{on_disk, Error, Exchange};
 use crate::storage::location::StorageError;
 use crate::storage::spill::{SortedRecords, Spilled, SpilledRecords};
 use crate::storage::staged::{write_part, StagedLayout};
@@ -50,12 +51,12 @@ pub(super) struct PartSlots {
 
 impl PartSlots {
     /// Enough parts per batch id that each holds about `partition_size` share bytes.
-    fn new(totals: &Counters, partition_size: u64) -> Self {
-        let mut sizes: Vec<(&str, u64)> = totals
+    fn new(totals: &StageCounts, partition_size: u64) -> Self {
+        let sizes = totals
+            .batches
             .iter()
-            .filter_map(|(k, &bytes)| Some((k.strip_prefix("share_bytes/")?, bytes)))
-            .collect();
-        sizes.sort();
+            .filter(|(_, counts)| counts.share_bytes > 0)
+            .map(|(batch_id, counts)| (batch_id.as_str(), counts.share_bytes));
         let mut slots = PartSlots {
             parts: Vec::new(),
             batches: HashMap::new(),
@@ -122,12 +123,12 @@ pub(super) fn partition(
     worker: &mut Worker,
     job: &StageJob,
     (read, losers): (ReadPings, SortedRecords<Order>),
-    totals: &Counters,
-) -> Result<Counters, Error> {
+    totals: &StageCounts,
+) -> Result<StageCounts, Error> {
     let index = worker.index();
     let peers = worker.peers();
     let slots = PartSlots::new(totals, job.partition_size);
-    let mut counters = Counters::new();
+    let mut counters = StageCounts::default();
     let ReadPings {
         spill,
         index: entries,
@@ -194,7 +195,7 @@ pub(super) fn write_part_for_both(
     batch_id: &str,
     part: u32,
     mut rows: Vec<StagedReport>,
-    counters: &mut Counters,
+    counters: &mut StageCounts,
 ) -> Result<(), Error> {
     rows.sort_unstable_by_key(|r| r.report_id);
     let count = rows.len() as u64;
@@ -219,7 +220,8 @@ pub(super) fn write_part_for_both(
         })?;
         out.finish()?;
     }
-    bump(counters, format!("entries/{batch_id}"), count);
-    bump(counters, format!("parts/{batch_id}"), 1);
+    let batch = counters.batch(batch_id);
+    batch.entries += count;
+    batch.parts += 1;
     Ok(())
 }

@@ -6,8 +6,9 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 use timely::worker::Worker;
 
+use super::counts::StageCounts;
 use super::{finish, push_to, shared_sorter, InputFile, StageJob};
-use crate::dataflow::{bump, on_disk, route_hash, Counters, Error, Exchange};
+use crate::dataflow::{on_disk, route_hash, Error, Exchange, Merge};
 use crate::storage::input::{read_records, RawPing};
 use crate::storage::spill::{RecordSpill, ShareSpill, SortedRecords, Spilled};
 use crate::wire::ping::{decode_base64, parse_ping, PingRejection};
@@ -83,7 +84,7 @@ pub(super) fn scan(
     job: &StageJob,
     files: &[InputFile],
     readers: &[usize],
-    local: &mut Counters,
+    local: &mut StageCounts,
 ) -> Result<(ReadPings, SortedRecords<Order>), Error> {
     let index = worker.index();
     let mut read = ReadPings {
@@ -117,7 +118,7 @@ pub(super) fn scan(
         // whole (its spilled shares stay unused), never in part.
         let mut entries = Vec::new();
         let mut file_copies = Vec::new();
-        let mut counted = Counters::new();
+        let mut counted = StageCounts::default();
         let mut record_index = 0u32;
         let mut spill_error = None;
         let outcome = read_records(&url, file.format, &mut data, |record| {
@@ -143,17 +144,14 @@ pub(super) fn scan(
                 return Err(e.into());
             }
             tracing::warn!("skipping unreadable file: {e}");
-            bump(local, "files_unreadable", 1);
+            local.files_unreadable += 1;
             job.progress.file_done(file.size, 0);
             continue;
         }
-        bump(local, "files_read", 1);
-        bump(local, "bytes_read", file.size);
-        job.progress
-            .file_done(file.size, counted.get("pings_read").copied().unwrap_or(0));
-        for (key, n) in counted {
-            bump(local, key, n);
-        }
+        local.files_read += 1;
+        local.bytes_read += file.size;
+        job.progress.file_done(file.size, counted.pings_read);
+        local.absorb(counted);
         for entry in &entries {
             on_disk(read.index.append(entry))?;
         }
@@ -175,7 +173,7 @@ pub(super) fn return_losers(
     job: &StageJob,
     losers: impl Iterator<Item = std::io::Result<Order>>,
     readers: Vec<usize>,
-    local: &mut Counters,
+    local: &mut StageCounts,
 ) -> Result<SortedRecords<Order>, Error> {
     let mine = shared_sorter::<Order>(job)?;
     let mut returned = Exchange::new(
@@ -192,7 +190,7 @@ pub(super) fn return_losers(
             worker.step();
         }
     }
-    bump(local, "duplicates_dropped", count);
+    local.duplicates_dropped += count;
     returned.close_and_wait(worker);
     finish(&mine)
 }
@@ -205,7 +203,7 @@ pub(super) fn read_ping(
     record: Result<RawPing, PingRejection>,
     order: Order,
     entries: &mut Vec<ReadEntry>,
-    counters: &mut Counters,
+    counts: &mut StageCounts,
 ) -> std::io::Result<Option<String>> {
     let parsed = record.and_then(|raw| {
         if raw
@@ -220,13 +218,13 @@ pub(super) fn read_ping(
     let ping = match parsed {
         Ok(ping) => ping,
         Err(r) => {
-            bump(counters, format!("rejected/{}", r.reason()), 1);
+            counts.reject(r);
             return Ok(None);
         }
     };
-    bump(counters, "pings_read", 1);
+    counts.pings_read += 1;
     for bad in &ping.bad_entries {
-        bump(counters, format!("rejected/{}", bad.reason()), 1);
+        counts.reject(*bad);
     }
     let mut seen: HashMap<&str, u32> = HashMap::new();
     for e in &ping.entries {
@@ -234,14 +232,10 @@ pub(super) fn read_ping(
         let number = *k;
         *k += 1;
         let (Some(a), Some(b)) = (decode_base64(&e.share_a), decode_base64(&e.share_b)) else {
-            bump(counters, "rejected/bad_share_base64", 1);
+            counts.reject(PingRejection::BadShareBase64);
             continue;
         };
-        bump(
-            counters,
-            format!("share_bytes/{}", e.batch_id),
-            (a.len() + b.len()) as u64,
-        );
+        counts.batch(&e.batch_id).share_bytes += (a.len() + b.len()) as u64;
         let shares = read.spill.append(&a, &b)?;
         entries.push(ReadEntry {
             order,
