@@ -14,8 +14,9 @@ use anyhow::{bail, Context};
 use base64::Engine;
 use clap::Args;
 
-use super::generate::{generate_dump, DumpOptions, Expected, Pattern};
+use super::generate::encoding_bar;
 use super::{exit, parse_date, ConfigArg};
+use crate::simulate::{generate_dump, DumpOptions, Expected, Pattern};
 use crate::storage::location::Location;
 use crate::storage::server::ServerBuckets;
 use crate::wire::client::ServerPublicKeys;
@@ -140,7 +141,9 @@ pub fn run(args: IntegrateArgs) -> anyhow::Result<u8> {
         args.pings,
         local_dump.display()
     );
-    let expected = generate_dump(&config, &public, &options, &local_dump)?;
+    let bar = encoding_bar(args.pings);
+    let expected = generate_dump(&config, &public, &options, &local_dump, &|| bar.inc(1))?;
+    bar.finish_and_clear();
     let input = root.child("dump/sink");
     if args.storage.is_some() {
         copy_all(
