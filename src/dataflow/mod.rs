@@ -487,7 +487,70 @@ pub fn spread_by_size(sizes: &[u64], peers: usize) -> Vec<usize> {
 
 #[cfg(test)]
 mod tests {
-    use super::spread_by_size;
+    use super::*;
+
+    fn two_workers() -> Cluster {
+        Cluster {
+            workers: 2,
+            processes: 1,
+            process: 0,
+            hostfile: None,
+        }
+    }
+
+    /// Worker 1 fails while worker 0 waits for it in a broadcast, which never ends.
+    fn one_fails(worker: &mut Worker, _: &()) -> Result<u64, Error> {
+        if worker.index() == 1 {
+            return Err(Error::Remote("worker 1 failed".into()));
+        }
+        Ok(all_reduce(worker, &BTreeMap::from([("n".to_string(), 1u64)]))["n"])
+    }
+
+    fn one_panics(worker: &mut Worker, _: &()) -> Result<u64, Error> {
+        if worker.index() == 1 {
+            panic!("worker 1 panicked");
+        }
+        Ok(all_reduce(worker, &BTreeMap::from([("n".to_string(), 1u64)]))["n"])
+    }
+
+    fn all_count(worker: &mut Worker, _: &()) -> Result<u64, Error> {
+        Ok(all_reduce(worker, &BTreeMap::from([("n".to_string(), 1u64)]))["n"])
+    }
+
+    #[test]
+    fn a_failing_worker_ends_the_job_with_its_error_while_the_others_wait_for_it() {
+        let err = execute((), &two_workers(), one_fails).unwrap_err();
+        assert_eq!(err.to_string(), "worker 1 failed");
+        let err = execute((), &two_workers(), one_panics).unwrap_err();
+        assert!(
+            matches!(&err, Error::WorkerPanicked(m) if m.contains("worker 1 panicked")),
+            "{err}"
+        );
+        assert_eq!(execute((), &two_workers(), all_count).unwrap(), 2);
+    }
+
+    #[test]
+    fn cluster_flags_that_cannot_work_are_errors() {
+        let bad = Cluster {
+            workers: 0,
+            ..two_workers()
+        };
+        assert!(bad
+            .timely_config()
+            .unwrap_err()
+            .to_string()
+            .contains("--workers"));
+        let bad = Cluster {
+            processes: 2,
+            process: 2,
+            ..two_workers()
+        };
+        assert!(bad
+            .timely_config()
+            .unwrap_err()
+            .to_string()
+            .contains("--process"));
+    }
 
     #[test]
     fn items_spread_by_size_balance_the_load_whatever_their_order() {

@@ -58,14 +58,19 @@ impl std::fmt::Display for Role {
     }
 }
 
+/// A server id that is neither A nor B.
+#[derive(Debug, thiserror::Error)]
+#[error("server id must be A or B, got {0:?}")]
+pub struct BadRole(pub String);
+
 impl std::str::FromStr for Role {
-    type Err = String;
+    type Err = BadRole;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "a" | "A" => Ok(Role::A),
             "b" | "B" => Ok(Role::B),
-            other => Err(format!("server id must be A or B, got {other:?}")),
+            other => Err(BadRole(other.to_string())),
         }
     }
 }
