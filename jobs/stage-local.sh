@@ -7,5 +7,6 @@ set -euo pipefail
 : "${OUTPUT:=data/work/staged}"
 : "${WORKERS:=$(nproc)}"
 : "${STAGING_SECRET:?set STAGING_SECRET (base64, >= 16 bytes), e.g. from prio-processor shared-seed; keep it}"
-export STAGING_SECRET
+: "${DATA_CONFIG:=data/content.json}"     # the servers' batch config: other batch ids are dropped
+export STAGING_SECRET DATA_CONFIG
 exec prio-processor stage --date "$DATE" --input "$INPUT" --output "$OUTPUT" --workers "$WORKERS"

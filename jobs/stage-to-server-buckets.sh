@@ -15,7 +15,9 @@ set -euo pipefail
 : "${PROCESS:?set PROCESS, the line of this machine in the hostfile, from 0}"
 : "${WORKERS:=$(nproc)}"
 : "${STAGING_SECRET:?set STAGING_SECRET (base64, >= 16 bytes)}"
-export STAGING_SECRET
+# The servers' batch config (a file or inline JSON): entries of other batch ids are dropped.
+: "${DATA_CONFIG:?set DATA_CONFIG, the batch config both servers use}"
+export STAGING_SECRET DATA_CONFIG
 exec prio-processor stage --date "$DATE" --input "$INPUT" \
   --output-a "$BUCKET_A" --output-b "$BUCKET_B" \
   --workers "$WORKERS" --processes "$PROCESSES" --process "$PROCESS" --hostfile "$HOSTFILE"

@@ -7,6 +7,7 @@ use std::process::{Child, Command, Output};
 
 mod common;
 
+use prio_processor::storage::batch_dir::batch_dir;
 use prio_processor::storage::messages::{decode_message, encode_message};
 
 use prio_processor::storage::staged::{decode_staged, encode_part, StagedFormat};
@@ -62,6 +63,17 @@ fn ok(out: Output) -> Output {
 
 impl World {
     fn new(config: &str, pings: usize, extra: &[&str]) -> (World, serde_json::Value) {
+        World::with_unknown_id(config, pings, "bad-id", extra)
+    }
+
+    /// A world whose clients also send an entry per ping for `unknown`, a
+    /// batch id that is not in the config.
+    fn with_unknown_id(
+        config: &str,
+        pings: usize,
+        unknown: &str,
+        extra: &[&str],
+    ) -> (World, serde_json::Value) {
         let dir = tempfile::tempdir().unwrap();
         let keys =
             [generate_keypair(), generate_keypair()].map(|k| (k.to_hex(), k.public_key().to_hex()));
@@ -79,7 +91,7 @@ impl World {
                 "--pings",
                 &pings.to_string(),
                 "--unknown-batch-id",
-                "bad-id",
+                unknown,
             ])
             .args(["--duplicate-rate", "0.1", "--malformed-rate", "0.1"])
             .args(extra)
@@ -89,13 +101,15 @@ impl World {
             .env("PUBLIC_KEY_HEX_B", &world.keys[1].1)
             .output()
             .unwrap());
-        ok(bin()
+        let staged = ok(bin()
             .args([
                 "stage",
                 "--date",
                 DATE,
                 "--partition-size",
                 "20KB",
+                "--config",
+                config,
                 "--input",
             ])
             .arg(world.path("dump/sink"))
@@ -105,6 +119,10 @@ impl World {
             .arg(world.private(Role::B))
             .output()
             .unwrap());
+        assert!(
+            String::from_utf8_lossy(&staged.stdout).contains("unknown_batch_id"),
+            "stage counts the entries of batch ids not in the config"
+        );
         let expected =
             serde_json::from_slice(&std::fs::read(world.path("dump/expected.json")).unwrap())
                 .unwrap();
@@ -163,9 +181,10 @@ impl World {
     }
 
     fn published(&self, role: Role, batch: &str) -> Option<serde_json::Value> {
-        let path = self
-            .private(role)
-            .join(format!("{DATE}/processed/batch_id={batch}/aggregate.json"));
+        let path = self.private(role).join(format!(
+            "{DATE}/processed/{}/aggregate.json",
+            batch_dir(batch)
+        ));
         std::fs::read(path)
             .ok()
             .map(|b| serde_json::from_slice(&b).unwrap())
@@ -174,7 +193,7 @@ impl World {
     fn staged_parts(&self, role: Role, batch: &str) -> Vec<PathBuf> {
         let dir = self
             .private(role)
-            .join(format!("{DATE}/raw/batch_id={batch}"));
+            .join(format!("{DATE}/raw/{}", batch_dir(batch)));
         let mut parts: Vec<_> = std::fs::read_dir(dir)
             .unwrap()
             .map(|e| e.unwrap().path())
@@ -276,10 +295,66 @@ fn every_vdaf_publishes_the_known_answer_and_bad_reports_are_excluded() {
         world.published(Role::A, "bad-id").is_none(),
         "unknown batch ids are never published"
     );
-    assert!(
-        String::from_utf8_lossy(&a.stderr).contains("bad-id"),
-        "skipping an unknown batch id is reported"
-    );
+}
+
+/// Both servers publish `batch` with exactly the known answer and count.
+fn assert_known_answer(world: &World, expected: &serde_json::Value, batch: &str) {
+    let want = &expected["batches"][batch];
+    for role in Role::BOTH {
+        let published = world
+            .published(role, batch)
+            .unwrap_or_else(|| panic!("{batch:?} published by {role}"));
+        assert_eq!(published["batch_id"], batch);
+        assert_eq!(
+            published["aggregate"], want["aggregate"],
+            "{batch:?} at {role}"
+        );
+        assert_eq!(
+            published["reports_aggregated"], want["reports"],
+            "{batch:?} at {role}"
+        );
+        assert_eq!(
+            published["reports_total"], want["reports"],
+            "{batch:?} at {role}: no extra reports"
+        );
+    }
+}
+
+#[test]
+fn a_client_cannot_replace_extend_or_break_a_batch_with_a_lookalike_batch_id() {
+    // Entries for "x/" used to land in x's directory and replace its first
+    // part; "x/evil" added parts to x; a 300-byte id failed the whole run.
+    let long = "z".repeat(300);
+    for lookalike in ["x/", "x/evil", "x/../x", long.as_str()] {
+        let (world, expected) = World::with_unknown_id(r#"{"x": 16}"#, 12, lookalike, &[]);
+        let [a, b] = world.run_both("process", &[], &[]);
+        ok(a);
+        ok(b);
+        assert_known_answer(&world, &expected, "x");
+        let raw = world.private(Role::A).join(format!("{DATE}/raw"));
+        let dirs: Vec<String> = std::fs::read_dir(&raw)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.starts_with('_'))
+            .collect();
+        assert_eq!(
+            dirs,
+            ["batch_id=x"],
+            "{lookalike:?} staged nothing of its own"
+        );
+    }
+}
+
+#[test]
+fn batch_ids_of_any_characters_are_staged_processed_and_published_under_their_own_name() {
+    let config = r#"{"a%*?#[]~é b": 16, "x": 8, "x+2F": {"vdaf": "count"}}"#;
+    let (world, expected) = World::new(config, 12, &[]);
+    let [a, b] = world.run_both("process", &[], &[]);
+    ok(a);
+    ok(b);
+    for batch in ["a%*?#[]~é b", "x", "x+2F"] {
+        assert_known_answer(&world, &expected, batch);
+    }
 }
 
 #[test]

@@ -170,7 +170,10 @@ pub fn run(args: IntegrateArgs) -> anyhow::Result<u8> {
             "--output-b",
             buckets[1].private().url(),
         ],
-        &[("STAGING_SECRET", secret_from_env("STAGING_SECRET"))],
+        &[
+            ("STAGING_SECRET", secret_from_env("STAGING_SECRET")),
+            ("DATA_CONFIG", args.config.clone()),
+        ],
     )?;
     let staged = stage.wait_with_output()?;
     if !staged.status.success() {

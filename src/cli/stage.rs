@@ -8,7 +8,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::{exit, one_of, parse_date, ClusterArgs};
+use super::{exit, one_of, parse_date, ClusterArgs, ConfigArg};
 use crate::dataflow::stage::{run as run_stage, ReadProgress, StageCounts, StageJob};
 use crate::storage::input::InputFormat;
 use crate::storage::location::Location;
@@ -19,6 +19,7 @@ use crate::wire::report_id::MIN_SECRET_LEN;
 #[derive(Args, Debug)]
 #[command(after_help = "Examples:\n  \
     # one output for both servers: OUT/submission_date=D/server_id={a,b}/batch_id=X/part-NNNNN.parquet\n  \
+    export DATA_CONFIG=data/content.json STAGING_SECRET=...\n  \
     prio-processor stage --date 2019-06-26 --input gs://ingest/prio/ --output gs://staging/prio/\n\n  \
     # straight into each server's private bucket, in the raw/ layout `process` reads\n  \
     prio-processor stage --date 2019-06-26 --input /data/dump/sink \\\n    \
@@ -27,11 +28,16 @@ use crate::wire::report_id::MIN_SECRET_LEN;
     prio-processor stage ... --processes 2 --process 0\n  \
     prio-processor stage ... --processes 2 --process 1\n\n\
     STAGING_SECRET (base64, at least 16 bytes) keys the report ids: keep it, and keep it\n\
-    secret; a rerun with the same secret and input writes identical output.")]
+    secret; a rerun with the same secret and input writes identical output. DATA_CONFIG is\n\
+    the servers' batch config: entries of other batch ids are counted as unknown_batch_id and\n\
+    dropped. Batch ids become object names by escaping (batch_id=X, see docs/FORMAT.md).")]
 pub struct StageArgs {
     /// Submission date to stage (YYYY-MM-DD).
     #[arg(long, value_parser = parse_date)]
     pub date: chrono::NaiveDate,
+    /// Only entries of the configured batch ids are staged (the servers' config).
+    #[command(flatten)]
+    pub config: ConfigArg,
     /// The dump: a URL or local path holding the sink layout DATE/HOUR/.../*.ndjson[.gz]
     /// or Parquet/Avro exports of the decoded-payload table.
     #[arg(long, value_name = "URL")]
@@ -128,6 +134,7 @@ pub fn run(args: StageArgs) -> anyhow::Result<u8> {
             .expect("template"),
         );
     let job = StageJob {
+        config: args.config.load()?,
         date: date.clone(),
         input,
         input_format: args.input_format,

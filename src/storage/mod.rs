@@ -3,6 +3,7 @@
 //! Parquet, Avro), staged parts, exchanged messages, published results and
 //! local spill files. Each file format is encoded and decoded in one module.
 
+pub mod batch_dir;
 pub mod dump;
 pub mod input;
 pub mod location;

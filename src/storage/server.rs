@@ -9,6 +9,7 @@
 //! BUCKET_INTERNAL_PRIVATE/DATE/processed/batch_id=X/aggregate.{json,parquet} results
 //! ```
 //!
+//! `batch_id=X` is [`batch_dir`]'s encoding of the batch id, never the raw id.
 //! Per part, a step's message is `batch_id=X/part-NNNNN.parquet`; verify1's
 //! stored states for rows `S..E` are `...part-NNNNN.rows-S-E.parquet`;
 //! verify2's sum of accepted output shares is `...part-NNNNN.accepted-sum`.
@@ -21,6 +22,7 @@ use std::ops::Range;
 
 use bytes::Bytes;
 
+use super::batch_dir::{batch_dir, batch_id_of};
 use super::location::{Location, StorageError};
 use super::messages::{
     decode_message, encode_message, same_json, same_rows, AggregateMessage, MessageRow,
@@ -60,11 +62,6 @@ impl StagedPart {
     fn accepted_sum_name(&self) -> String {
         format!("{}.accepted-sum", self.stem())
     }
-}
-
-/// A batch's directory below a step or `processed/`.
-fn batch_dir(batch_id: &str) -> String {
-    format!("batch_id={batch_id}")
 }
 
 fn aggregate_name(batch_id: &str) -> String {
@@ -159,10 +156,10 @@ impl ServerBuckets {
             .into_iter()
             .filter_map(|(name, _)| {
                 let (dir, file) = name.split_once('/')?;
-                let batch_id = dir.strip_prefix("batch_id=")?;
+                let batch_id = batch_id_of(dir)?;
                 let format = StagedFormat::of_extension(file.rsplit('.').next()?)?;
                 Some(StagedPart {
-                    batch_id: batch_id.to_string(),
+                    batch_id,
                     name,
                     format,
                 })

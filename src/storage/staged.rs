@@ -11,6 +11,7 @@ use parquet::data_type::{ByteArray, ByteArrayType};
 use parquet::file::writer::SerializedFileWriter;
 use std::io::Write;
 
+use super::batch_dir::batch_dir;
 use super::location::{Location, StorageError};
 use super::tables::{binaries, malformed, random_columns, record_batches, strings};
 use crate::wire::ping::encode_base64;
@@ -242,7 +243,11 @@ impl StagedLayout {
     }
 
     pub fn part_name(batch_id: &str, part: u32, format: StagedFormat) -> String {
-        format!("batch_id={batch_id}/part-{part:05}.{}", format.extension())
+        format!(
+            "{}/part-{part:05}.{}",
+            batch_dir(batch_id),
+            format.extension()
+        )
     }
 
     pub fn server(&self, role: Role) -> &Location {

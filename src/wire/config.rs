@@ -10,6 +10,10 @@ use serde_json::{Map, Value};
 
 use super::vdaf::{Vdaf, VdafSpec};
 
+/// The longest batch id, in bytes: escaped for object names (up to three
+/// bytes each), its directory still fits the 255 bytes of a file name.
+pub const MAX_BATCH_ID_LEN: usize = 80;
+
 /// Published nothing below this many reports unless a spec says otherwise.
 pub const DEFAULT_MIN_BATCH_SIZE: u64 = 1;
 
@@ -63,10 +67,10 @@ impl BatchConfig {
         }
         let mut batches = BTreeMap::new();
         for (batch_id, spec) in map {
-            if batch_id.is_empty() {
+            if batch_id.is_empty() || batch_id.len() > MAX_BATCH_ID_LEN {
                 return Err(ConfigError::Batch {
                     batch_id,
-                    message: "batch id must not be empty".into(),
+                    message: format!("a batch id has 1 to {MAX_BATCH_ID_LEN} bytes"),
                 });
             }
             let parsed = parse_batch(&batch_id, &spec)?;
@@ -364,6 +368,14 @@ mod tests {
         assert!(e.contains("\"p\"") && e.contains("positive"), "{e}");
         let e = error_of(r#"{"p": "ten"}"#);
         assert!(e.contains("\"p\""), "{e}");
+        let long = format!(r#"{{"{}": 8}}"#, "x".repeat(MAX_BATCH_ID_LEN + 1));
+        assert!(
+            error_of(&long).contains("1 to 80 bytes"),
+            "{}",
+            error_of(&long)
+        );
+        let fits = format!(r#"{{"{}": 8}}"#, "é".repeat(MAX_BATCH_ID_LEN / 2));
+        assert!(BatchConfig::from_json(&fits).is_ok());
         assert!(error_of("[1]").contains("object"));
         assert!(error_of("{}").contains("no batch ids"));
         assert!(error_of("{").contains("not valid JSON"));

@@ -58,6 +58,8 @@ pub enum PingRejection {
     DateOutside,
     #[error("a prioData entry's share is not valid base64")]
     BadShareBase64,
+    #[error("a prioData entry's batch id is not in the batch config")]
+    UnknownBatchId,
 }
 
 impl PingRejection {
@@ -73,6 +75,7 @@ impl PingRejection {
             PingRejection::BadShareMap => "bad_share_map",
             PingRejection::DateOutside => "date_outside",
             PingRejection::BadShareBase64 => "bad_share_base64",
+            PingRejection::UnknownBatchId => "unknown_batch_id",
         }
     }
 }

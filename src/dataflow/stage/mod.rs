@@ -41,6 +41,7 @@ use crate::storage::input::InputFormat;
 use crate::storage::location::{Location, StorageError};
 use crate::storage::spill::{DiskSorter, Sortable, SortedRecords};
 use crate::storage::staged::{StagedFormat, StagedLayout, SUCCESS, SUMMARY};
+use crate::wire::config::BatchConfig;
 use partition::partition;
 use scan::scan;
 
@@ -48,6 +49,8 @@ pub use counts::{BatchCounts, StageCounts};
 
 /// Everything a staging run needs; shared read-only by all workers.
 pub struct StageJob {
+    /// Only entries of these batch ids are staged; others are counted.
+    pub config: BatchConfig,
     pub date: String,
     pub input: Location,
     /// Only files of this format; `None` takes every known extension.

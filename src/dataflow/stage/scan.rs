@@ -231,6 +231,11 @@ pub(super) fn read_ping(
         let k = seen.entry(&e.batch_id).or_default();
         let number = *k;
         *k += 1;
+        // A client cannot create batches, files or parts at will.
+        if job.config.get(&e.batch_id).is_none() {
+            counts.reject(PingRejection::UnknownBatchId);
+            continue;
+        }
         let (Some(a), Some(b)) = (decode_base64(&e.share_a), decode_base64(&e.share_b)) else {
             counts.reject(PingRejection::BadShareBase64);
             continue;
