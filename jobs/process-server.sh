@@ -15,6 +15,8 @@ set -euo pipefail
 : "${DATE:?set DATE=YYYY-MM-DD}"
 : "${SERVER_ID:?set SERVER_ID=A or B}"
 : "${PRIVATE_KEY_HEX:?set PRIVATE_KEY_HEX, the private key of this server (prio-processor keygen)}"
+: "${PRIVATE_SIGNING_KEY_HEX:?set PRIVATE_SIGNING_KEY_HEX, the signing_private_key of this server (prio-processor keygen)}"
+: "${PUBLIC_SIGNING_KEY_HEX_EXTERNAL:?set PUBLIC_SIGNING_KEY_HEX_EXTERNAL, the signing_public_key of the peer}"
 : "${SHARED_SECRET:?set SHARED_SECRET, the verify key both servers share (prio-processor shared-seed)}"
 : "${DATA_CONFIG:?set DATA_CONFIG, the batch config (a JSON file or inline JSON)}"
 : "${BUCKET_INTERNAL_PRIVATE:?set BUCKET_INTERNAL_PRIVATE, the private bucket URL of this server}"
@@ -25,7 +27,7 @@ set -euo pipefail
 : "${PROCESS:?set PROCESS, the line of this machine in the hostfile, from 0}"
 : "${WORKERS:=$(nproc)}"
 # Polling for the peer: RETRY_LIMIT (default 8), RETRY_DELAY (2 s), RETRY_BACKOFF_EXPONENT (2).
-export SERVER_ID PRIVATE_KEY_HEX SHARED_SECRET DATA_CONFIG
+export SERVER_ID PRIVATE_KEY_HEX PRIVATE_SIGNING_KEY_HEX PUBLIC_SIGNING_KEY_HEX_EXTERNAL SHARED_SECRET DATA_CONFIG
 export BUCKET_INTERNAL_PRIVATE BUCKET_INTERNAL_SHARED BUCKET_EXTERNAL_SHARED
 cluster=(--workers "$WORKERS")
 if [ "$PROCESSES" -gt 1 ]; then

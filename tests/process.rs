@@ -10,8 +10,12 @@ mod common;
 use prio_processor::storage::batch_dir::batch_dir;
 use prio_processor::storage::messages::{decode_message, encode_message};
 
+use base64::Engine;
 use prio_processor::storage::staged::{decode_staged, encode_part, StagedFormat};
 use prio_processor::wire::envelope::generate_keypair;
+use prio_processor::wire::signing::{SignedContext, SigningPrivateKey};
+
+const BASE64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 use prio_processor::wire::{Rejection, Role};
 
 const DATE: &str = "2019-06-26";
@@ -28,7 +32,10 @@ const ALL_VDAFS: &str = r#"{
 /// Two servers' keys and buckets under one temp dir.
 struct World {
     dir: tempfile::TempDir,
+    /// Per server: (private, public) X25519 keys.
     keys: [(String, String); 2],
+    /// Per server: its Ed25519 signing key.
+    signing: [SigningPrivateKey; 2],
     shared_secret: String,
     config: String,
 }
@@ -42,6 +49,8 @@ fn bin() -> Command {
     for var in [
         "SERVER_ID",
         "PRIVATE_KEY_HEX",
+        "PRIVATE_SIGNING_KEY_HEX",
+        "PUBLIC_SIGNING_KEY_HEX_EXTERNAL",
         "SHARED_SECRET",
         "DATA_CONFIG",
         "BUCKET_INTERNAL_PRIVATE",
@@ -81,6 +90,7 @@ impl World {
             dir,
             shared_secret: "BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=".into(),
             keys,
+            signing: [SigningPrivateKey::generate(), SigningPrivateKey::generate()],
             config: config.into(),
         };
         ok(bin()
@@ -149,6 +159,15 @@ impl World {
             .args(extra)
             .env("SERVER_ID", role.as_str())
             .env("PRIVATE_KEY_HEX", &self.keys[i].0)
+            .env("PRIVATE_SIGNING_KEY_HEX", self.signing[i].to_hex())
+            .env(
+                "PUBLIC_SIGNING_KEY_HEX_INTERNAL",
+                self.signing[i].public_key().to_hex(),
+            )
+            .env(
+                "PUBLIC_SIGNING_KEY_HEX_EXTERNAL",
+                self.signing[1 - i].public_key().to_hex(),
+            )
             .env("PUBLIC_KEY_HEX_INTERNAL", &self.keys[i].1)
             .env("PUBLIC_KEY_HEX_EXTERNAL", &self.keys[1 - i].1)
             .env("SHARED_SECRET", &self.shared_secret)
@@ -200,6 +219,22 @@ impl World {
             .collect();
         parts.sort();
         parts
+    }
+
+    /// Writes `content` as the object `STEP/NAME` in `role`'s inbox, signed
+    /// by the peer: what a peer that holds its key but disagrees would send.
+    fn peer_writes(&self, role: Role, object: &str, content: &[u8]) {
+        let path = self
+            .inbox(role)
+            .join(format!("{DATE}/intermediate/external/{object}"));
+        std::fs::write(&path, content).unwrap();
+        let context = SignedContext {
+            date: DATE.into(),
+            object: object.into(),
+            sender: role.peer(),
+        };
+        let statement = self.signing[role.peer().agg_id()].sign(&context, content);
+        std::fs::write(format!("{}.sig", path.display()), statement).unwrap();
     }
 
     /// Rewrites one staged part through `edit` on its (id, payload) rows.
@@ -367,13 +402,14 @@ fn below_threshold_is_withheld_and_mismatched_report_sets_are_refused() {
         ok(b);
     }
     // Server a receives an aggregate from b that claims other reports.
-    let inbox_a = world.inbox(Role::A).join(format!(
-        "{DATE}/intermediate/external/aggregate/batch_id=big/aggregate.json"
-    ));
+    let object = "aggregate/batch_id=big/aggregate.json";
+    let inbox_a = world
+        .inbox(Role::A)
+        .join(format!("{DATE}/intermediate/external/{object}"));
     let mut message: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&inbox_a).unwrap()).unwrap();
     message["digest"] = serde_json::json!("00".repeat(32));
-    std::fs::write(&inbox_a, serde_json::to_vec(&message).unwrap()).unwrap();
+    world.peer_writes(Role::A, object, &serde_json::to_vec(&message).unwrap());
     let [a, b] = world.run_both("publish", &[], &[]);
     assert_eq!(a.status.code(), Some(1), "a refuses");
     let stderr = String::from_utf8_lossy(&a.stderr);
@@ -551,10 +587,11 @@ fn a_report_the_peer_rejects_after_this_server_accepted_it_is_left_out_of_the_su
     let flipped = rows.iter().position(|r| r.status.is_ok()).unwrap();
     let id = rows[flipped].id.clone();
     rows[flipped].status = Err(Rejection::InvalidProof);
-    std::fs::write(verdicts(Role::A), encode_message(&rows)).unwrap();
+    let object = "verify2/batch_id=x/part-00000.parquet";
+    world.peer_writes(Role::A, object, &encode_message(&rows));
     let mut rows = read(&verdicts(Role::B));
     rows.iter_mut().find(|r| r.id == id).unwrap().status = Err(Rejection::InvalidProof);
-    std::fs::write(verdicts(Role::B), encode_message(&rows)).unwrap();
+    world.peer_writes(Role::B, object, &encode_message(&rows));
 
     let [a, b] = world.run_both("aggregate", &[], &[]);
     let a = ok(a);
@@ -663,4 +700,116 @@ fn states_stored_for_one_slicing_are_used_or_recomputed_under_another() {
         .output()
         .unwrap());
     check(Role::A);
+}
+
+/// Runs `step` on server a alone; a refusal names the object and the mismatch.
+fn refused(world: &World, step: &str, want: &str) {
+    let out = world.server(Role::A, step, &[]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{step} refuses: {stderr}");
+    assert!(
+        stderr.contains("refused") && stderr.contains(want),
+        "{step}: {want:?} in {stderr}"
+    );
+}
+
+#[test]
+fn forged_stale_resigned_or_truncated_aggregates_in_the_inbox_are_refused_and_nothing_is_published()
+{
+    let (world, _) = World::new(r#"{"x": 16}"#, 12, &[]);
+    for step in ["verify1", "verify2", "aggregate"] {
+        let [a, b] = world.run_both(step, &[], &[]);
+        ok(a);
+        ok(b);
+    }
+    let name = "batch_id=x/aggregate.json";
+    let message = world
+        .inbox(Role::A)
+        .join(format!("{DATE}/intermediate/external/aggregate/{name}"));
+    let sig = message.with_file_name("aggregate.json.sig");
+    let (content, statement) = (
+        std::fs::read(&message).unwrap(),
+        std::fs::read(&sig).unwrap(),
+    );
+    let context = |date: &str| SignedContext {
+        date: date.into(),
+        object: format!("aggregate/{name}"),
+        sender: Role::B,
+    };
+    let mut forged: serde_json::Value = serde_json::from_slice(&content).unwrap();
+    forged["share"] = serde_json::json!(BASE64.encode(vec![0u8; 80]));
+    let forged = serde_json::to_vec_pretty(&forged).unwrap();
+    let stranger = SigningPrivateKey::generate();
+    let cases: [(&str, Vec<u8>, Vec<u8>, &str); 5] = [
+        (
+            "a changed share",
+            forged.clone(),
+            statement.clone(),
+            "does not match its signature",
+        ),
+        (
+            "a truncated message",
+            content[..content.len() / 2].to_vec(),
+            statement.clone(),
+            "does not match its signature",
+        ),
+        (
+            "another key's signature",
+            forged.clone(),
+            stranger.sign(&context(DATE), &forged),
+            "bound to signing key",
+        ),
+        (
+            "the peer's message of another date",
+            content.clone(),
+            world.signing[1].sign(&context("2019-06-25"), &content),
+            "bound to date \"2019-06-25\"",
+        ),
+        ("no signature", content.clone(), Vec::new(), "not signed"),
+    ];
+    for (what, content, statement, want) in cases {
+        std::fs::write(&message, &content).unwrap();
+        if statement.is_empty() {
+            std::fs::remove_file(&sig).unwrap();
+        } else {
+            std::fs::write(&sig, &statement).unwrap();
+        }
+        refused(&world, "publish", want);
+        assert!(
+            world.published(Role::A, "x").is_none(),
+            "{what}: nothing published"
+        );
+        assert!(
+            !world
+                .private(Role::A)
+                .join(format!("{DATE}/processed/_SUCCESS"))
+                .exists(),
+            "{what}: no complete results"
+        );
+    }
+}
+
+#[test]
+fn a_tampered_verify1_message_is_refused_before_any_verdict() {
+    let (world, _) = World::new(r#"{"x": 16}"#, 12, &[]);
+    let [a, b] = world.run_both("verify1", &[], &[]);
+    ok(a);
+    ok(b);
+    // Everything but one report marked rejected by the peer: one client's value alone.
+    let part = world.inbox(Role::A).join(format!(
+        "{DATE}/intermediate/external/verify1/batch_id=x/part-00000.parquet"
+    ));
+    let mut rows = decode_message("m", std::fs::read(&part).unwrap().into()).unwrap();
+    for row in rows.iter_mut().skip(1) {
+        row.status = Err(Rejection::InvalidProof);
+    }
+    std::fs::write(&part, encode_message(&rows)).unwrap();
+    refused(&world, "verify2", "does not match its signature");
+    assert!(
+        !world
+            .inbox(Role::B)
+            .join(format!("{DATE}/intermediate/external/verify2/_SUCCESS"))
+            .exists(),
+        "no verdicts sent"
+    );
 }

@@ -20,7 +20,8 @@ use crate::simulate::{generate_dump, DumpOptions, Expected, Pattern};
 use crate::storage::location::Location;
 use crate::storage::server::ServerBuckets;
 use crate::wire::client::ServerPublicKeys;
-use crate::wire::envelope::{generate_keypair, PrivateKey};
+use crate::wire::envelope::{generate_keypair, KeyError, PrivateKey};
+use crate::wire::signing::SigningPrivateKey;
 use crate::wire::Role;
 
 /// Run the whole system locally and check the result against the known answer.
@@ -31,7 +32,7 @@ use crate::wire::Role;
     AWS_ENDPOINT_URL=http://127.0.0.1:9000 AWS_ALLOW_HTTP=true prio-processor integrate \\\n    \
     --storage s3://test-bucket/integrate\n\n\
     Keys and secrets are fresh for each run unless PRIVATE_KEY_HEX_A, PRIVATE_KEY_HEX_B,\n\
-    SHARED_SECRET or STAGING_SECRET are set.\n\n\
+    PRIVATE_SIGNING_KEY_HEX_A, PRIVATE_SIGNING_KEY_HEX_B, SHARED_SECRET or STAGING_SECRET are set.\n\n\
     Exit code 0 when every batch's published aggregate matches the expected totals, 3 when one\n\
     does not, 1 when a step fails.")]
 pub struct IntegrateArgs {
@@ -67,14 +68,17 @@ fn secret_from_env(var: &str) -> String {
     })
 }
 
-/// A server's key from `PRIVATE_KEY_HEX_<A|B>`, or a fresh one.
-fn key_from_env(role: Role) -> anyhow::Result<PrivateKey> {
-    let var = format!("PRIVATE_KEY_HEX_{}", role.as_str().to_uppercase());
+/// A server's key from `<VAR>_<A|B>` (hex), or a fresh one.
+fn key_from_env<K>(
+    var: &str,
+    role: Role,
+    parse: fn(&str) -> Result<K, KeyError>,
+    fresh: fn() -> K,
+) -> anyhow::Result<K> {
+    let var = format!("{var}_{}", role.as_str().to_uppercase());
     match std::env::var(&var) {
-        Ok(hex) => {
-            PrivateKey::from_hex(&hex).with_context(|| format!("{var} is not a private key"))
-        }
-        Err(_) => Ok(generate_keypair()),
+        Ok(hex) => parse(&hex).with_context(|| format!("{var} is not a private key")),
+        Err(_) => Ok(fresh()),
     }
 }
 
@@ -92,6 +96,9 @@ fn run_self(
     for var in [
         "SERVER_ID",
         "PRIVATE_KEY_HEX",
+        "PRIVATE_SIGNING_KEY_HEX",
+        "PUBLIC_SIGNING_KEY_HEX_INTERNAL",
+        "PUBLIC_KEY_HEX_INTERNAL",
         "BUCKET_INTERNAL_PRIVATE",
         "BUCKET_INTERNAL_SHARED",
         "BUCKET_EXTERNAL_SHARED",
@@ -120,7 +127,26 @@ pub fn run(args: IntegrateArgs) -> anyhow::Result<u8> {
             .with_context(|| format!("clearing {}", local_dump.display()))?;
     }
     let date = args.date.format("%Y-%m-%d").to_string();
-    let keys = [key_from_env(Role::A)?, key_from_env(Role::B)?];
+    let keys = Role::BOTH.map(|role| {
+        key_from_env(
+            "PRIVATE_KEY_HEX",
+            role,
+            PrivateKey::from_hex,
+            generate_keypair,
+        )
+    });
+    let [key_a, key_b] = keys;
+    let keys = [key_a?, key_b?];
+    let signing = Role::BOTH.map(|role| {
+        key_from_env(
+            "PRIVATE_SIGNING_KEY_HEX",
+            role,
+            SigningPrivateKey::from_hex,
+            SigningPrivateKey::generate,
+        )
+    });
+    let [signing_a, signing_b] = signing;
+    let signing = [signing_a?, signing_b?];
     let public = ServerPublicKeys {
         a: keys[0].public_key(),
         b: keys[1].public_key(),
@@ -193,6 +219,11 @@ pub fn run(args: IntegrateArgs) -> anyhow::Result<u8> {
                 &[
                     ("SERVER_ID", role.as_str().to_string()),
                     ("PRIVATE_KEY_HEX", keys[i].to_hex()),
+                    ("PRIVATE_SIGNING_KEY_HEX", signing[i].to_hex()),
+                    (
+                        "PUBLIC_SIGNING_KEY_HEX_EXTERNAL",
+                        signing[1 - i].public_key().to_hex(),
+                    ),
                     ("SHARED_SECRET", shared_secret.clone()),
                     ("DATA_CONFIG", args.config.clone()),
                     ("BUCKET_INTERNAL_PRIVATE", url(buckets[i].private())),

@@ -7,13 +7,18 @@ use clap::Args;
 use super::exit;
 use crate::wire::client::ServerPublicKeys;
 use crate::wire::envelope::{generate_keypair, PublicKey};
+use crate::wire::signing::SigningPrivateKey;
 use crate::wire::vdaf::{VerifyKey, VERIFY_KEY_LEN};
 
-/// Print a fresh X25519 key pair for one server as JSON.
+/// Print fresh keys for one server as JSON: an X25519 pair for the shares clients
+/// seal to it, and an Ed25519 pair that signs what it sends its peer.
 #[derive(Args, Debug)]
 #[command(after_help = "Example:\n  prio-processor keygen > server-a.json\n  \
-    export PRIVATE_KEY_HEX=$(jq -r .private_key server-a.json)\n\n\
-    The private key is printed only here, on stdout; keep it secret.")]
+    export PRIVATE_KEY_HEX=$(jq -r .private_key server-a.json)\n  \
+    export PRIVATE_SIGNING_KEY_HEX=$(jq -r .signing_private_key server-a.json)\n  \
+    # clients get public_key; the peer server gets signing_public_key\n  \
+    #   (as PUBLIC_SIGNING_KEY_HEX_EXTERNAL)\n\n\
+    The private keys are printed only here, on stdout; keep them secret.")]
 pub struct KeygenArgs {}
 
 /// Print a fresh base64 VDAF verify key, shared by the two servers as SHARED_SECRET.
@@ -23,9 +28,15 @@ pub struct SharedSeedArgs {}
 
 pub fn keygen(_: KeygenArgs) -> anyhow::Result<u8> {
     let key = generate_keypair();
+    let signing = SigningPrivateKey::generate();
     println!(
         "{}",
-        serde_json::json!({"private_key": key.to_hex(), "public_key": key.public_key().to_hex()})
+        serde_json::json!({
+            "private_key": key.to_hex(),
+            "public_key": key.public_key().to_hex(),
+            "signing_private_key": signing.to_hex(),
+            "signing_public_key": signing.public_key().to_hex(),
+        })
     );
     Ok(exit::OK)
 }

@@ -10,10 +10,11 @@ use super::keys::parse_shared_secret;
 use super::{exit, parse_date, ClusterArgs, ConfigArg};
 use crate::dataflow::process::{run, Retry, ServerJob};
 use crate::storage::location::Location;
-use crate::storage::server::ServerBuckets;
+use crate::storage::server::{ServerBuckets, Signatures};
 use crate::wire::envelope::{PrivateKey, PublicKey};
 use crate::wire::protocol::{BatchOutcome, BatchStatus, Step};
 use crate::wire::server::ServerSecrets;
+use crate::wire::signing::{SigningPrivateKey, SigningPublicKey};
 use crate::wire::Role;
 
 /// One server's configuration; every flag can also come from the environment (names from the seed).
@@ -21,12 +22,15 @@ use crate::wire::Role;
 #[command(
     after_help = "Example (server A; server B swaps the buckets and keys):\n  \
     export SERVER_ID=A PRIVATE_KEY_HEX=... SHARED_SECRET=... DATA_CONFIG=data/content.json\n  \
+    export PRIVATE_SIGNING_KEY_HEX=... PUBLIC_SIGNING_KEY_HEX_EXTERNAL=...   # B's signing_public_key\n  \
     export BUCKET_INTERNAL_PRIVATE=s3://a-private BUCKET_INTERNAL_SHARED=s3://a-inbox \\\n         \
     BUCKET_EXTERNAL_SHARED=gs://b-inbox\n  \
     prio-processor process --date 2019-06-26 --workers 4\n\n\
     Layout under BUCKET/DATE/: raw/ (from stage), intermediate/{internal,external}/STEP/,\n\
     processed/batch_id=X/aggregate.{json,parquet}. Exit codes: 0 published (or withheld below\n\
-    min_batch_size), 1 failure or a batch refused because the servers disagree."
+    min_batch_size), 1 failure or a batch refused because the servers disagree. Everything\n\
+    sent to the peer is signed (NAME.sig beside NAME); anything in the inbox that the peer did\n\
+    not sign for this date, step and object stops the run."
 )]
 pub struct ServerArgs {
     /// Which server this is: A or B.
@@ -41,6 +45,15 @@ pub struct ServerArgs {
     /// The peer's public key; when given, checked for form only (clients seal to it).
     #[arg(long, env = "PUBLIC_KEY_HEX_EXTERNAL")]
     pub public_key_hex_external: Option<String>,
+    /// This server's Ed25519 signing key (hex), from `keygen`: it signs what the peer reads.
+    #[arg(long, env = "PRIVATE_SIGNING_KEY_HEX", hide_env_values = true)]
+    pub private_signing_key_hex: String,
+    /// This server's signing public key; when given, checked against the private one.
+    #[arg(long, env = "PUBLIC_SIGNING_KEY_HEX_INTERNAL")]
+    pub public_signing_key_hex_internal: Option<String>,
+    /// The peer's signing public key: nothing in the inbox is read unless it signed it.
+    #[arg(long, env = "PUBLIC_SIGNING_KEY_HEX_EXTERNAL")]
+    pub public_signing_key_hex_external: String,
     /// VDAF verify key shared by both servers (base64 of 32 bytes), from `shared-seed`.
     #[arg(long, env = "SHARED_SECRET", hide_env_values = true)]
     pub shared_secret: String,
@@ -84,6 +97,22 @@ pub fn run_steps(args: ServerArgs, steps: &[Step]) -> anyhow::Result<u8> {
     if let Some(peer) = &args.public_key_hex_external {
         PublicKey::from_hex(peer).context("PUBLIC_KEY_HEX_EXTERNAL")?;
     }
+    let signing_key = SigningPrivateKey::from_hex(&args.private_signing_key_hex)
+        .context("PRIVATE_SIGNING_KEY_HEX")?;
+    if let Some(own) = &args.public_signing_key_hex_internal {
+        let own = SigningPublicKey::from_hex(own).context("PUBLIC_SIGNING_KEY_HEX_INTERNAL")?;
+        anyhow::ensure!(
+            own == signing_key.public_key(),
+            "PUBLIC_SIGNING_KEY_HEX_INTERNAL is not the public key of PRIVATE_SIGNING_KEY_HEX; check that both belong to server {}",
+            args.server_id
+        );
+    }
+    let peer_signing_key = SigningPublicKey::from_hex(&args.public_signing_key_hex_external)
+        .context("PUBLIC_SIGNING_KEY_HEX_EXTERNAL")?;
+    anyhow::ensure!(
+        peer_signing_key != signing_key.public_key(),
+        "PUBLIC_SIGNING_KEY_HEX_EXTERNAL is this server's own signing key; set it to the peer's"
+    );
     anyhow::ensure!(
         args.retry_delay >= 0.0 && args.retry_backoff_exponent >= 1.0,
         "RETRY_DELAY must be >= 0 and RETRY_BACKOFF_EXPONENT >= 1"
@@ -100,7 +129,12 @@ pub fn run_steps(args: ServerArgs, steps: &[Step]) -> anyhow::Result<u8> {
             Location::parse(&args.bucket_internal_private).context("BUCKET_INTERNAL_PRIVATE")?,
             Location::parse(&args.bucket_internal_shared).context("BUCKET_INTERNAL_SHARED")?,
             Location::parse(&args.bucket_external_shared).context("BUCKET_EXTERNAL_SHARED")?,
-        ),
+        )
+        .signed(Signatures {
+            role: args.server_id,
+            own: signing_key,
+            peer: peer_signing_key,
+        }),
         retry: Retry {
             limit: args.retry_limit,
             delay: Duration::from_secs_f64(args.retry_delay),

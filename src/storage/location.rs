@@ -35,6 +35,14 @@ pub enum StorageError {
     Read { url: String, source: std::io::Error },
     #[error("{url}: malformed: {message}")]
     Malformed { url: String, message: String },
+    #[error(
+        "{url}: refused: {reason}. Only what the peer signed for this date, step and object is \
+         read; check PUBLIC_SIGNING_KEY_HEX_EXTERNAL, and that nothing else writes to this inbox"
+    )]
+    Refused {
+        url: String,
+        reason: crate::wire::signing::Mismatch,
+    },
     #[error("{url}: {source}")]
     Other {
         url: String,

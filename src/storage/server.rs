@@ -16,7 +16,10 @@
 //! Per batch, the aggregate message is `batch_id=X/aggregate.json`. Each
 //! step ends with `_SUMMARY.json` and then `_SUCCESS`, the only signal
 //! that the step is complete. What goes to the peer is written once
-//! ([`Location::put_once`]).
+//! ([`Location::put_once`]) and signed: beside each object `NAME` sent to
+//! the peer lies `NAME.sig`, written after it, and nothing received is read
+//! unless its signature binds it to this date, step, object and sender
+//! under the peer's key ([`crate::wire::signing`]).
 
 use std::ops::Range;
 
@@ -31,7 +34,22 @@ use super::published::{encode_published, published_json};
 use super::staged::{decode_staged, StagedFormat, StagedRow, SUCCESS, SUMMARY};
 use crate::wire::config::BatchSpec;
 use crate::wire::protocol::{BatchOutcome, Step};
+use crate::wire::signing::{Mismatch, SignedContext, SigningPrivateKey, SigningPublicKey};
 use crate::wire::Role;
+
+/// A signature statement's name beside the object it signs.
+fn sig_name(name: &str) -> String {
+    format!("{name}.sig")
+}
+
+/// What a server signs what it sends with, and checks what it receives with.
+#[derive(Debug)]
+pub struct Signatures {
+    pub role: Role,
+    pub own: SigningPrivateKey,
+    /// The peer's public signing key.
+    pub peer: SigningPublicKey,
+}
 
 /// A staged part this server processes: `batch_id=X/part-NNNNN.ext` under `raw/`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,6 +96,8 @@ pub struct ServerBuckets {
     inbox: Location,
     /// `BUCKET_EXTERNAL_SHARED`: the peer's inbox.
     outbox: Location,
+    /// Set for a server's own run; a view without (`integrate`'s) reads results only.
+    signatures: Option<std::sync::Arc<Signatures>>,
 }
 
 impl ServerBuckets {
@@ -87,7 +107,79 @@ impl ServerBuckets {
             private,
             inbox,
             outbox,
+            signatures: None,
         }
+    }
+
+    /// These buckets as the server that signs with `signatures` uses them.
+    pub fn signed(mut self, signatures: Signatures) -> Self {
+        self.signatures = Some(std::sync::Arc::new(signatures));
+        self
+    }
+
+    fn signatures(&self) -> &Signatures {
+        self.signatures
+            .as_deref()
+            .expect("a server's exchanges are set up with its signing keys")
+    }
+
+    /// What a signature of `step`'s object `name` binds, sent by `sender`.
+    fn context(&self, step: Step, name: &str, sender: Role) -> SignedContext {
+        SignedContext {
+            date: self.date.clone(),
+            object: format!("{step}/{name}"),
+            sender,
+        }
+    }
+
+    /// Sends `step`'s object `name` to the peer, written once, then its
+    /// signature. A rerun keeps a signature that still signs what is stored.
+    fn send(
+        &self,
+        step: Step,
+        name: &str,
+        bytes: Bytes,
+        same: impl Fn(&Bytes, &Bytes) -> bool,
+    ) -> Result<(), StorageError> {
+        let signatures = self.signatures();
+        let sent = self.sent(step);
+        sent.put_once(name, bytes.clone(), same)?;
+        let context = self.context(step, name, signatures.role);
+        let statement = Bytes::from(signatures.own.sign(&context, &bytes));
+        let own_key = signatures.own.public_key();
+        sent.put_once(&sig_name(name), statement, |existing, _| {
+            sent.get(name)
+                .is_ok_and(|stored| own_key.verify(&context, &stored, existing).is_ok())
+        })
+    }
+
+    /// The peer's object `name` of `step`, once checked against its
+    /// signature; `None` when the peer has not sent it.
+    fn receive(&self, step: Step, name: &str) -> Result<Option<Bytes>, StorageError> {
+        let received = self.received(step);
+        let content = match received.get(name) {
+            Ok(content) => content,
+            Err(StorageError::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let url = format!("{}/{name}", received.url());
+        let statement = match received.get(&sig_name(name)) {
+            Ok(statement) => statement,
+            Err(StorageError::NotFound { .. }) => {
+                return Err(StorageError::Refused {
+                    url,
+                    reason: Mismatch::Unsigned,
+                })
+            }
+            Err(e) => return Err(e),
+        };
+        let signatures = self.signatures();
+        let context = self.context(step, name, signatures.role.peer());
+        signatures
+            .peer
+            .verify(&context, &content, &statement)
+            .map_err(|reason| StorageError::Refused { url, reason })?;
+        Ok(Some(content))
     }
 
     /// The buckets of a whole system run under one root (`integrate`):
@@ -179,18 +271,20 @@ impl ServerBuckets {
         Ok((own.exists(SUCCESS)?, format!("{}/{SUCCESS}", own.url())))
     }
 
-    /// Whether the peer finished `step`, and the marker's URL.
+    /// Whether the peer finished `step` (its signed marker is there), and the marker's URL.
     pub fn peer_marker(&self, step: Step) -> Result<(bool, String), StorageError> {
         let received = self.received(step);
-        Ok((
-            received.exists(SUCCESS)?,
-            format!("{}/{SUCCESS}", received.url()),
-        ))
+        let url = format!("{}/{SUCCESS}", received.url());
+        // The signature is written last: until it is there, the step is not done.
+        if !received.exists(&sig_name(SUCCESS))? {
+            return Ok((false, url));
+        }
+        Ok((self.receive(step, SUCCESS)?.is_some(), url))
     }
 
-    /// Whether the peer's message of `step` for `part` has arrived.
+    /// Whether the peer's message of `step` for `part` has arrived whole (signed).
     pub fn peer_has(&self, step: Step, part: &StagedPart) -> Result<bool, StorageError> {
-        self.received(step).exists(&part.message_name())
+        self.received(step).exists(&sig_name(&part.message_name()))
     }
 
     /// The peer's rows of `step` for a part; none when the peer has no such part.
@@ -199,9 +293,10 @@ impl ServerBuckets {
         step: Step,
         part: &StagedPart,
     ) -> Result<Vec<MessageRow>, StorageError> {
-        match read_rows(&self.received(step), &part.message_name()) {
-            Err(StorageError::NotFound { .. }) => Ok(Vec::new()),
-            other => other,
+        let name = part.message_name();
+        match self.receive(step, &name)? {
+            Some(data) => decode_message(&format!("{}/{name}", self.received(step).url()), data),
+            None => Ok(Vec::new()),
         }
     }
 
@@ -220,7 +315,7 @@ impl ServerBuckets {
     ) -> Result<(), StorageError> {
         let name = part.message_name();
         let bytes = Bytes::from(encode_message(rows));
-        self.sent(step).put_once(&name, bytes.clone(), same_rows)?;
+        self.send(step, &name, bytes.clone(), same_rows)?;
         if step != Step::Verify1 {
             self.own(step).put(&name, bytes)?;
         }
@@ -268,8 +363,12 @@ impl ServerBuckets {
     pub fn send_aggregate(&self, message: &AggregateMessage) -> Result<(), StorageError> {
         let name = aggregate_name(&message.batch_id);
         let bytes = message.encode();
-        self.sent(Step::Aggregate)
-            .put_once(&name, Bytes::from(bytes.clone()), same_json)?;
+        self.send(
+            Step::Aggregate,
+            &name,
+            Bytes::from(bytes.clone()),
+            same_json,
+        )?;
         self.own(Step::Aggregate).put(&name, bytes)
     }
 
@@ -278,16 +377,19 @@ impl ServerBuckets {
     }
 
     pub fn peer_aggregate(&self, batch_id: &str) -> Result<Option<AggregateMessage>, StorageError> {
-        read_aggregate(&self.received(Step::Aggregate), batch_id)
+        let name = aggregate_name(batch_id);
+        let url = format!("{}/{name}", self.received(Step::Aggregate).url());
+        self.receive(Step::Aggregate, &name)?
+            .map(|data| AggregateMessage::decode(&url, &data))
+            .transpose()
     }
 
     /// Marks `step` done: the peer's copy of the summary and marker first,
     /// then this server's (the marker that makes a rerun skip the step).
     pub fn finish_step(&self, step: Step, summary: Vec<u8>) -> Result<(), StorageError> {
-        let sent = self.sent(step);
         let summary = Bytes::from(summary);
-        sent.put_once(SUMMARY, summary.clone(), same_json)?;
-        sent.put_once(SUCCESS, Bytes::new(), |a, b| a == b)?;
+        self.send(step, SUMMARY, summary.clone(), same_json)?;
+        self.send(step, SUCCESS, Bytes::new(), |a, b| a == b)?;
         let own = self.own(step);
         own.put(SUMMARY, summary)?;
         own.put(SUCCESS, Vec::new())
@@ -366,8 +468,16 @@ mod tests {
     fn every_object_has_its_place_in_the_seed_layout() {
         let dir = tempfile::tempdir().unwrap();
         let root = Location::parse(dir.path().to_str().unwrap()).unwrap();
-        let a = ServerBuckets::under_root(&root, Role::A, "2019-06-26");
-        let b = ServerBuckets::under_root(&root, Role::B, "2019-06-26");
+        let (key_a, key_b) = (SigningPrivateKey::generate(), SigningPrivateKey::generate());
+        let signed = |role: Role, own: &SigningPrivateKey, peer: &SigningPrivateKey| {
+            ServerBuckets::under_root(&root, role, "2019-06-26").signed(Signatures {
+                role,
+                own: own.clone(),
+                peer: peer.public_key(),
+            })
+        };
+        let a = signed(Role::A, &key_a, &key_b);
+        let b = signed(Role::B, &key_b, &key_a);
         let raw = a.raw();
         raw.put("batch_id=x/part-00001.parquet", Vec::new())
             .unwrap();
@@ -393,6 +503,11 @@ mod tests {
         assert!(b.peer_has(Step::Verify1, part).unwrap());
         assert_eq!(b.peer_rows(Step::Verify1, part).unwrap(), rows);
         assert!(b.peer_rows(Step::Verify2, part).unwrap().is_empty());
+        // What b reads is checked against a's key: a stranger's rows are refused.
+        let stranger = signed(Role::A, &SigningPrivateKey::generate(), &key_b);
+        stranger.send_rows(Step::Verify2, part, &rows).unwrap();
+        let err = b.peer_rows(Step::Verify2, part).unwrap_err();
+        assert!(err.to_string().contains("signing key"), "{err}");
         a.store_states(part, 0..1, &rows).unwrap();
         assert_eq!(a.stored_states(part, 0..1).unwrap(), Some(rows.clone()));
         assert_eq!(a.stored_states(part, 0..2).unwrap(), None);

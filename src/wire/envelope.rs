@@ -41,11 +41,12 @@ pub enum KeyError {
     NotHex { what: &'static str },
     #[error("{what} has {got} bytes, expected {KEY_LEN}")]
     WrongLength { what: &'static str, got: usize },
-    #[error("{what} is not a valid X25519 key")]
+    #[error("{what} is not a valid key")]
     Invalid { what: &'static str },
 }
 
-fn key_bytes(hex_text: &str, what: &'static str) -> Result<Vec<u8>, KeyError> {
+/// The 32 bytes of a hex-encoded key.
+pub(super) fn key_bytes(hex_text: &str, what: &'static str) -> Result<Vec<u8>, KeyError> {
     let bytes = hex::decode(hex_text.trim()).map_err(|_| KeyError::NotHex { what })?;
     if bytes.len() != KEY_LEN {
         return Err(KeyError::WrongLength {

@@ -8,6 +8,7 @@ pub mod ping;
 pub mod protocol;
 pub mod report_id;
 pub mod server;
+pub mod signing;
 pub mod vdaf;
 
 use serde::{Deserialize, Serialize};
