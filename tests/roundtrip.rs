@@ -250,10 +250,7 @@ fn a_share_for_one_batch_is_refused_in_another() {
 /// Mozilla's old keys: every share is counted as undecryptable, nothing panics.
 #[test]
 fn firefox_69_shares_are_undecryptable() {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../shared/fixtures/fx-69.0a1.json"
-    );
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/data/fixtures/fx-69.0a1.json");
     let ping = prio_processor::wire::ping::parse_ping(&std::fs::read(path).unwrap()).unwrap();
     let config = BatchConfig::from_json(r#"{"content.blocking_blocked_TESTONLY-0": 2046, "content.blocking_blocked_TESTONLY-1": 441}"#).unwrap();
     let servers = servers();

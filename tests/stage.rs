@@ -136,7 +136,7 @@ fn firefox_ping_is_staged_with_matching_ids_for_both_servers() {
     let dir = tempfile::tempdir().unwrap();
     let ping = std::fs::read(concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../shared/fixtures/fx-69.0a1.json"
+        "/data/fixtures/fx-69.0a1.json"
     ))
     .unwrap();
     let line = serde_json::to_vec(&SinkMessage::wrap(

@@ -286,11 +286,8 @@ mod tests {
 
     #[test]
     fn firefox_69_fixture_parses() {
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../shared/fixtures/fx-69.0a1.json"
-        );
-        let bytes = std::fs::read(path).expect("../shared/fixtures is checked out beside the repo");
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/data/fixtures/fx-69.0a1.json");
+        let bytes = std::fs::read(path).expect("data/fixtures/fx-69.0a1.json is in the repository");
         let ping = parse_ping(&bytes).unwrap();
         assert_eq!(ping.entries.len(), 6);
         assert!(ping.bad_entries.is_empty());
