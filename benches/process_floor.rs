@@ -58,7 +58,7 @@ fn main() {
                 verify_key,
             }
         });
-    let read = |raw: &str| -> Vec<(String, String, Vec<u8>)> {
+    let read = |raw: &str, role: Role| -> Vec<(String, String, Vec<u8>)> {
         parts(Path::new(raw))
             .into_iter()
             .flat_map(|(batch, path)| {
@@ -66,6 +66,7 @@ fn main() {
                     "part",
                     StagedFormat::Parquet,
                     std::fs::read(&path).expect("part").into(),
+                    role,
                 )
                 .expect("part")
                 .into_iter()
@@ -73,7 +74,10 @@ fn main() {
             })
             .collect()
     };
-    let (reports_a, reports_b) = (read(&raw_a), read(&env("PRIO_BENCH_RAW_B")));
+    let (reports_a, reports_b) = (
+        read(&raw_a, Role::A),
+        read(&env("PRIO_BENCH_RAW_B"), Role::B),
+    );
     // Server b's verifier shares, untimed: server a receives them from its peer.
     let peer: HashMap<String, Vec<u8>> = reports_b
         .iter()

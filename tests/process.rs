@@ -249,6 +249,7 @@ impl World {
             "part",
             StagedFormat::Parquet,
             std::fs::read(path).unwrap().into(),
+            role,
         )
         .unwrap();
         let mut rows: Vec<(String, Vec<u8>)> =
@@ -811,5 +812,56 @@ fn a_tampered_verify1_message_is_refused_before_any_verdict() {
             .join(format!("{DATE}/intermediate/external/verify2/_SUCCESS"))
             .exists(),
         "no verdicts sent"
+    );
+}
+
+#[test]
+fn a_server_refuses_the_other_servers_bucket_and_an_inbox_that_is_its_outbox() {
+    let (world, expected) = World::new(r#"{"x": 16}"#, 12, &[]);
+    let [a, b] = world.run_both("process", &[], &[]);
+    ok(a);
+    ok(b);
+    let before = world.published(Role::B, "x").unwrap();
+    // Server a pointed at b's private bucket: it would have written its states there.
+    let out = world
+        .server(Role::A, "process", &[])
+        .env("BUCKET_INTERNAL_PRIVATE", world.private(Role::B))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("BUCKET_INTERNAL_PRIVATE belongs to server b"),
+        "{stderr}"
+    );
+    assert_eq!(world.published(Role::B, "x").unwrap(), before);
+    assert_eq!(before["aggregate"], expected["batches"]["x"]["aggregate"]);
+    let out = world
+        .server(Role::A, "process", &[])
+        .env("BUCKET_INTERNAL_SHARED", world.inbox(Role::B))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("the inbox is also the outbox"), "{stderr}");
+}
+
+#[test]
+fn parts_staged_for_the_other_server_are_refused() {
+    let (world, _) = World::new(r#"{"x": 16}"#, 12, &[]);
+    // Server b's parts in server a's bucket, as a stage with swapped outputs writes them.
+    for (a, b) in world
+        .staged_parts(Role::A, "x")
+        .iter()
+        .zip(world.staged_parts(Role::B, "x"))
+    {
+        std::fs::copy(b, a).unwrap();
+    }
+    let out = world.server(Role::A, "verify1", &[]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("staged for server \"b\", not for this server (a)"),
+        "{stderr}"
     );
 }

@@ -142,6 +142,7 @@ pub fn run_steps(args: ServerArgs, steps: &[Step]) -> anyhow::Result<u8> {
         },
         steps: steps.to_vec(),
     };
+    job.buckets.claim()?;
     let outcomes = run(job, &args.cluster.cluster())?;
     if args.cluster.process != 0 || !steps.contains(&Step::Publish) {
         return Ok(exit::OK);

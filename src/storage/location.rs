@@ -35,6 +35,8 @@ pub enum StorageError {
     Read { url: String, source: std::io::Error },
     #[error("{url}: malformed: {message}")]
     Malformed { url: String, message: String },
+    #[error("{url}: {message}")]
+    NotOwn { url: String, message: String },
     #[error(
         "{url}: refused: {reason}. Only what the peer signed for this date, step and object is \
          read; check PUBLIC_SIGNING_KEY_HEX_EXTERNAL, and that nothing else writes to this inbox"

@@ -37,6 +37,18 @@ use crate::wire::protocol::{BatchOutcome, Step};
 use crate::wire::signing::{Mismatch, SignedContext, SigningPrivateKey, SigningPublicKey};
 use crate::wire::Role;
 
+/// The marker at the root of a server's private bucket and inbox: which
+/// server the bucket belongs to, written at first use.
+const OWNER: &str = "_OWNER.json";
+
+/// What [`OWNER`] holds.
+#[derive(Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct Owner {
+    server_id: Role,
+    /// The server's signing public key, hex.
+    signing_key: String,
+}
+
 /// A signature statement's name beside the object it signs.
 fn sig_name(name: &str) -> String {
     format!("{name}.sig")
@@ -121,6 +133,79 @@ impl ServerBuckets {
         self.signatures
             .as_deref()
             .expect("a server's exchanges are set up with its signing keys")
+    }
+
+    /// Marks the private bucket and the inbox as this server's at first use,
+    /// and refuses buckets that are the other server's (by their marker) or
+    /// that are the same bucket under two names.
+    pub fn claim(&self) -> Result<(), StorageError> {
+        let signatures = self.signatures();
+        let same_as = |a: &Location, b: &Location, what: &str| {
+            if a.url() == b.url() {
+                Err(StorageError::NotOwn {
+                    url: a.url().to_string(),
+                    message: format!(
+                        "{what}; each server needs its own private bucket and inbox, and writes \
+                         into the peer's inbox (BUCKET_EXTERNAL_SHARED)"
+                    ),
+                })
+            } else {
+                Ok(())
+            }
+        };
+        same_as(&self.inbox, &self.outbox, "the inbox is also the outbox")?;
+        same_as(
+            &self.private,
+            &self.inbox,
+            "the private bucket is also the inbox",
+        )?;
+        same_as(
+            &self.private,
+            &self.outbox,
+            "the private bucket is also the peer's inbox",
+        )?;
+        let mine = Owner {
+            server_id: signatures.role,
+            signing_key: signatures.own.public_key().to_hex(),
+        };
+        let marker = serde_json::to_vec_pretty(&mine).expect("JSON");
+        for (bucket, var) in [
+            (&self.private, "BUCKET_INTERNAL_PRIVATE"),
+            (&self.inbox, "BUCKET_INTERNAL_SHARED"),
+        ] {
+            let url = format!("{}/{OWNER}", bucket.url());
+            let owner = match bucket.get(OWNER) {
+                Ok(bytes) => serde_json::from_slice::<Owner>(&bytes)
+                    .map_err(|e| super::tables::malformed(&url, e))?,
+                Err(StorageError::NotFound { .. }) => {
+                    bucket.put_once(OWNER, Bytes::from(marker.clone()), same_json)?;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            if owner.server_id != mine.server_id {
+                return Err(StorageError::NotOwn {
+                    url,
+                    message: format!(
+                        "{var} belongs to server {}, not to this server ({}); point it at this \
+                         server's own bucket",
+                        owner.server_id, mine.server_id
+                    ),
+                });
+            }
+            if owner.signing_key != mine.signing_key {
+                return Err(StorageError::NotOwn {
+                    url,
+                    message: format!(
+                        "{var} was claimed by a server {} with another signing key; check \
+                         PRIVATE_SIGNING_KEY_HEX (after rotating this server's signing key, \
+                         delete this marker)",
+                        owner.server_id
+                    ),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// What a signature of `step`'s object `name` binds, sent by `sender`.
@@ -262,7 +347,12 @@ impl ServerBuckets {
     pub fn read_part(&self, part: &StagedPart) -> Result<Vec<StagedRow>, StorageError> {
         let raw = self.raw();
         let data = raw.get(&part.name)?;
-        decode_staged(&format!("{}/{}", raw.url(), part.name), part.format, data)
+        decode_staged(
+            &format!("{}/{}", raw.url(), part.name),
+            part.format,
+            data,
+            self.signatures().role,
+        )
     }
 
     /// Whether this server finished `step`, and the marker's URL.

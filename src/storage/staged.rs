@@ -165,21 +165,35 @@ pub struct StagedRow {
     pub payload: Vec<u8>,
 }
 
-/// Reads a staged part written by [`write_part`], in either format.
+/// Reads a staged part written by [`write_part`] for server `role`, in
+/// either format. A Parquet part staged for the other server is refused
+/// (NDJSON parts do not name their server).
 pub fn decode_staged(
     url: &str,
     format: StagedFormat,
     data: Bytes,
+    role: Role,
 ) -> Result<Vec<StagedRow>, StorageError> {
     match format {
         StagedFormat::Parquet => {
             let mut rows = Vec::new();
             for batch in record_batches(url, data)? {
-                let (ids, payloads) = (
+                let (servers, ids, payloads) = (
+                    strings(url, &batch, "server_id")?,
                     strings(url, &batch, "id")?,
                     binaries(url, &batch, "payload")?,
                 );
                 for i in 0..batch.num_rows() {
+                    if servers.value(i) != role.as_str() {
+                        return Err(malformed(
+                            url,
+                            format!(
+                                "staged for server {:?}, not for this server ({role}): check \
+                                 that stage's --output-a and --output-b were not swapped",
+                                servers.value(i)
+                            ),
+                        ));
+                    }
                     rows.push(StagedRow {
                         id: ids.value(i).to_string(),
                         payload: payloads.value(i).to_vec(),
@@ -289,7 +303,10 @@ mod tests {
         use parquet::file::reader::FileReader;
         // 20 MiB of shares in row groups of 8 MiB: 8 + 8 + 4 rows.
         assert_eq!(reader.metadata().num_row_groups(), 3);
-        let back = decode_staged("part", StagedFormat::Parquet, bytes.into()).unwrap();
+        let back =
+            decode_staged("part", StagedFormat::Parquet, bytes.clone().into(), Role::A).unwrap();
+        let err = decode_staged("part", StagedFormat::Parquet, bytes.into(), Role::B).unwrap_err();
+        assert!(err.to_string().contains("staged for server \"a\""), "{err}");
         assert_eq!(back.len(), 20);
         for (row, (id, payload)) in back.iter().zip(&rows) {
             assert_eq!(row.id, hex::encode(id));
