@@ -133,7 +133,7 @@ const RUN: &str = "i";
 fn pipeline(server: &StorageServer) {
     let work = tempfile::tempdir().unwrap();
     let storage = server.url(RUN);
-    common::integrate_green(30, work.path(), &["--storage", &storage], server.env());
+    common::integrate_green(110, work.path(), &["--storage", &storage], server.env());
     // Both servers published into the store, not onto local disk.
     for role in ["a", "b"] {
         let processed =

@@ -6,6 +6,6 @@ mod common;
 #[test]
 fn integrate_runs_the_whole_system_to_a_green_summary() {
     let dir = tempfile::tempdir().unwrap();
-    let stdout = common::integrate_green(40, dir.path(), &[], Vec::new());
+    let stdout = common::integrate_green(110, dir.path(), &[], Vec::new());
     assert!(stdout.contains("result: every published aggregate matches"));
 }

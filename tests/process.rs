@@ -60,6 +60,23 @@ fn bin() -> Command {
     c
 }
 
+/// `config` with a privacy threshold of 1 where it names none, so that a
+/// few reports publish (the default threshold is 100).
+fn low_threshold(config: &str) -> String {
+    let mut config: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(config).unwrap();
+    for spec in config.values_mut() {
+        if let Some(length) = spec.as_u64() {
+            *spec = serde_json::json!({"vdaf": "prio2", "length": length});
+        }
+        let fields = spec.as_object_mut().unwrap();
+        fields
+            .entry("min_batch_size")
+            .or_insert(serde_json::json!(1));
+    }
+    serde_json::to_string(&config).unwrap()
+}
+
 fn ok(out: Output) -> Output {
     assert!(
         out.status.success(),
@@ -83,6 +100,7 @@ impl World {
         unknown: &str,
         extra: &[&str],
     ) -> (World, serde_json::Value) {
+        let config = &low_threshold(config);
         let dir = tempfile::tempdir().unwrap();
         let keys =
             [generate_keypair(), generate_keypair()].map(|k| (k.to_hex(), k.public_key().to_hex()));
@@ -433,6 +451,26 @@ fn below_threshold_is_withheld_and_mismatched_report_sets_are_refused() {
             "below min_batch_size: withheld"
         );
         assert!(String::from_utf8_lossy(&out.stdout).contains("withheld"));
+    }
+    // The withheld batch's aggregate share never left either server, and
+    // neither bucket holds one that an operator could add to its own.
+    for role in Role::BOTH {
+        for dir in [
+            world
+                .inbox(role)
+                .join(format!("{DATE}/intermediate/external/aggregate")),
+            world
+                .private(role)
+                .join(format!("{DATE}/intermediate/internal/aggregate")),
+        ] {
+            let message: serde_json::Value = serde_json::from_slice(
+                &std::fs::read(dir.join("batch_id=small/aggregate.json")).unwrap(),
+            )
+            .unwrap();
+            assert_eq!(message["reports_aggregated"], 24, "{role}: counts are sent");
+            assert!(message["share"].is_null(), "{role}: no share in {dir:?}");
+            assert!(message["share"].is_null() && !message["digest"].is_null());
+        }
     }
 }
 

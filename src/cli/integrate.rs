@@ -20,6 +20,7 @@ use crate::simulate::{generate_dump, DumpOptions, Expected, Pattern};
 use crate::storage::location::Location;
 use crate::storage::server::ServerBuckets;
 use crate::wire::client::ServerPublicKeys;
+use crate::wire::config::BatchConfig;
 use crate::wire::envelope::{generate_keypair, KeyError, PrivateKey};
 use crate::wire::signing::SigningPrivateKey;
 use crate::wire::Role;
@@ -243,7 +244,7 @@ pub fn run(args: IntegrateArgs) -> anyhow::Result<u8> {
     }
 
     eprintln!("[4/4] checking the published aggregates against the plaintext totals");
-    print_summary(&expected, &buckets)
+    print_summary(&config, &expected, &buckets)
 }
 
 /// Copies every object below `from` to the same place below `to`.
@@ -254,7 +255,11 @@ fn copy_all(from: &Location, to: &Location) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_summary(expected: &Expected, buckets: &[ServerBuckets; 2]) -> anyhow::Result<u8> {
+fn print_summary(
+    config: &BatchConfig,
+    expected: &Expected,
+    buckets: &[ServerBuckets; 2],
+) -> anyhow::Result<u8> {
     let mut all_match = true;
     println!(
         "{:<54} {:>8} {:>10} {:>8}  match  rejected by reason",
@@ -263,12 +268,18 @@ fn print_summary(expected: &Expected, buckets: &[ServerBuckets; 2]) -> anyhow::R
     for (batch_id, want) in &expected.batches {
         let a = buckets[0].published(batch_id)?;
         let b = buckets[1].published(batch_id)?;
+        // A batch below its threshold must be withheld by both servers.
+        let withheld = config
+            .get(batch_id)
+            .is_some_and(|spec| want.reports < spec.min_batch_size);
         let matches = match (&a, &b) {
             (Some(a), Some(b)) => {
-                a["aggregate"] == b["aggregate"]
+                !withheld
+                    && a["aggregate"] == b["aggregate"]
                     && a["aggregate"] == serde_json::json!(want.aggregate)
                     && a["reports_aggregated"] == want.reports
             }
+            (None, None) => withheld,
             _ => false,
         };
         all_match &= matches;
@@ -277,7 +288,13 @@ fn print_summary(expected: &Expected, buckets: &[ServerBuckets; 2]) -> anyhow::R
             .as_ref()
             .and_then(|a| serde_json::from_value(a["rejected"].clone()).ok())
             .unwrap_or_default();
-        let reasons: Vec<String> = rejected.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let mut reasons: Vec<String> = rejected.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        if withheld {
+            reasons.insert(
+                0,
+                format!("withheld: {} reports, below min_batch_size", want.reports),
+            );
+        }
         println!(
             "{batch_id:<54} {:>8} {:>10} {:>8}  {:<5}  {}",
             field("reports_total"),

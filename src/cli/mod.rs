@@ -16,7 +16,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use crate::dataflow::Cluster;
-use crate::wire::config::BatchConfig;
+use crate::wire::config::{BatchConfig, DEFAULT_MIN_BATCH_SIZE};
 use crate::wire::protocol::Step;
 
 pub use crate::exit;
@@ -118,8 +118,18 @@ impl ConfigArg {
                 )
             })?
         };
-        BatchConfig::from_json(&text)
-            .with_context(|| format!("loading batch config {}", self.display()))
+        let config = BatchConfig::from_json(&text)
+            .with_context(|| format!("loading batch config {}", self.display()))?;
+        for (batch_id, spec) in config.iter() {
+            if spec.min_batch_size < DEFAULT_MIN_BATCH_SIZE {
+                tracing::warn!(
+                    "batch {batch_id:?}: min_batch_size {} is below the privacy-safe default \
+                     {DEFAULT_MIN_BATCH_SIZE}; sums of so few reports may reveal a client's value",
+                    spec.min_batch_size
+                );
+            }
+        }
+        Ok(config)
     }
 
     fn display(&self) -> String {

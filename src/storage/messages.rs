@@ -94,8 +94,9 @@ pub struct AggregateMessage {
     pub reports_aggregated: u64,
     /// Hex SHA-256 over the parts' digests of aggregated report ids, in part order.
     pub digest: String,
-    /// The encoded aggregate share, base64.
-    pub share: String,
+    /// The encoded aggregate share, base64; `None` for a batch below its
+    /// `min_batch_size`, whose share never leaves the server.
+    pub share: Option<String>,
     #[serde(with = "by_reason")]
     pub rejected: RejectionCounts,
 }

@@ -14,8 +14,10 @@ use super::vdaf::{Vdaf, VdafSpec};
 /// bytes each), its directory still fits the 255 bytes of a file name.
 pub const MAX_BATCH_ID_LEN: usize = 80;
 
-/// Published nothing below this many reports unless a spec says otherwise.
-pub const DEFAULT_MIN_BATCH_SIZE: u64 = 1;
+/// The privacy threshold of a batch whose spec names none: below this many
+/// reports both servers accepted, a batch's aggregate share never leaves
+/// either server and nothing is published. A spec may set another value.
+pub const DEFAULT_MIN_BATCH_SIZE: u64 = 100;
 
 /// One batch id's configuration.
 #[derive(Debug, Clone)]
@@ -306,6 +308,7 @@ mod tests {
         let spec = cfg.get("content.blocking_blocked_TESTONLY-1").unwrap();
         assert_eq!(spec.spec(), &VdafSpec::Prio2 { length: 441 });
         assert_eq!(spec.min_batch_size, DEFAULT_MIN_BATCH_SIZE);
+        assert!(DEFAULT_MIN_BATCH_SIZE >= 100, "a privacy-safe default");
     }
 
     #[test]

@@ -76,5 +76,9 @@ pub fn integrate_green(
         5,
         "four batch ids match and bad-id is skipped:\n{stdout}"
     );
+    assert!(
+        !stdout.contains("withheld"),
+        "enough pings that every batch publishes:\n{stdout}"
+    );
     stdout
 }

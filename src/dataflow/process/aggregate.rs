@@ -123,9 +123,14 @@ pub fn run(worker: &mut Worker, job: &ServerJob, parts: &[StagedPart]) -> Result
     }
     for (batch_id, mut parts) in by_batch {
         parts.sort_by(|a, b| a.part.cmp(&b.part));
-        let vdaf = &job.config.get(&batch_id).expect("configured").vdaf;
-        job.buckets
-            .send_aggregate(&batch_message(batch_id, vdaf, &parts)?)?;
+        let spec = job.config.get(&batch_id).expect("configured");
+        let mut message = batch_message(batch_id, &spec.vdaf, &parts)?;
+        // Both servers count the reports both accepted alike: below the
+        // threshold neither sends its share, so no one can compute the sum.
+        if message.reports_aggregated < spec.min_batch_size {
+            message.share = None;
+        }
+        job.buckets.send_aggregate(&message)?;
     }
     job.buckets.finish_step(Step::Aggregate, b"{}".to_vec())?;
     tracing::info!("aggregate: done");
@@ -161,7 +166,7 @@ fn batch_message(
         reports_total: total,
         reports_aggregated: aggregated,
         digest: hex::encode(digest.finalize()),
-        share: base64::engine::general_purpose::STANDARD.encode(vdaf.encode_aggregate(&agg)),
+        share: Some(base64::engine::general_purpose::STANDARD.encode(vdaf.encode_aggregate(&agg))),
         rejected,
     })
 }

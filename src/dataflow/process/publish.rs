@@ -80,8 +80,14 @@ fn decide(
     }
     let decode = |m: &AggregateMessage| -> Result<AggregateShare, Error> {
         let what = format!("aggregate share of {}", outcome.batch_id);
+        let share = m.share.as_deref().ok_or_else(|| {
+            malformed(
+                &what,
+                "no share, though the batch reaches its min_batch_size",
+            )
+        })?;
         let bytes = base64::engine::general_purpose::STANDARD
-            .decode(&m.share)
+            .decode(share)
             .map_err(|e| malformed(&what, e))?;
         spec.vdaf
             .decode_aggregate(&bytes)
