@@ -7,8 +7,10 @@ use std::process::{Child, Command, Output};
 
 mod common;
 
+use prio_processor::simulate::Expected;
 use prio_processor::storage::batch_dir::batch_dir;
 use prio_processor::storage::messages::{decode_message, encode_message};
+use prio_processor::storage::published::decode_published;
 
 use base64::Engine;
 use prio_processor::storage::staged::{decode_staged, encode_part, StagedFormat};
@@ -902,4 +904,46 @@ fn parts_staged_for_the_other_server_are_refused() {
         stderr.contains("staged for server \"b\", not for this server (a)"),
         "{stderr}"
     );
+}
+
+#[test]
+fn sums_past_2_to_the_64_are_published_exactly() {
+    let config = r#"{"big": {"vdaf": "sumvec", "length": 3, "bits": 64}}"#;
+    let (world, _) = World::new(config, 12, &["--pattern", "random"]);
+    let [a, b] = world.run_both("process", &[], &[]);
+    ok(a);
+    ok(b);
+    let expected: Expected =
+        serde_json::from_slice(&std::fs::read(world.path("dump/expected.json")).unwrap()).unwrap();
+    let want = &expected.batches["big"].aggregate;
+    assert!(want.iter().any(|&x| x > u128::from(u64::MAX)), "{want:?}");
+    for role in Role::BOTH {
+        let path = world
+            .private(role)
+            .join(format!("{DATE}/processed/batch_id=big/aggregate.json"));
+        let published = decode_published("p", &std::fs::read(path).unwrap()).unwrap();
+        assert_eq!(&published.aggregate, want, "{role}");
+    }
+}
+
+#[test]
+fn a_short_digest_from_the_peer_is_a_refusal_not_a_panic() {
+    let (world, _) = World::new(r#"{"x": 16}"#, 12, &[]);
+    for step in ["verify1", "verify2", "aggregate"] {
+        let [a, b] = world.run_both(step, &[], &[]);
+        ok(a);
+        ok(b);
+    }
+    let object = "aggregate/batch_id=x/aggregate.json";
+    let path = world
+        .inbox(Role::A)
+        .join(format!("{DATE}/intermediate/external/{object}"));
+    let mut message: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    message["digest"] = serde_json::json!("ab");
+    world.peer_writes(Role::A, object, &serde_json::to_vec(&message).unwrap());
+    let out = world.server(Role::A, "publish", &[]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("digest ab at the peer"), "{stderr}");
 }

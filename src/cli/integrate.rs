@@ -6,7 +6,6 @@
 //! directory, or under any storage URL (`--storage s3://...`), which is how
 //! the backend tests run the whole system against real storage servers.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
@@ -275,20 +274,22 @@ fn print_summary(
         let matches = match (&a, &b) {
             (Some(a), Some(b)) => {
                 !withheld
-                    && a["aggregate"] == b["aggregate"]
-                    && a["aggregate"] == serde_json::json!(want.aggregate)
-                    && a["reports_aggregated"] == want.reports
+                    && a.aggregate == b.aggregate
+                    && a.aggregate == want.aggregate
+                    && a.reports_aggregated == want.reports
             }
             (None, None) => withheld,
             _ => false,
         };
         all_match &= matches;
-        let field = |k: &str| a.as_ref().and_then(|a| a[k].as_u64()).unwrap_or(0);
-        let rejected: BTreeMap<String, u64> = a
+        let (total, aggregated) = a
             .as_ref()
-            .and_then(|a| serde_json::from_value(a["rejected"].clone()).ok())
-            .unwrap_or_default();
-        let mut reasons: Vec<String> = rejected.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            .map_or((0, 0), |a| (a.reports_total, a.reports_aggregated));
+        let rejected = a.as_ref().map(|a| a.rejected.clone()).unwrap_or_default();
+        let mut reasons: Vec<String> = rejected
+            .iter()
+            .map(|(r, n)| format!("{}={n}", r.reason()))
+            .collect();
         if withheld {
             reasons.insert(
                 0,
@@ -296,9 +297,7 @@ fn print_summary(
             );
         }
         println!(
-            "{batch_id:<54} {:>8} {:>10} {:>8}  {:<5}  {}",
-            field("reports_total"),
-            field("reports_aggregated"),
+            "{batch_id:<54} {total:>8} {aggregated:>10} {:>8}  {:<5}  {}",
             rejected.values().sum::<u64>(),
             if matches { "yes" } else { "NO" },
             reasons.join(" ")

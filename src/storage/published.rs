@@ -8,25 +8,45 @@ use arrow::array::{ArrayRef, Decimal128Array, StringArray, UInt32Array, UInt64Ar
 use arrow::datatypes::{DataType, Field, Schema};
 use arrow::record_batch::RecordBatch;
 
-use super::tables::parquet_bytes;
+use serde::{Deserialize, Serialize};
+
+use super::location::StorageError;
+use super::tables::{malformed, parquet_bytes};
 use crate::wire::config::BatchSpec;
-use crate::wire::protocol::{by_reason, BatchOutcome};
+use crate::wire::protocol::{by_reason, BatchOutcome, RejectionCounts};
 
 /// `aggregate.json`: batch id, VDAF and parameters, counts, rejections by
-/// reason, and the aggregate.
+/// reason, and the aggregate. Elements are JSON integers of any size, written
+/// exactly (a sum of 64-bit values can pass 2^64).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishedBatch {
+    pub batch_id: String,
+    pub vdaf: String,
+    /// The batch's VDAF parameters, as the config gave them.
+    pub parameters: serde_json::Value,
+    pub reports_total: u64,
+    pub reports_aggregated: u64,
+    #[serde(with = "by_reason")]
+    pub rejected: RejectionCounts,
+    pub aggregate: Vec<u128>,
+}
+
 pub fn published_json(outcome: &BatchOutcome, spec: &BatchSpec) -> Vec<u8> {
-    let rejected = by_reason::serialize(&outcome.rejected, serde_json::value::Serializer)
-        .expect("counts serialize");
-    let json = serde_json::json!({
-        "batch_id": outcome.batch_id,
-        "vdaf": spec.spec().name(),
-        "parameters": spec.spec(),
-        "reports_total": outcome.reports_total,
-        "reports_aggregated": outcome.reports_aggregated,
-        "rejected": rejected,
-        "aggregate": outcome.aggregate,
-    });
-    serde_json::to_vec_pretty(&json).expect("JSON")
+    let published = PublishedBatch {
+        batch_id: outcome.batch_id.clone(),
+        vdaf: spec.spec().name().to_string(),
+        parameters: serde_json::to_value(spec.spec()).expect("parameters are small numbers"),
+        reports_total: outcome.reports_total,
+        reports_aggregated: outcome.reports_aggregated,
+        rejected: outcome.rejected.clone(),
+        aggregate: outcome.aggregate.clone().unwrap_or_default(),
+    };
+    serde_json::to_vec_pretty(&published).expect("JSON")
+}
+
+/// Reads [`published_json`] back.
+pub fn decode_published(url: &str, data: &[u8]) -> Result<PublishedBatch, StorageError> {
+    serde_json::from_slice(data).map_err(|e| malformed(url, e))
 }
 
 /// `aggregate.parquet`, columns `batch_id, vdaf, reports_total,

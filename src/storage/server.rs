@@ -30,7 +30,7 @@ use super::location::{Location, StorageError};
 use super::messages::{
     decode_message, encode_message, same_json, same_rows, AggregateMessage, MessageRow,
 };
-use super::published::{encode_published, published_json};
+use super::published::{decode_published, encode_published, published_json, PublishedBatch};
 use super::staged::{decode_staged, StagedFormat, StagedRow, SUCCESS, SUMMARY};
 use crate::wire::config::BatchSpec;
 use crate::wire::protocol::{BatchOutcome, Step};
@@ -519,14 +519,12 @@ impl ServerBuckets {
         processed.put(SUCCESS, Vec::new())
     }
 
-    /// A batch's published JSON result, if there is one.
-    pub fn published(&self, batch_id: &str) -> Result<Option<serde_json::Value>, StorageError> {
+    /// A batch's published result, if there is one.
+    pub fn published(&self, batch_id: &str) -> Result<Option<PublishedBatch>, StorageError> {
         let processed = self.processed();
         let name = format!("{}/aggregate.json", batch_dir(batch_id));
         match processed.get(&name) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| super::tables::malformed(&format!("{}/{name}", processed.url()), e)),
+            Ok(bytes) => decode_published(&format!("{}/{name}", processed.url()), &bytes).map(Some),
             Err(StorageError::NotFound { .. }) => Ok(None),
             Err(e) => Err(e),
         }
