@@ -350,6 +350,26 @@ fn output_is_identical_for_any_worker_or_process_count_and_reruns() {
 }
 
 #[test]
+fn input_files_with_any_characters_in_their_names_are_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let dump = dir.path().join("dump");
+    generated_dump(&dump, 24);
+    let reference = dir.path().join("reference");
+    stage(&dump.join("sink"), &reference, &[]);
+    // The same files under names that object stores escape.
+    for (n, file) in common::files_below(&dump.join("sink")).iter().enumerate() {
+        let odd = file.with_file_name(format!("part %23 #{n} [é] ?&+=.ndjson"));
+        std::fs::rename(file, odd).unwrap();
+    }
+    let out = dir.path().join("out");
+    stage(&dump.join("sink"), &out, &["--skip-unreadable"]);
+    let c = counters(&out);
+    assert_eq!(c.get("files_unreadable"), None, "{c:?}");
+    assert_eq!(c, counters(&reference));
+    assert_eq!(parts(&out), parts(&reference));
+}
+
+#[test]
 fn per_server_outputs_use_the_raw_layout() {
     let dir = tempfile::tempdir().unwrap();
     let dump = dir.path().join("dump");

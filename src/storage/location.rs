@@ -12,7 +12,7 @@ use std::sync::{Arc, OnceLock};
 use bytes::Bytes;
 use futures::TryStreamExt;
 use object_store::local::LocalFileSystem;
-use object_store::path::Path;
+use object_store::path::{Path, PathPart};
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 
 /// A storage failure, naming the object it concerns and what to do about it.
@@ -122,10 +122,13 @@ impl Location {
         })
     }
 
-    /// The location `rel` (slash-separated) below this one.
+    /// The location `rel` (slash-separated) below this one. Names are taken
+    /// as the store spells them, as [`Location::list`] returns them: a listed
+    /// name with escapes (`a%23b` for a file `a#b`) is not escaped again.
     pub fn child(&self, rel: &str) -> Location {
         let mut prefix = self.prefix.clone();
         for part in rel.split('/').filter(|p| !p.is_empty()) {
+            let part = PathPart::parse(part).unwrap_or_else(|_| PathPart::from(part));
             prefix = prefix.clone().join(part);
         }
         Location {
