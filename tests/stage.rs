@@ -350,6 +350,38 @@ fn output_is_identical_for_any_worker_or_process_count_and_reruns() {
 }
 
 #[test]
+fn submission_timestamps_are_read_as_utc_and_records_without_one_are_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let ping = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/data/fixtures/fx-69.0a1.json"
+    ))
+    .unwrap();
+    let line = |timestamp: &str| {
+        serde_json::to_string(&SinkMessage::wrap(&ping, "91450ff2", timestamp)).unwrap()
+    };
+    let no_attributes = serde_json::json!({"payload": SinkMessage::wrap(&ping, "x", "").payload});
+    let lines = [
+        line("2019-06-25T23:59:59-01:00"), // 06-26 in UTC: staged
+        line("2019-06-26T23:30-01:00"),    // 06-27 in UTC
+        line("garbage"),
+        no_attributes.to_string(),
+    ];
+    let file = dir
+        .path()
+        .join(format!("sink/{DATE}/00/telemetry/prio/4/part-0.ndjson"));
+    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+    std::fs::write(&file, lines.join("\n")).unwrap();
+    let out = dir.path().join("out");
+    stage(&dir.path().join("sink"), &out, &[]);
+    let c = counters(&out);
+    assert_eq!(c["pings_read"], 1, "{c:?}");
+    assert_eq!(c["rejected/date_outside"], 1, "{c:?}");
+    assert_eq!(c["rejected/bad_timestamp"], 1, "{c:?}");
+    assert_eq!(c["rejected/missing_timestamp"], 1, "{c:?}");
+}
+
+#[test]
 fn input_files_with_any_characters_in_their_names_are_read() {
     let dir = tempfile::tempdir().unwrap();
     let dump = dir.path().join("dump");

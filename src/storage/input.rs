@@ -60,12 +60,24 @@ impl InputFormat {
     }
 }
 
-/// One ping body as read from a dump, with its submission date if the record carries one.
+/// One ping body as read from a dump, with its submission date.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RawPing {
     pub body: Vec<u8>,
-    /// `YYYY-MM-DD` of the submission timestamp.
-    pub submission_date: Option<String>,
+    /// `YYYY-MM-DD` of the submission timestamp, in UTC.
+    pub submission_date: String,
+}
+
+/// The UTC date of a sink's `submission_timestamp`: RFC 3339 (seconds may
+/// be left out), or without an offset, which the sink means as UTC.
+fn utc_date(timestamp: &str) -> Result<String, PingRejection> {
+    use chrono::{DateTime, NaiveDateTime};
+    let utc = DateTime::parse_from_rfc3339(timestamp)
+        .or_else(|_| DateTime::parse_from_str(timestamp, "%Y-%m-%dT%H:%M%:z"))
+        .map(|t| t.naive_utc())
+        .or_else(|_| NaiveDateTime::parse_from_str(timestamp, "%Y-%m-%dT%H:%M:%S%.f"))
+        .map_err(|_| PingRejection::BadTimestamp)?;
+    Ok(utc.format("%Y-%m-%d").to_string())
 }
 
 /// Why a whole input file could not be read.
@@ -126,14 +138,14 @@ pub fn read_records(
                 if line.iter().all(u8::is_ascii_whitespace) {
                     continue;
                 }
-                emit(parse_sink_line(line).map(|(message, body)| {
-                    RawPing {
-                        submission_date: message
-                            .submission_timestamp()
-                            .and_then(|ts| ts.get(..10))
-                            .map(str::to_string),
+                emit(parse_sink_line(line).and_then(|(message, body)| {
+                    let timestamp = message
+                        .submission_timestamp()
+                        .ok_or(PingRejection::MissingTimestamp)?;
+                    Ok(RawPing {
+                        submission_date: utc_date(timestamp)?,
                         body,
-                    }
+                    })
                 }));
             }
         }
@@ -164,9 +176,11 @@ pub fn read_records(
                         _ => {}
                     }
                 }
-                emit(body.map(|body| RawPing {
-                    body,
-                    submission_date: date,
+                emit(body.and_then(|body| {
+                    Ok(RawPing {
+                        body,
+                        submission_date: date.ok_or(PingRejection::MissingTimestamp)?,
+                    })
                 }));
             }
         }
@@ -211,9 +225,11 @@ fn read_parquet(
                 .and_then(|t| date_of_micros(t.value(i)));
             emit(match payload {
                 None => Err(PingRejection::MissingPayload),
-                Some(bytes) => table_payload(bytes).map(|body| RawPing {
-                    body,
-                    submission_date: date,
+                Some(bytes) => table_payload(bytes).and_then(|body| {
+                    Ok(RawPing {
+                        body,
+                        submission_date: date.clone().ok_or(PingRejection::MissingTimestamp)?,
+                    })
                 }),
             });
         }
@@ -225,6 +241,26 @@ fn read_parquet(
 mod tests {
     use super::*;
     use crate::storage::dump::{gzip, write_parquet, DecodedRow};
+
+    #[test]
+    fn submission_dates_are_utc_dates_of_the_timestamp() {
+        for (timestamp, date) in [
+            ("2019-06-26T12:45:08.000000Z", "2019-06-26"),
+            ("2019-06-25T23:59:59-01:00", "2019-06-26"),
+            ("2019-06-26T23:30-01:00", "2019-06-27"),
+            ("2019-06-26T00:30:00+02:00", "2019-06-25"),
+            ("2019-06-26T10:00:00.5", "2019-06-26"),
+        ] {
+            assert_eq!(utc_date(timestamp).as_deref(), Ok(date), "{timestamp}");
+        }
+        for garbage in ["garbage", "2019-06-26", "2019-06-26Tnoon", ""] {
+            assert_eq!(
+                utc_date(garbage),
+                Err(PingRejection::BadTimestamp),
+                "{garbage}"
+            );
+        }
+    }
 
     #[test]
     fn parquet_is_read_from_the_callers_buffer_which_comes_back_uncopied() {
@@ -250,9 +286,7 @@ mod tests {
         .unwrap();
         let bodies: Vec<&[u8]> = read.iter().map(|r| r.body.as_slice()).collect();
         assert_eq!(bodies, [&br#"{"id":"raw"}"#[..], br#"{"id":"gzip"}"#]);
-        assert!(read
-            .iter()
-            .all(|r| r.submission_date.as_deref() == Some("2019-06-26")));
+        assert!(read.iter().all(|r| r.submission_date == "2019-06-26"));
         assert_eq!(data, file, "the caller's buffer is given back");
         assert_eq!(data.as_ptr(), buffer, "without a copy");
     }

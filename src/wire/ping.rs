@@ -60,6 +60,10 @@ pub enum PingRejection {
     BadShareBase64,
     #[error("a prioData entry's batch id is not in the batch config")]
     UnknownBatchId,
+    #[error("the record has no submission timestamp")]
+    MissingTimestamp,
+    #[error("the submission timestamp is not an RFC 3339 time")]
+    BadTimestamp,
 }
 
 impl PingRejection {
@@ -76,6 +80,8 @@ impl PingRejection {
             PingRejection::DateOutside => "date_outside",
             PingRejection::BadShareBase64 => "bad_share_base64",
             PingRejection::UnknownBatchId => "unknown_batch_id",
+            PingRejection::MissingTimestamp => "missing_timestamp",
+            PingRejection::BadTimestamp => "bad_timestamp",
         }
     }
 }

@@ -206,11 +206,7 @@ pub(super) fn read_ping(
     counts: &mut StageCounts,
 ) -> std::io::Result<Option<String>> {
     let parsed = record.and_then(|raw| {
-        if raw
-            .submission_date
-            .as_deref()
-            .is_some_and(|d| d != job.date)
-        {
+        if raw.submission_date != job.date {
             return Err(PingRejection::DateOutside);
         }
         parse_ping(&raw.body)
