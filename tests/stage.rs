@@ -382,6 +382,33 @@ fn submission_timestamps_are_read_as_utc_and_records_without_one_are_rejected() 
 }
 
 #[test]
+fn hostile_avro_files_are_unreadable_files_not_an_abort() {
+    // Found by feeding random bytes after the Avro magic: each declared a map
+    // of ~500M entries in the header, which apache-avro reserved at once.
+    let crashers = [
+        "4f626a01998cc2c202a013852528df10a77726b4d8aec0793a68c11e29d5110412a8f9e68b11681fe0dc9e",
+        "4f626a018cbed0e60242f19d9678859ea45c99395944aed2be8a66943053f8e57b04a7b8f86ac5178d9fd5a\
+         0876333615ff94697535f5f8187571695415d8f1fee12",
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let dump = dir.path().join("dump");
+    generated_dump(&dump, 12);
+    let avro = dump.join("avro");
+    for (n, hex) in crashers.iter().enumerate() {
+        std::fs::write(
+            avro.join(format!("crash-{n}.avro")),
+            hex::decode(hex).unwrap(),
+        )
+        .unwrap();
+    }
+    let out = dir.path().join("out");
+    stage(&avro, &out, &["--skip-unreadable"]);
+    let c = counters(&out);
+    assert_eq!(c["files_unreadable"], 2, "{c:?}");
+    assert!(c["pings_read"] > 0, "the good files are still read: {c:?}");
+}
+
+#[test]
 fn input_files_with_any_characters_in_their_names_are_read() {
     let dir = tempfile::tempdir().unwrap();
     let dump = dir.path().join("dump");

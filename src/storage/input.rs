@@ -60,6 +60,23 @@ impl InputFormat {
     }
 }
 
+/// The largest allocation apache-avro may make for one value of an input
+/// file. The crate checks a declared length against this as if it counted
+/// bytes, but reserves that many map or array entries, so its own default
+/// (512 MiB) let a 43-byte file reserve 43 GB and abort the process; at
+/// 16 MiB the worst reservation stays virtual. Avro blocks (16 KB in our
+/// writer, well under a megabyte in exports) fit with room to spare.
+const AVRO_MAX_ALLOCATION: usize = 16 << 20;
+
+/// Sets [`AVRO_MAX_ALLOCATION`] before the first Avro read: the crate takes
+/// the value once, for the whole process.
+fn limit_avro_allocations() {
+    static LIMIT: std::sync::Once = std::sync::Once::new();
+    LIMIT.call_once(|| {
+        apache_avro::util::max_allocation_bytes(AVRO_MAX_ALLOCATION);
+    });
+}
+
 /// One ping body as read from a dump, with its submission date.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RawPing {
@@ -157,6 +174,7 @@ pub fn read_records(
             outcome?;
         }
         InputFormat::Avro => {
+            limit_avro_allocations();
             let reader =
                 apache_avro::Reader::new(data.as_slice()).map_err(|e| unreadable(e.to_string()))?;
             for value in reader {
