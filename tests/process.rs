@@ -743,15 +743,19 @@ fn states_stored_for_one_slicing_are_used_or_recomputed_under_another() {
     check(Role::A);
 }
 
+/// Runs `command`, which must fail (exit 1) with `want` in its error; returns the error.
+fn fails_with(command: &mut Command, want: &str) -> String {
+    let out = command.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{command:?}: {stderr}");
+    assert!(stderr.contains(want), "{want:?} in {stderr}");
+    stderr
+}
+
 /// Runs `step` on server a alone; a refusal names the object and the mismatch.
 fn refused(world: &World, step: &str, want: &str) {
-    let out = world.server(Role::A, step, &[]).output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{step} refuses: {stderr}");
-    assert!(
-        stderr.contains("refused") && stderr.contains(want),
-        "{step}: {want:?} in {stderr}"
-    );
+    let stderr = fails_with(&mut world.server(Role::A, step, &[]), want);
+    assert!(stderr.contains("refused: it"), "{stderr}");
 }
 
 #[test]
@@ -863,27 +867,20 @@ fn a_server_refuses_the_other_servers_bucket_and_an_inbox_that_is_its_outbox() {
     ok(b);
     let before = world.published(Role::B, "x").unwrap();
     // Server a pointed at b's private bucket: it would have written its states there.
-    let out = world
-        .server(Role::A, "process", &[])
-        .env("BUCKET_INTERNAL_PRIVATE", world.private(Role::B))
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(
-        stderr.contains("BUCKET_INTERNAL_PRIVATE belongs to server b"),
-        "{stderr}"
+    fails_with(
+        world
+            .server(Role::A, "process", &[])
+            .env("BUCKET_INTERNAL_PRIVATE", world.private(Role::B)),
+        "BUCKET_INTERNAL_PRIVATE belongs to server b",
     );
     assert_eq!(world.published(Role::B, "x").unwrap(), before);
     assert_eq!(before["aggregate"], expected["batches"]["x"]["aggregate"]);
-    let out = world
-        .server(Role::A, "process", &[])
-        .env("BUCKET_INTERNAL_SHARED", world.inbox(Role::B))
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("the inbox is also the outbox"), "{stderr}");
+    fails_with(
+        world
+            .server(Role::A, "process", &[])
+            .env("BUCKET_INTERNAL_SHARED", world.inbox(Role::B)),
+        "the inbox is also the outbox",
+    );
 }
 
 #[test]
@@ -897,12 +894,9 @@ fn parts_staged_for_the_other_server_are_refused() {
     {
         std::fs::copy(b, a).unwrap();
     }
-    let out = world.server(Role::A, "verify1", &[]).output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(
-        stderr.contains("staged for server \"b\", not for this server (a)"),
-        "{stderr}"
+    fails_with(
+        &mut world.server(Role::A, "verify1", &[]),
+        "staged for server \"b\", not for this server (a)",
     );
 }
 
@@ -942,8 +936,8 @@ fn a_short_digest_from_the_peer_is_a_refusal_not_a_panic() {
         serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
     message["digest"] = serde_json::json!("ab");
     world.peer_writes(Role::A, object, &serde_json::to_vec(&message).unwrap());
-    let out = world.server(Role::A, "publish", &[]).output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("digest ab at the peer"), "{stderr}");
+    fails_with(
+        &mut world.server(Role::A, "publish", &[]),
+        "digest ab at the peer",
+    );
 }
