@@ -409,6 +409,32 @@ fn hostile_avro_files_are_unreadable_files_not_an_abort() {
 }
 
 #[test]
+fn a_gzip_bomb_line_is_one_rejected_record_and_the_rest_of_the_file_is_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let ping = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/data/fixtures/fx-69.0a1.json"
+    ))
+    .unwrap();
+    let good = serde_json::to_vec(&SinkMessage::wrap(&ping, "x", "2019-06-26T01:00:00Z")).unwrap();
+    // 40 MB of one line without an end, then a real ping: about 40 KB compressed.
+    let mut text = vec![b'{'; 40 << 20];
+    text.push(b'\n');
+    text.extend_from_slice(&good);
+    let file = dir
+        .path()
+        .join(format!("sink/{DATE}/00/telemetry/prio/4/part-0.ndjson.gz"));
+    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+    std::fs::write(&file, prio_processor::storage::dump::gzip(&text)).unwrap();
+    assert!(std::fs::metadata(&file).unwrap().len() < 1 << 20);
+    let out = dir.path().join("out");
+    stage(&dir.path().join("sink"), &out, &[]);
+    let c = counters(&out);
+    assert_eq!(c["rejected/too_large"], 1, "{c:?}");
+    assert_eq!(c["pings_read"], 1, "{c:?}");
+}
+
+#[test]
 fn input_files_with_any_characters_in_their_names_are_read() {
     let dir = tempfile::tempdir().unwrap();
     let dump = dir.path().join("dump");

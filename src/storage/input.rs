@@ -2,7 +2,6 @@
 //! bodies (or per-record rejections); a file that cannot be read at all is an
 //! error naming the file, which the caller fails on or counts.
 
-use std::borrow::Cow;
 use std::io::Read;
 
 use apache_avro::types::Value as AvroValue;
@@ -106,10 +105,69 @@ pub struct UnreadableFile {
     pub message: String,
 }
 
-fn gunzip(bytes: &[u8]) -> std::io::Result<Vec<u8>> {
+/// Longest sink line: a Firefox ping with all its shares is a few hundred KB.
+const MAX_LINE_BYTES: usize = 16 << 20;
+/// Most text one input file may decompress to: a gzip bomb is an unreadable
+/// file once past it, not hours of work (sink files hold tens of MB).
+const MAX_FILE_TEXT_BYTES: u64 = 4 << 30;
+/// Largest ping a decoded-table record may decompress to.
+const MAX_RECORD_BYTES: u64 = 16 << 20;
+
+/// A record payload, decompressed: at most [`MAX_RECORD_BYTES`].
+fn gunzip_record(bytes: &[u8]) -> Result<Vec<u8>, PingRejection> {
     let mut out = Vec::with_capacity(bytes.len() * 4);
-    flate2::read::MultiGzDecoder::new(bytes).read_to_end(&mut out)?;
+    flate2::read::MultiGzDecoder::new(bytes)
+        .take(MAX_RECORD_BYTES + 1)
+        .read_to_end(&mut out)
+        .map_err(|_| PingRejection::BadGzip)?;
+    if out.len() as u64 > MAX_RECORD_BYTES {
+        return Err(PingRejection::TooLarge);
+    }
     Ok(out)
+}
+
+/// Hands every line of `text` to `line`, without its `\n`, holding one line
+/// at a time: a line longer than [`MAX_LINE_BYTES`] is skipped whole and
+/// handed over as [`PingRejection::TooLarge`], never buffered.
+fn for_each_line(
+    mut text: impl std::io::BufRead,
+    mut line: impl FnMut(Result<&[u8], PingRejection>),
+) -> std::io::Result<()> {
+    let mut current = Vec::new();
+    let mut too_long = false;
+    loop {
+        let buf = text.fill_buf()?;
+        if buf.is_empty() {
+            if too_long {
+                line(Err(PingRejection::TooLarge));
+            } else if !current.is_empty() {
+                line(Ok(&current));
+            }
+            return Ok(());
+        }
+        let (taken, end) = match buf.iter().position(|&b| b == b'\n') {
+            Some(i) => (i, true),
+            None => (buf.len(), false),
+        };
+        if !too_long {
+            if current.len() + taken > MAX_LINE_BYTES {
+                too_long = true;
+                current = Vec::new();
+            } else {
+                current.extend_from_slice(&buf[..taken]);
+            }
+        }
+        text.consume(taken + usize::from(end));
+        if end {
+            if too_long {
+                line(Err(PingRejection::TooLarge));
+            } else {
+                line(Ok(&current));
+            }
+            current.clear();
+            too_long = false;
+        }
+    }
 }
 
 fn is_gzip(bytes: &[u8]) -> bool {
@@ -119,7 +177,7 @@ fn is_gzip(bytes: &[u8]) -> bool {
 /// A decoded-table payload is gzip of the ping JSON, or the raw JSON.
 fn table_payload(bytes: &[u8]) -> Result<Vec<u8>, PingRejection> {
     if is_gzip(bytes) {
-        gunzip(bytes).map_err(|_| PingRejection::BadGzip)
+        gunzip_record(bytes)
     } else {
         Ok(bytes.to_vec())
     }
@@ -145,15 +203,13 @@ pub fn read_records(
     };
     match format {
         InputFormat::Ndjson => {
-            let text = if is_gzip(data) {
-                Cow::Owned(gunzip(data).map_err(|e| unreadable(format!("gzip: {e}")))?)
-            } else {
-                Cow::Borrowed(data.as_slice())
-            };
-            for line in text.split(|&b| b == b'\n') {
-                let line = line.strip_suffix(b"\r").unwrap_or(line);
+            let mut each_line = |line: Result<&[u8], PingRejection>| {
+                let line = match line {
+                    Ok(line) => line.strip_suffix(b"\r").unwrap_or(line),
+                    Err(reason) => return emit(Err(reason)),
+                };
                 if line.iter().all(u8::is_ascii_whitespace) {
-                    continue;
+                    return;
                 }
                 emit(parse_sink_line(line).and_then(|(message, body)| {
                     let timestamp = message
@@ -164,6 +220,23 @@ pub fn read_records(
                         body,
                     })
                 }));
+            };
+            if is_gzip(data) {
+                // Decompressed as it is read: memory holds one line, whatever the ratio.
+                let text = flate2::read::MultiGzDecoder::new(data.as_slice())
+                    .take(MAX_FILE_TEXT_BYTES + 1);
+                let mut text = std::io::BufReader::with_capacity(1 << 20, text);
+                for_each_line(&mut text, &mut each_line)
+                    .map_err(|e| unreadable(format!("gzip: {e}")))?;
+                if text.into_inner().limit() == 0 {
+                    return Err(unreadable(format!(
+                        "decompresses to more than {} GiB of text",
+                        MAX_FILE_TEXT_BYTES >> 30
+                    )));
+                }
+            } else {
+                for_each_line(data.as_slice(), &mut each_line)
+                    .map_err(|e| unreadable(e.to_string()))?;
             }
         }
         InputFormat::Parquet => {
@@ -259,6 +332,34 @@ fn read_parquet(
 mod tests {
     use super::*;
     use crate::storage::dump::{gzip, write_parquet, DecodedRow};
+
+    #[test]
+    fn lines_are_read_one_at_a_time_and_an_endless_one_is_skipped_whole() {
+        let long = vec![b'a'; MAX_LINE_BYTES + 1];
+        let text = [b"one\n".as_slice(), &long, b"\ntwo\r\n\nthree"].concat();
+        // A reader that hands out 7 bytes at a time: lines cross its buffers.
+        let reader = std::io::BufReader::with_capacity(7, text.as_slice());
+        let mut lines = Vec::new();
+        for_each_line(reader, |line| lines.push(line.map(<[u8]>::to_vec))).unwrap();
+        assert_eq!(
+            lines,
+            [
+                Ok(b"one".to_vec()),
+                Err(PingRejection::TooLarge),
+                Ok(b"two\r".to_vec()),
+                Ok(Vec::new()),
+                Ok(b"three".to_vec()),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_record_that_decompresses_past_the_limit_is_too_large() {
+        let bomb = gzip(&vec![b' '; MAX_RECORD_BYTES as usize + 1]);
+        assert!(bomb.len() < 100_000);
+        assert_eq!(table_payload(&bomb), Err(PingRejection::TooLarge));
+        assert_eq!(table_payload(&gzip(b"{}")), Ok(b"{}".to_vec()));
+    }
 
     #[test]
     fn submission_dates_are_utc_dates_of_the_timestamp() {

@@ -64,6 +64,8 @@ pub enum PingRejection {
     MissingTimestamp,
     #[error("the submission timestamp is not an RFC 3339 time")]
     BadTimestamp,
+    #[error("a line or a record's ping is larger than the input limits")]
+    TooLarge,
 }
 
 impl PingRejection {
@@ -82,6 +84,7 @@ impl PingRejection {
             PingRejection::UnknownBatchId => "unknown_batch_id",
             PingRejection::MissingTimestamp => "missing_timestamp",
             PingRejection::BadTimestamp => "bad_timestamp",
+            PingRejection::TooLarge => "too_large",
         }
     }
 }
