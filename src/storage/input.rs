@@ -235,8 +235,14 @@ pub fn read_records(
                     )));
                 }
             } else {
-                for_each_line(data.as_slice(), &mut each_line)
-                    .map_err(|e| unreadable(e.to_string()))?;
+                // Already in memory: lines are borrowed, not copied.
+                for line in data.split(|&b| b == b'\n') {
+                    each_line(if line.len() > MAX_LINE_BYTES {
+                        Err(PingRejection::TooLarge)
+                    } else {
+                        Ok(line)
+                    });
+                }
             }
         }
         InputFormat::Parquet => {
