@@ -437,6 +437,65 @@ fn an_endless_line_is_one_rejected_record_and_the_rest_of_the_file_is_read() {
 }
 
 #[test]
+fn an_empty_date_fails_and_says_what_was_found_unless_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    let dump = dir.path().join("dump");
+    generated_dump(&dump, 12);
+    let out = dir.path().join("out");
+    // Another date: nothing to read, and the error says what is there.
+    let err = run_fails(
+        bin()
+            .args(["stage", "--date", "2019-06-27", "--input"])
+            .arg(dump.join("sink"))
+            .arg("--output")
+            .arg(&out),
+    );
+    assert!(
+        err.contains("no input files for 2019-06-27")
+            && err.contains("files of other dates (2019-06-26)"),
+        "{err}"
+    );
+    // Every record rejected (no configured batch id): a failure without markers.
+    let marker = out.join(format!("submission_date={DATE}/_SUCCESS"));
+    let err = run_fails(
+        bin()
+            .args(["stage", "--date", DATE, "--input"])
+            .arg(dump.join("sink"))
+            .arg("--output")
+            .arg(&out)
+            .env("DATA_CONFIG", r#"{"other": 8}"#),
+    );
+    assert!(
+        err.contains("no report was staged for 2019-06-26") && err.contains("unknown_batch_id="),
+        "{err}"
+    );
+    assert!(!marker.exists());
+    run(bin()
+        .args(["stage", "--date", DATE, "--allow-empty", "--input"])
+        .arg(dump.join("sink"))
+        .arg("--output")
+        .arg(&out)
+        .env("DATA_CONFIG", r#"{"other": 8}"#));
+    assert!(marker.exists(), "--allow-empty marks the date staged");
+}
+
+#[test]
+fn a_single_file_is_an_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let dump = dir.path().join("dump");
+    generated_dump(&dump, 12);
+    let file = common::files_below(&dump.join("sink"))
+        .into_iter()
+        .next()
+        .unwrap();
+    let out = dir.path().join("out");
+    stage(&file, &out, &[]);
+    let c = counters(&out);
+    assert_eq!(c["files_read"], 1, "{c:?}");
+    assert!(c["pings_read"] > 0, "{c:?}");
+}
+
+#[test]
 fn input_files_with_any_characters_in_their_names_are_read() {
     let dir = tempfile::tempdir().unwrap();
     let dump = dir.path().join("dump");

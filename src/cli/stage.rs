@@ -67,6 +67,10 @@ pub struct StageArgs {
     /// Count files that cannot be read at all (corrupt Parquet, truncated gzip) and go on.
     #[arg(long)]
     pub skip_unreadable: bool,
+    /// Mark the date staged (_SUCCESS) even when no report was staged; without it,
+    /// such a run fails, since it usually means a wrong --date, input or DATA_CONFIG.
+    #[arg(long)]
+    pub allow_empty: bool,
     /// Local directory for spill files (default: the system temp dir).
     #[arg(long, value_name = "DIR")]
     pub spill_dir: Option<PathBuf>,
@@ -143,6 +147,7 @@ pub fn run(args: StageArgs) -> anyhow::Result<u8> {
         partition_size: args.partition_size,
         secret,
         skip_unreadable: args.skip_unreadable,
+        allow_empty: args.allow_empty,
         spill_dir: spill_dir.clone(),
         progress: Box::new(ReadBar {
             bar: progress.clone(),

@@ -54,8 +54,25 @@ pub enum Error {
     Cluster(String),
     #[error("{0}\n(pass --skip-unreadable to count such files and go on)")]
     UnreadableInput(#[from] UnreadableFile),
-    #[error("no input files under {url} (looked for .ndjson, .ndjson.gz, .parquet, .avro)")]
-    NoInput { url: String },
+    #[error(
+        "no input files for {date} under {url} (looked for DATE/... of the sink layout and \
+         .ndjson, .ndjson.gz, .parquet, .avro files); found {found}"
+    )]
+    NoInput {
+        url: String,
+        date: String,
+        found: String,
+    },
+    #[error(
+        "no report was staged for {date}: {pings} pings read, records rejected: [{rejected}]; \
+         check --date and DATA_CONFIG's batch ids, or pass --allow-empty to mark the date \
+         staged with nothing in it"
+    )]
+    NothingStaged {
+        date: String,
+        pings: u64,
+        rejected: String,
+    },
     /// Another worker's error, as it reached this one.
     #[error("{0}")]
     Remote(String),

@@ -308,6 +308,16 @@ impl Location {
         Ok(ObjectWriter { sink, url })
     }
 
+    /// An object's size, or `None` when there is no such object.
+    pub fn size(&self, rel: &str) -> Result<Option<u64>, StorageError> {
+        let path = self.path(rel);
+        match self.block_on(self.store.head(&path)) {
+            Ok(meta) => Ok(Some(meta.size)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.error(rel, e)),
+        }
+    }
+
     /// Whether an object exists.
     pub fn exists(&self, rel: &str) -> Result<bool, StorageError> {
         let path = self.path(rel);

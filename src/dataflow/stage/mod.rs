@@ -61,6 +61,8 @@ pub struct StageJob {
     pub partition_size: u64,
     pub secret: Vec<u8>,
     pub skip_unreadable: bool,
+    /// Write the date's markers even when no report was staged.
+    pub allow_empty: bool,
     pub spill_dir: PathBuf,
     /// Told how reading goes; shared by the process's workers.
     pub progress: Box<dyn ReadProgress>,
@@ -135,6 +137,19 @@ fn stage_worker(worker: &mut Worker, job: &StageJob) -> Result<StageCounts, Erro
             .collect(),
         ..totals
     };
+    let staged: u64 = summary.batches.values().map(|b| b.entries).sum();
+    if staged == 0 && !job.allow_empty {
+        return Err(Error::NothingStaged {
+            date: job.date.clone(),
+            pings: summary.pings_read,
+            rejected: summary
+                .rejected
+                .iter()
+                .map(|(reason, n)| format!("{}={n}", reason.reason()))
+                .collect::<Vec<_>>()
+                .join(" "),
+        });
+    }
     if worker.index() == 0 {
         write_markers(job, &summary)?;
     }
@@ -161,26 +176,64 @@ fn shared_listing(worker: &mut Worker, job: &StageJob) -> Result<Vec<InputFile>,
 }
 
 /// Lists the input, sorted, keeping dump files of the requested date.
+/// An input that is a single file is that file (name "").
 fn list_inputs(job: &StageJob) -> Result<Vec<InputFile>, Error> {
-    let listed = job.input.list()?;
+    let mut listed = job.input.list()?;
+    if listed.is_empty() {
+        if let Some(size) = job.input.size("")? {
+            listed.push((String::new(), size));
+        }
+    }
+    let (mut other_dates, mut other_formats, mut not_dumps) = (Vec::new(), 0, 0);
     let files: Vec<InputFile> = listed
         .into_iter()
         .filter_map(|(rel, size)| {
-            let format = InputFormat::of_path(&rel)?;
+            let name = if rel.is_empty() {
+                job.input.url()
+            } else {
+                &rel
+            };
+            let Some(format) = InputFormat::of_path(name) else {
+                not_dumps += 1;
+                return None;
+            };
             if job.input_format.is_some_and(|f| f != format) {
+                other_formats += 1;
                 return None;
             }
             // The sink layout starts with the submission date: skip other days.
             let first = rel.split('/').next().unwrap_or_default();
             if looks_like_date(first) && first != job.date {
+                other_dates.push(first.to_string());
                 return None;
             }
             Some(InputFile { rel, size, format })
         })
         .collect();
     if files.is_empty() {
+        other_dates.dedup();
+        let mut found = Vec::new();
+        if !other_dates.is_empty() {
+            found.push(format!("files of other dates ({})", other_dates.join(", ")));
+        }
+        if other_formats > 0 {
+            found.push(format!(
+                "{other_formats} files of other formats than --input-format"
+            ));
+        }
+        if not_dumps > 0 {
+            found.push(format!(
+                "{not_dumps} files that are not .ndjson, .ndjson.gz, .parquet or .avro"
+            ));
+        }
         return Err(Error::NoInput {
             url: job.input.url().to_string(),
+            date: job.date.clone(),
+            found: if found.is_empty() {
+                "nothing".into()
+            } else {
+                found.join(", ")
+            },
         });
     }
     Ok(files)
