@@ -488,7 +488,7 @@ fn a_peer_that_never_answers_is_a_clear_error_after_the_retry_limit() {
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("verify1")
+        stderr.contains("the peer's hello never arrived")
             && stderr.contains("_SUCCESS")
             && stderr.contains("after 3 retries"),
         "{stderr}"
@@ -502,7 +502,9 @@ fn a_server_killed_mid_run_and_restarted_publishes_the_same_answer() {
         30,
         &[],
     );
-    // Server a finishes verify1 and then waits for b, which has not started: kill it there.
+    // Server b has sent its hello and verifier shares only; server a finishes
+    // verify1 and then waits for b's verdicts, which do not come: kill it there.
+    ok(world.server(Role::B, "verify1", &[]).output().unwrap());
     let mut a = world.spawn(Role::A, "process", &[]);
     let marker = world
         .private(Role::A)
@@ -940,4 +942,49 @@ fn a_short_digest_from_the_peer_is_a_refusal_not_a_panic() {
         &mut world.server(Role::A, "publish", &[]),
         "digest ab at the peer",
     );
+}
+
+#[test]
+fn servers_that_disagree_on_the_secret_or_the_config_stop_before_any_report() {
+    let (world, _) = World::new(r#"{"x": 16, "y": {"vdaf": "count"}}"#, 12, &[]);
+    let with_b = |var: &str, value: &str| {
+        let a = world.spawn(Role::A, "process", &[]);
+        let b = world
+            .server(Role::B, "process", &[])
+            .env(var, value)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        [a.wait_with_output().unwrap(), b.wait_with_output().unwrap()]
+    };
+    let other_secret = BASE64.encode([9u8; 32]);
+    let other_config = low_threshold(r#"{"x": 32, "y": {"vdaf": "count"}}"#);
+    for (var, value, want) in [
+        (
+            "SHARED_SECRET",
+            other_secret.as_str(),
+            "SHARED_SECRET differs",
+        ),
+        ("DATA_CONFIG", other_config.as_str(), "batch \"x\" has"),
+    ] {
+        for out in with_b(var, value) {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(1), "{var}: {stderr}");
+            assert!(
+                stderr.contains("the servers disagree") && stderr.contains(want),
+                "{var}: {stderr}"
+            );
+        }
+        for role in Role::BOTH {
+            let verify1 = world
+                .inbox(role.peer())
+                .join(format!("{DATE}/intermediate/external/verify1"));
+            assert!(!verify1.exists(), "{var}: {role} sent no verifier share");
+        }
+        // Start the next case from clean inboxes.
+        for role in Role::BOTH {
+            let _ = std::fs::remove_dir_all(world.inbox(role));
+        }
+    }
 }

@@ -102,6 +102,8 @@ pub enum Error {
     },
     #[error("{what}: {source}")]
     Vdaf { what: String, source: VdafUseError },
+    #[error("the servers disagree, nothing was done: {0}")]
+    Disagreement(String),
     #[error("a worker stopped unexpectedly: {0}")]
     WorkerPanicked(String),
 }

@@ -112,6 +112,27 @@ impl AggregateMessage {
     }
 }
 
+/// What the servers compare before a run (`hello/_HELLO.json`): the protocol
+/// version, each batch's parameters and threshold, and a fingerprint of
+/// `SHARED_SECRET` (never the secret).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct HelloMessage {
+    pub protocol: u32,
+    /// Batch id -> its VDAF parameters and `min_batch_size`, as JSON.
+    pub batches: BTreeMap<String, serde_json::Value>,
+    pub shared_secret_fingerprint: String,
+}
+
+impl HelloMessage {
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec_pretty(self).expect("JSON")
+    }
+
+    pub fn decode(url: &str, data: &[u8]) -> Result<Self, StorageError> {
+        serde_json::from_slice(data).map_err(|e| malformed(url, format!("not a hello: {e}")))
+    }
+}
+
 /// A step's `_SUMMARY.json`, sent with its `_SUCCESS`: `{"STEP/BATCH/STATUS": reports}`.
 pub fn encode_step_summary(step: Step, counts: &StatusCounts) -> Vec<u8> {
     let flat: BTreeMap<String, u64> = counts

@@ -28,7 +28,8 @@ use bytes::Bytes;
 use super::batch_dir::{batch_dir, batch_id_of};
 use super::location::{Location, StorageError};
 use super::messages::{
-    decode_message, encode_message, same_json, same_rows, AggregateMessage, MessageRow,
+    decode_message, encode_message, same_json, same_rows, AggregateMessage, HelloMessage,
+    MessageRow,
 };
 use super::published::{decode_published, encode_published, published_json, PublishedBatch};
 use super::staged::{decode_staged, StagedFormat, StagedRow, SUCCESS, SUMMARY};
@@ -48,6 +49,9 @@ struct Owner {
     /// The server's signing public key, hex.
     signing_key: String,
 }
+
+/// The hello each server sends before a run.
+const HELLO: &str = "_HELLO.json";
 
 /// A signature statement's name beside the object it signs.
 fn sig_name(name: &str) -> String {
@@ -471,6 +475,20 @@ impl ServerBuckets {
         let url = format!("{}/{name}", self.received(Step::Aggregate).url());
         self.receive(Step::Aggregate, &name)?
             .map(|data| AggregateMessage::decode(&url, &data))
+            .transpose()
+    }
+
+    /// Sends this server's hello to the peer (written once) and marks it sent.
+    pub fn send_hello(&self, hello: &HelloMessage) -> Result<(), StorageError> {
+        self.send(Step::Hello, HELLO, Bytes::from(hello.encode()), same_json)?;
+        self.send(Step::Hello, SUCCESS, Bytes::new(), |a, b| a == b)
+    }
+
+    /// The peer's hello, once its signed marker is there.
+    pub fn peer_hello(&self) -> Result<Option<HelloMessage>, StorageError> {
+        let url = format!("{}/{HELLO}", self.received(Step::Hello).url());
+        self.receive(Step::Hello, HELLO)?
+            .map(|data| HelloMessage::decode(&url, &data))
             .transpose()
     }
 

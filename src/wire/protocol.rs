@@ -6,10 +6,12 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-/// The pipeline's steps, in order.
+/// The pipeline's steps, in order. `Hello` comes before every run: the
+/// servers compare what they must agree on before touching a report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Step {
+    Hello,
     Verify1,
     Verify2,
     Aggregate,
@@ -17,11 +19,13 @@ pub enum Step {
 }
 
 impl Step {
+    /// The steps that work on reports, as `process` runs them.
     pub const ALL: [Step; 4] = [Step::Verify1, Step::Verify2, Step::Aggregate, Step::Publish];
 
     /// The step's name, as in commands and object paths.
     pub fn name(self) -> &'static str {
         match self {
+            Step::Hello => "hello",
             Step::Verify1 => "verify1",
             Step::Verify2 => "verify2",
             Step::Aggregate => "aggregate",

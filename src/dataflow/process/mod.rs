@@ -18,6 +18,7 @@
 //! have read.
 
 mod aggregate;
+mod hello;
 mod publish;
 mod slices;
 mod verify;
@@ -90,8 +91,13 @@ pub fn run(job: ServerJob, cluster: &Cluster) -> Result<Vec<BatchOutcome>, Error
 
 fn server_worker(worker: &mut Worker, job: &ServerJob) -> Result<Vec<BatchOutcome>, Error> {
     let parts = configured_parts(job)?;
+    let mut agreed = hello::send(job)?;
     let mut outcomes = Vec::new();
     for pass in plan(job)? {
+        if !agreed && pass != Pass::Verify(Verification::First) {
+            hello::agree(job)?;
+            agreed = true;
+        }
         match pass {
             Pass::Verify(verification) => verify::run(worker, job, &parts, verification)?,
             Pass::Aggregate => {
@@ -119,6 +125,8 @@ fn plan(job: &ServerJob) -> Result<Vec<Pass>, Error> {
             continue;
         }
         let pass = match step {
+            // Exchanged before every run, whatever the steps.
+            Step::Hello => continue,
             Step::Verify1 => Pass::Verify(Verification::First),
             Step::Verify2 if passes.last() == Some(&Pass::Verify(Verification::First)) => {
                 passes.pop();

@@ -22,6 +22,16 @@ pub const VERIFY_KEY_LEN: usize = 32;
 pub const NONCE_LEN: usize = 16;
 
 pub type VerifyKey = [u8; VERIFY_KEY_LEN];
+
+/// A fingerprint of the shared verify key that the servers can compare in
+/// the open: HMAC-SHA256 keyed by it over a fixed label, hex. It tells
+/// whether two keys are equal and nothing else about them.
+pub fn verify_key_fingerprint(key: &VerifyKey) -> String {
+    use hmac::{Hmac, KeyInit, Mac};
+    let mut mac = <Hmac<sha2::Sha256> as KeyInit>::new_from_slice(key).expect("any key length");
+    mac.update(b"prio-processor shared secret fingerprint v1");
+    hex::encode(&mac.finalize().into_bytes()[..16])
+}
 pub type Nonce = [u8; NONCE_LEN];
 
 /// Errors on the client side or from misuse of the API (never a per-report rejection).
