@@ -26,6 +26,15 @@ fn bin() -> Command {
     c
 }
 
+/// The real Firefox 69 prio ping of `data/fixtures`.
+fn firefox_ping() -> Vec<u8> {
+    std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/data/fixtures/fx-69.0a1.json"
+    ))
+    .unwrap()
+}
+
 fn run(cmd: &mut Command) -> Output {
     let out = cmd.output().unwrap();
     assert!(
@@ -134,11 +143,7 @@ fn generated_dump(dir: &Path, pings: usize) -> serde_json::Value {
 #[test]
 fn firefox_ping_is_staged_with_matching_ids_for_both_servers() {
     let dir = tempfile::tempdir().unwrap();
-    let ping = std::fs::read(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/data/fixtures/fx-69.0a1.json"
-    ))
-    .unwrap();
+    let ping = firefox_ping();
     let line = serde_json::to_vec(&SinkMessage::wrap(
         &ping,
         "91450ff2",
@@ -352,11 +357,7 @@ fn output_is_identical_for_any_worker_or_process_count_and_reruns() {
 #[test]
 fn submission_timestamps_are_read_as_utc_and_records_without_one_are_rejected() {
     let dir = tempfile::tempdir().unwrap();
-    let ping = std::fs::read(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/data/fixtures/fx-69.0a1.json"
-    ))
-    .unwrap();
+    let ping = firefox_ping();
     let line = |timestamp: &str| {
         serde_json::to_string(&SinkMessage::wrap(&ping, "91450ff2", timestamp)).unwrap()
     };
@@ -411,11 +412,7 @@ fn hostile_avro_files_are_unreadable_files_not_an_abort() {
 #[test]
 fn an_endless_line_is_one_rejected_record_and_the_rest_of_the_file_is_read() {
     let dir = tempfile::tempdir().unwrap();
-    let ping = std::fs::read(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/data/fixtures/fx-69.0a1.json"
-    ))
-    .unwrap();
+    let ping = firefox_ping();
     let good = serde_json::to_vec(&SinkMessage::wrap(&ping, "x", "2019-06-26T01:00:00Z")).unwrap();
     // 40 MB of one line without an end, then a real ping: about 40 KB compressed.
     let mut text = vec![b'{'; 40 << 20];
