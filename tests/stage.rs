@@ -26,6 +26,14 @@ fn bin() -> Command {
     c
 }
 
+/// Writes `bytes` as sink file `name` (below `DATE/00/telemetry/prio/4/`) under `sink`.
+fn write_sink_file(sink: &Path, name: &str, bytes: &[u8]) -> std::path::PathBuf {
+    let file = sink.join(format!("{DATE}/00/telemetry/prio/4/{name}"));
+    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+    std::fs::write(&file, bytes).unwrap();
+    file
+}
+
 /// The real Firefox 69 prio ping of `data/fixtures`.
 fn firefox_ping() -> Vec<u8> {
     std::fs::read(concat!(
@@ -368,11 +376,16 @@ fn submission_timestamps_are_read_as_utc_and_records_without_one_are_rejected() 
         line("garbage"),
         no_attributes.to_string(),
     ];
-    let file = dir
-        .path()
-        .join(format!("sink/{DATE}/00/telemetry/prio/4/part-0.ndjson"));
-    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
-    std::fs::write(&file, lines.join("\n")).unwrap();
+    write_sink_file(
+        &dir.path().join("sink"),
+        "part-0.ndjson",
+        lines
+            .join(
+                "
+",
+            )
+            .as_bytes(),
+    );
     let out = dir.path().join("out");
     stage(&dir.path().join("sink"), &out, &[]);
     let c = counters(&out);
@@ -418,11 +431,11 @@ fn an_endless_line_is_one_rejected_record_and_the_rest_of_the_file_is_read() {
     let mut text = vec![b'{'; 40 << 20];
     text.push(b'\n');
     text.extend_from_slice(&good);
-    let file = dir
-        .path()
-        .join(format!("sink/{DATE}/00/telemetry/prio/4/part-0.ndjson.gz"));
-    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
-    std::fs::write(&file, prio_processor::storage::dump::gzip(&text)).unwrap();
+    let file = write_sink_file(
+        &dir.path().join("sink"),
+        "part-0.ndjson.gz",
+        &prio_processor::storage::dump::gzip(&text),
+    );
     assert!(std::fs::metadata(&file).unwrap().len() < 1 << 20);
     // The same, uncompressed: the line limit holds for plain files too.
     std::fs::write(file.with_file_name("part-1.ndjson"), &text).unwrap();

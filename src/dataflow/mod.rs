@@ -108,6 +108,13 @@ pub enum Error {
     WorkerPanicked(String),
 }
 
+impl Error {
+    /// A VDAF error about `what`, for `map_err`.
+    pub fn vdaf(what: String) -> impl FnOnce(VdafUseError) -> Error {
+        move |source| Error::Vdaf { what, source }
+    }
+}
+
 /// A spill file's result as a job error.
 pub fn on_disk<T>(result: std::io::Result<T>) -> Result<T, Error> {
     result.map_err(Error::Spill)

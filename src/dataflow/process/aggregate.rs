@@ -149,10 +149,7 @@ fn batch_message(
     let (mut total, mut aggregated) = (0, 0);
     for p in parts {
         vdaf.merge_encoded(&mut agg, &p.share)
-            .map_err(|source| Error::Vdaf {
-                what: format!("aggregate share of {}", p.part),
-                source,
-            })?;
+            .map_err(Error::vdaf(format!("aggregate share of {}", p.part)))?;
         digest.update(p.digest);
         total += p.reports;
         aggregated += p.aggregated;

@@ -91,7 +91,7 @@ fn decide(
             .map_err(|e| malformed(&what, e))?;
         spec.vdaf
             .decode_aggregate(&bytes)
-            .map_err(|source| Error::Vdaf { what, source })
+            .map_err(Error::vdaf(what))
     };
     let (mine, theirs) = (decode(own)?, decode(peer)?);
     let (a, b) = match job.secrets.role {
@@ -101,10 +101,7 @@ fn decide(
     let result = spec
         .vdaf
         .unshard(a, b, own.reports_aggregated as usize)
-        .map_err(|source| Error::Vdaf {
-            what: format!("unsharding {}", outcome.batch_id),
-            source,
-        })?;
+        .map_err(Error::vdaf(format!("unsharding {}", outcome.batch_id)))?;
     outcome.status = BatchStatus::Published;
     outcome.aggregate = Some(result);
     Ok(())

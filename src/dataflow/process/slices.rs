@@ -205,10 +205,7 @@ impl<'a> PartWriter<'a> {
         for slice in slices {
             if step == Step::Verify2 {
                 vdaf.merge_encoded(&mut sum, &slice.accepted_sum)
-                    .map_err(|source| Error::Vdaf {
-                        what: format!("{}: sum of slice", part.name),
-                        source,
-                    })?;
+                    .map_err(Error::vdaf(format!("{}: sum of slice", part.name)))?;
             }
             rows.extend(slice.rows);
         }

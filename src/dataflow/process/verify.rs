@@ -106,10 +106,10 @@ pub fn load_states(
                 Ok(()) => {
                     Ok(vdaf
                         .decode_state(job.secrets.role, &row.share)
-                        .map_err(|source| Error::Vdaf {
-                            what: format!("{}: stored verification state of {}", part.name, row.id),
-                            source,
-                        })?)
+                        .map_err(Error::vdaf(format!(
+                            "{}: stored verification state of {}",
+                            part.name, row.id
+                        )))?)
                 }
                 Err(reason) => Err(reason),
             };
@@ -143,10 +143,7 @@ pub fn finish_states(
         let status = match verdict {
             Ok(output) if include(&id) => {
                 vdaf.accumulate(&mut sum, &output)
-                    .map_err(|source| Error::Vdaf {
-                        what: format!("{}: output share of {id}", part.name),
-                        source,
-                    })?;
+                    .map_err(Error::vdaf(format!("{}: output share of {id}", part.name)))?;
                 Ok(())
             }
             Ok(_) => Ok(()),
