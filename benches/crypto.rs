@@ -73,7 +73,7 @@ fn crypto(c: &mut Criterion) {
         let peer_shares = [1, 0].map(|i| {
             open_and_verify_init(vdaf, &secrets[i], name, &envelopes[i])
                 .unwrap()
-                .1
+                .verifier_share
         });
         for role in Role::BOTH {
             let i = role.agg_id();
@@ -90,10 +90,10 @@ fn crypto(c: &mut Criterion) {
             });
             group.bench_function(format!("server_{role}_open_verify"), |b| {
                 b.iter(|| {
-                    let (state, _) =
+                    let init =
                         open_and_verify_init(vdaf, &secrets[i], name, black_box(&envelopes[i]))
                             .unwrap();
-                    vdaf.verify_finish(name, role, &state, &peer_shares[i])
+                    vdaf.verify_finish(name, role, &init.state, &peer_shares[i])
                         .unwrap()
                 })
             });

@@ -87,7 +87,7 @@ fn main() {
                 id.clone(),
                 open_and_verify_init(vdaf, &secrets[1], batch, payload)
                     .ok()?
-                    .1,
+                    .verifier_share,
             ))
         })
         .collect();
@@ -97,13 +97,13 @@ fn main() {
         let Some(spec) = config.get(batch) else {
             continue;
         };
-        let Ok((state, _)) = open_and_verify_init(&spec.vdaf, &secrets[0], batch, payload) else {
+        let Ok(init) = open_and_verify_init(&spec.vdaf, &secrets[0], batch, payload) else {
             continue;
         };
         if let Some(share) = peer.get(id) {
             if spec
                 .vdaf
-                .verify_finish(batch, Role::A, &state, share)
+                .verify_finish(batch, Role::A, &init.state, share)
                 .is_ok()
             {
                 verified += 1;

@@ -27,6 +27,7 @@ set -euo pipefail
 : "${PROCESS:?set PROCESS, the line of this machine in the hostfile, from 0}"
 : "${WORKERS:=$(nproc)}"
 # Polling for the peer: RETRY_LIMIT (default 8), RETRY_DELAY (2 s), RETRY_BACKOFF_EXPONENT (2).
+# Anti-replay: REPLAY_WINDOW_DAYS (default 7), the same on both servers.
 export SERVER_ID PRIVATE_KEY_HEX PRIVATE_SIGNING_KEY_HEX PUBLIC_SIGNING_KEY_HEX_EXTERNAL SHARED_SECRET DATA_CONFIG
 export BUCKET_INTERNAL_PRIVATE BUCKET_INTERNAL_SHARED BUCKET_EXTERNAL_SHARED
 cluster=(--workers "$WORKERS")

@@ -40,6 +40,8 @@ struct World {
     signing: [SigningPrivateKey; 2],
     shared_secret: String,
     config: String,
+    /// The submission date the servers run, `DATE` unless a test moves on.
+    date: String,
 }
 
 fn bin() -> Command {
@@ -102,61 +104,64 @@ impl World {
         unknown: &str,
         extra: &[&str],
     ) -> (World, serde_json::Value) {
-        let config = &low_threshold(config);
-        let dir = tempfile::tempdir().unwrap();
+        let world = World::without_dump(config);
+        let expected = world.generate(pings, unknown, extra);
+        world.stage();
+        (world, expected)
+    }
+
+    /// Two servers' keys for `config` (with a low threshold), nothing generated yet.
+    fn without_dump(config: &str) -> World {
         let keys =
             [generate_keypair(), generate_keypair()].map(|k| (k.to_hex(), k.public_key().to_hex()));
-        let world = World {
-            dir,
+        World {
+            dir: tempfile::tempdir().unwrap(),
             shared_secret: "BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=".into(),
             keys,
             signing: [SigningPrivateKey::generate(), SigningPrivateKey::generate()],
-            config: config.into(),
-        };
+            config: low_threshold(config),
+            date: DATE.into(),
+        }
+    }
+
+    /// Where `generate` writes the dump of the world's date.
+    fn dump(&self) -> PathBuf {
+        self.path(&format!("dump-{}", self.date))
+    }
+
+    /// Generates the date's dump from `pings` clients, who also send an entry
+    /// for `unknown`; returns its expected.json.
+    fn generate(&self, pings: usize, unknown: &str, extra: &[&str]) -> serde_json::Value {
         ok(bin()
-            .args([
-                "generate",
-                "--config",
-                config,
-                "--pings",
-                &pings.to_string(),
-                "--unknown-batch-id",
-                unknown,
-            ])
+            .args(["generate", "--date", &self.date, "--config", &self.config])
+            .args(["--pings", &pings.to_string(), "--unknown-batch-id", unknown])
             .args(["--duplicate-rate", "0.1", "--malformed-rate", "0.1"])
             .args(extra)
             .arg("--output")
-            .arg(world.path("dump"))
-            .env("PUBLIC_KEY_HEX_A", &world.keys[0].1)
-            .env("PUBLIC_KEY_HEX_B", &world.keys[1].1)
+            .arg(self.dump())
+            .env("PUBLIC_KEY_HEX_A", &self.keys[0].1)
+            .env("PUBLIC_KEY_HEX_B", &self.keys[1].1)
             .output()
             .unwrap());
+        serde_json::from_slice(&std::fs::read(self.dump().join("expected.json")).unwrap()).unwrap()
+    }
+
+    /// Stages the date's dump into both servers' private buckets.
+    fn stage(&self) {
         let staged = ok(bin()
-            .args([
-                "stage",
-                "--date",
-                DATE,
-                "--partition-size",
-                "20KB",
-                "--config",
-                config,
-                "--input",
-            ])
-            .arg(world.path("dump/sink"))
+            .args(["stage", "--date", &self.date, "--partition-size", "20KB"])
+            .args(["--config", &self.config, "--input"])
+            .arg(self.dump().join("sink"))
             .arg("--output-a")
-            .arg(world.private(Role::A))
+            .arg(self.private(Role::A))
             .arg("--output-b")
-            .arg(world.private(Role::B))
+            .arg(self.private(Role::B))
             .output()
             .unwrap());
         assert!(
             String::from_utf8_lossy(&staged.stdout).contains("unknown_batch_id"),
             "stage counts the entries of batch ids not in the config"
         );
-        let expected =
-            serde_json::from_slice(&std::fs::read(world.path("dump/expected.json")).unwrap())
-                .unwrap();
-        (world, expected)
     }
 
     fn path(&self, rel: &str) -> PathBuf {
@@ -175,7 +180,7 @@ impl World {
     fn server(&self, role: Role, step: &str, extra: &[&str]) -> Command {
         let i = role.agg_id();
         let mut c = bin();
-        c.args([step, "--date", DATE])
+        c.args([step, "--date", &self.date])
             .args(extra)
             .env("SERVER_ID", role.as_str())
             .env("PRIVATE_KEY_HEX", &self.keys[i].0)
@@ -230,7 +235,8 @@ impl World {
 
     fn published(&self, role: Role, batch: &str) -> Option<serde_json::Value> {
         let path = self.private(role).join(format!(
-            "{DATE}/processed/{}/aggregate.json",
+            "{}/processed/{}/aggregate.json",
+            self.date,
             batch_dir(batch)
         ));
         std::fs::read(path)
@@ -241,7 +247,7 @@ impl World {
     fn staged_parts(&self, role: Role, batch: &str) -> Vec<PathBuf> {
         let dir = self
             .private(role)
-            .join(format!("{DATE}/raw/{}", batch_dir(batch)));
+            .join(format!("{}/raw/{}", self.date, batch_dir(batch)));
         let mut parts: Vec<_> = std::fs::read_dir(dir)
             .unwrap()
             .map(|e| e.unwrap().path())
@@ -255,10 +261,10 @@ impl World {
     fn peer_writes(&self, role: Role, object: &str, content: &[u8]) {
         let path = self
             .inbox(role)
-            .join(format!("{DATE}/intermediate/external/{object}"));
+            .join(format!("{}/intermediate/external/{object}", self.date));
         std::fs::write(&path, content).unwrap();
         let context = SignedContext {
-            date: DATE.into(),
+            date: self.date.clone(),
             object: object.into(),
             sender: role.peer(),
         };
@@ -615,15 +621,28 @@ fn a_rerun_resends_identical_messages_and_never_changes_one_the_peer_may_have_re
 
 #[test]
 fn a_report_the_peer_rejects_after_this_server_accepted_it_is_left_out_of_the_sum() {
+    one_verdict_changed_by_each_peer(
+        |row| row.status = Err(Rejection::InvalidProof),
+        "peer_verdict_reject",
+    );
+}
+
+#[test]
+fn a_report_whose_nonce_differs_between_the_servers_is_left_out_of_the_sum() {
+    one_verdict_changed_by_each_peer(|row| row.nonce = Some([0xee; 16]), "nonce_mismatch");
+}
+
+/// Each server learns from the peer's verify2 message, changed by `edit`
+/// for one report that it accepted itself, that the peer sees that report
+/// otherwise; both leave it out as `reason` and publish the rest exactly.
+fn one_verdict_changed_by_each_peer(
+    edit: fn(&mut prio_processor::storage::messages::MessageRow),
+    reason: &str,
+) {
     // Every client sends the same Prio2 vector, so leaving out one report
     // scales the known answer by (n-1)/n.
     let (world, expected) = World::new(r#"{"x": 16}"#, 12, &[]);
-    for step in ["verify1", "verify2"] {
-        let [a, b] = world.run_both(step, &[], &[]);
-        ok(a);
-        ok(b);
-    }
-    // Each server learns that the other rejected one report it accepted itself.
+    world.run_both_ok(&["verify1", "verify2"]);
     let verdicts = |role: Role| {
         world.inbox(role).join(format!(
             "{DATE}/intermediate/external/verify2/batch_id=x/part-00000.parquet"
@@ -632,22 +651,20 @@ fn a_report_the_peer_rejects_after_this_server_accepted_it_is_left_out_of_the_su
     let read =
         |path: &Path| decode_message("verdicts", std::fs::read(path).unwrap().into()).unwrap();
     let mut rows = read(&verdicts(Role::A));
-    let flipped = rows.iter().position(|r| r.status.is_ok()).unwrap();
-    let id = rows[flipped].id.clone();
-    rows[flipped].status = Err(Rejection::InvalidProof);
+    let changed = rows.iter().position(|r| r.status.is_ok()).unwrap();
+    let id = rows[changed].id.clone();
+    edit(&mut rows[changed]);
     let object = "verify2/batch_id=x/part-00000.parquet";
     world.peer_writes(Role::A, object, &encode_message(&rows));
     let mut rows = read(&verdicts(Role::B));
-    rows.iter_mut().find(|r| r.id == id).unwrap().status = Err(Rejection::InvalidProof);
+    edit(rows.iter_mut().find(|r| r.id == id).unwrap());
     world.peer_writes(Role::B, object, &encode_message(&rows));
 
     let [a, b] = world.run_both("aggregate", &[], &[]);
     let a = ok(a);
     ok(b);
-    assert!(String::from_utf8_lossy(&a.stderr).contains("summing the reports both accepted again"));
-    let [a, b] = world.run_both("publish", &[], &[]);
-    ok(a);
-    ok(b);
+    assert!(String::from_utf8_lossy(&a.stderr).contains("summing the others again"));
+    world.run_both_ok(&["publish"]);
     let n = expected["batches"]["x"]["reports"].as_u64().unwrap();
     let want: Vec<u128> = aggregate_of(&expected["batches"]["x"])
         .iter()
@@ -657,7 +674,7 @@ fn a_report_the_peer_rejects_after_this_server_accepted_it_is_left_out_of_the_su
         let published = world.published(role, "x").unwrap();
         assert_eq!(aggregate_of(&published), want, "at {role}");
         assert_eq!(published["reports_aggregated"], n - 1);
-        assert_eq!(published["rejected"]["peer_verdict_reject"], 1);
+        assert_eq!(published["rejected"], serde_json::json!({reason: 1}));
     }
 }
 
@@ -911,7 +928,8 @@ fn sums_past_2_to_the_64_are_published_exactly() {
     ok(a);
     ok(b);
     let expected: Expected =
-        serde_json::from_slice(&std::fs::read(world.path("dump/expected.json")).unwrap()).unwrap();
+        serde_json::from_slice(&std::fs::read(world.dump().join("expected.json")).unwrap())
+            .unwrap();
     let want = &expected.batches["big"].aggregate;
     assert!(want.iter().any(|&x| x > u128::from(u64::MAX)), "{want:?}");
     for role in Role::BOTH {
@@ -983,5 +1001,190 @@ fn servers_that_disagree_on_the_secret_or_the_config_stop_before_any_report() {
         for role in Role::BOTH {
             let _ = std::fs::remove_dir_all(world.inbox(role));
         }
+    }
+}
+
+/// What anyone who sees pings can do without a key: copies of the first `n`
+/// pings in `sink`, under new ping and document ids, delivered on `date`,
+/// as one sink NDJSON file.
+fn replayed_pings(sink: &Path, n: usize, date: &str) -> Vec<u8> {
+    let mut files: Vec<PathBuf> = walk(sink)
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "ndjson"))
+        .collect();
+    files.sort();
+    let text: Vec<u8> = files
+        .iter()
+        .flat_map(|f| std::fs::read(f).unwrap())
+        .collect();
+    let mut out = Vec::new();
+    let mut copied = std::collections::HashSet::new();
+    for line in text.split(|&b| b == b'\n') {
+        let Ok((mut message, body)) = prio_processor::wire::ping::parse_sink_line(line) else {
+            continue;
+        };
+        let Ok(mut ping) = serde_json::from_slice::<serde_json::Value>(&body) else {
+            continue;
+        };
+        if ping["payload"]["prioData"].is_null() || !copied.insert(ping["id"].clone()) {
+            continue;
+        }
+        let id = format!("00000000-0000-4000-8000-{:012}", copied.len());
+        ping["id"] = id.clone().into();
+        let attributes = &mut message.attributes;
+        attributes.insert("document_id".into(), id.into());
+        attributes.insert(
+            "submission_timestamp".into(),
+            format!("{date}T23:00:00.000000Z").into(),
+        );
+        message.payload = BASE64.encode(serde_json::to_vec(&ping).unwrap());
+        out.extend(serde_json::to_vec(&message).unwrap());
+        out.push(b'\n');
+        if copied.len() == n {
+            return out;
+        }
+    }
+    panic!("fewer than {n} pings in {}", sink.display());
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            found.extend(walk(&path));
+        } else {
+            found.push(path);
+        }
+    }
+    found
+}
+
+/// Adds `ndjson` to the world's dump as one more sink file of its date.
+fn deliver(world: &World, ndjson: &[u8]) {
+    let file = world.dump().join(format!(
+        "sink/{}/23/telemetry/prio/4/part-replays.ndjson",
+        world.date
+    ));
+    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+    std::fs::write(file, ndjson).unwrap();
+}
+
+/// Both servers publish `batch` with the known answer, having counted
+/// `replayed` copies as such and no other report beyond the known ones.
+fn assert_known_answer_with_replays(world: &World, expected: &serde_json::Value, replayed: u64) {
+    for (batch, want) in expected["batches"].as_object().unwrap() {
+        for role in Role::BOTH {
+            let published = world.published(role, batch).unwrap();
+            assert_eq!(
+                published["aggregate"], want["aggregate"],
+                "{batch} at {role}"
+            );
+            assert_eq!(published["reports_aggregated"], want["reports"], "{batch}");
+            let total = want["reports"].as_u64().unwrap() + replayed;
+            assert_eq!(published["reports_total"], total, "{batch} at {role}");
+            assert_eq!(
+                published["rejected"],
+                serde_json::json!({"replayed": replayed}),
+                "{batch} at {role}"
+            );
+        }
+    }
+}
+
+#[test]
+fn replayed_shares_under_new_ping_ids_count_once_within_a_date_and_within_the_window() {
+    let config = r#"{"sum": {"vdaf": "sum", "max_measurement": 1000},
+                     "sumvec": {"vdaf": "sumvec", "length": 5, "bits": 8}}"#;
+    let random = ["--pattern", "random"];
+    let mut world = World::without_dump(config);
+    let day1 = world.generate(30, "bad-id", &[&random[..], &["--seed", "1"]].concat());
+    let day1_sink = world.dump().join("sink");
+    // Copies of day 1's own pings, delivered the same day.
+    deliver(&world, &replayed_pings(&day1_sink, 4, DATE));
+    world.stage();
+    world.run_both_ok(&["process"]);
+    assert_known_answer_with_replays(&world, &day1, 4);
+
+    // The next day, copies of day 1's pings: within the default window.
+    world.date = "2019-06-27".into();
+    let day2 = world.generate(30, "bad-id", &[&random[..], &["--seed", "2"]].concat());
+    deliver(&world, &replayed_pings(&day1_sink, 3, &world.date));
+    world.stage();
+    world.run_both_ok(&["process"]);
+    assert_known_answer_with_replays(&world, &day2, 3);
+
+    // Two days on with a window of one day, copies of day 1 count as reports.
+    world.date = "2019-06-28".into();
+    let day3 = world.generate(30, "bad-id", &[&random[..], &["--seed", "3"]].concat());
+    deliver(&world, &replayed_pings(&day1_sink, 2, &world.date));
+    world.stage();
+    let window = ["--replay-window-days", "1"];
+    let [a, b] = world.run_both("process", &window, &window);
+    ok(a);
+    ok(b);
+    for (batch, want) in day3["batches"].as_object().unwrap() {
+        let published = world.published(Role::A, batch).unwrap();
+        assert_eq!(
+            published["reports_aggregated"],
+            want["reports"].as_u64().unwrap() + 2
+        );
+        assert!(
+            published["rejected"].get("replayed").is_none(),
+            "{published}"
+        );
+    }
+}
+
+#[test]
+fn a_client_that_seals_different_nonces_for_the_two_servers_is_rejected_by_both() {
+    use prio_processor::wire::client::ServerPublicKeys;
+    use prio_processor::wire::config::BatchConfig;
+    use prio_processor::wire::envelope::{seal, PublicKey};
+    use prio_processor::wire::ping::{build_ping, encode_base64, PrioEntry, SinkMessage};
+    use prio_processor::wire::vdaf::Measurement;
+
+    // Such a report could look like a copy of one report to server a and of
+    // another to server b. The VDAF derives the proof's query randomness from
+    // the nonce, so its proof fails at both.
+    let world = World::without_dump(r#"{"p": 8}"#);
+    let expected = world.generate(20, "bad-id", &[]);
+    let config = BatchConfig::from_json(&world.config).unwrap();
+    let vdaf = &config.get("p").unwrap().vdaf;
+    let keys = ServerPublicKeys {
+        a: PublicKey::from_hex(&world.keys[0].1).unwrap(),
+        b: PublicKey::from_hex(&world.keys[1].1).unwrap(),
+    };
+    let mut shares = vdaf
+        .shard("p", &Measurement::Vector(vec![1; 8]), &[1; 16])
+        .unwrap();
+    shares[1].nonce = [2; 16];
+    let sealed = Role::BOTH
+        .map(|role| seal(keys.get(role), role, "p", &shares[role.agg_id()].encode()).unwrap());
+    let entry = PrioEntry {
+        batch_id: "p".into(),
+        share_a: encode_base64(&sealed[0]),
+        share_b: encode_base64(&sealed[1]),
+    };
+    let id = "00000000-0000-4000-8000-000000000001";
+    let ping = build_ping(id, &format!("{DATE}T12:00:00.000Z"), &[entry]);
+    let message = SinkMessage::wrap(
+        &serde_json::to_vec(&ping).unwrap(),
+        id,
+        &format!("{DATE}T12:00:02.000000Z"),
+    );
+    deliver(&world, &serde_json::to_vec(&message).unwrap());
+    world.stage();
+    world.run_both_ok(&["process"]);
+    let want = &expected["batches"]["p"];
+    for role in Role::BOTH {
+        let published = world.published(role, "p").unwrap();
+        assert_eq!(published["aggregate"], want["aggregate"], "{role}");
+        assert_eq!(published["reports_aggregated"], want["reports"], "{role}");
+        assert_eq!(
+            published["rejected"],
+            serde_json::json!({"invalid_proof": 1}),
+            "{role}"
+        );
     }
 }

@@ -285,7 +285,7 @@ fn build(name: &str, spec_text: &str, measurements: &[Measurement]) -> VectorFil
             hex::encode(
                 open_and_verify_init(&vdaf, &servers[role.agg_id()], &batch_id, &env)
                     .unwrap()
-                    .1,
+                    .verifier_share,
             )
         });
         let raw = envelopes.clone().map(|e| decode_base64(&e).unwrap());
@@ -468,7 +468,9 @@ fn check(v: &VectorFile) {
                 open(&servers[i].private_key, role, &v.batch_id, &raw).unwrap(),
                 plain[i]
             );
-            let (_, share) = open_and_verify_init(&vdaf, &servers[i], &v.batch_id, &raw).unwrap();
+            let share = open_and_verify_init(&vdaf, &servers[i], &v.batch_id, &raw)
+                .unwrap()
+                .verifier_share;
             let want = [&r.verifier_share_a, &r.verifier_share_b][i];
             assert_eq!(&hex::encode(share), want, "{}: verifier share", v.batch_id);
         }

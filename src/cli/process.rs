@@ -11,6 +11,7 @@ use super::{exit, parse_date, ClusterArgs, ConfigArg};
 use crate::dataflow::process::{run, Retry, ServerJob};
 use crate::storage::location::Location;
 use crate::storage::server::{ServerBuckets, Signatures};
+use crate::wire::config::DEFAULT_REPLAY_WINDOW_DAYS;
 use crate::wire::envelope::{PrivateKey, PublicKey};
 use crate::wire::protocol::{BatchOutcome, BatchStatus, Step};
 use crate::wire::server::ServerSecrets;
@@ -80,6 +81,11 @@ pub struct ServerArgs {
     /// Submission date to process (YYYY-MM-DD).
     #[arg(long, value_parser = parse_date)]
     pub date: chrono::NaiveDate,
+    /// Anti-replay: a report whose nonce this server aggregated on one of
+    /// this many dates before `--date` is not counted again (0: within the
+    /// date only). Both servers must use the same window.
+    #[arg(long, env = "REPLAY_WINDOW_DAYS", default_value_t = DEFAULT_REPLAY_WINDOW_DAYS)]
+    pub replay_window_days: u32,
     #[command(flatten)]
     pub cluster: ClusterArgs,
 }
@@ -141,6 +147,7 @@ pub fn run_steps(args: ServerArgs, steps: &[Step]) -> anyhow::Result<u8> {
             exponent: args.retry_backoff_exponent,
         },
         steps: steps.to_vec(),
+        replay_window_days: args.replay_window_days,
     };
     job.buckets.claim()?;
     let outcomes = run(job, &args.cluster.cluster())?;

@@ -91,15 +91,10 @@ pub enum Error {
         retries: u32,
     },
     #[error(
-        "{part}: {summed} of the {accepted} reports both servers accepted verify again; this \
-         server's stored data for the date changed since verify2. Reset both servers for this \
-         date (prio-processor cleanup) and rerun"
+        "{part}: {what}; this server's stored data for the date changed since it was written. \
+         Reset both servers for this date (prio-processor cleanup) and rerun"
     )]
-    StoredDataChanged {
-        part: String,
-        summed: usize,
-        accepted: usize,
-    },
+    StoredDataChanged { part: String, what: String },
     #[error("{what}: {source}")]
     Vdaf { what: String, source: VdafUseError },
     #[error("the servers disagree, nothing was done: {0}")]

@@ -1,9 +1,9 @@
 //! What the two servers exchange through buckets, and how each is encoded.
 //!
 //! - `verify1` and `verify2`: one Parquet file per staged part, a row per
-//!   report with its `status` (`ok` or a rejection reason) and, for
-//!   verify1, the verifier share. The same rows hold a server's stored
-//!   verification states.
+//!   report with its `status` (`ok` or a rejection reason), for verify1 the
+//!   verifier share, and for verify2 the report's nonce. The same rows hold
+//!   a server's stored verification states.
 //! - `aggregate`: one JSON object per batch with the aggregate share and
 //!   what it covers (count and digest of report ids).
 //!
@@ -23,6 +23,7 @@ use super::tables::{binaries, malformed, parquet_bytes, random_columns, record_b
 use crate::wire::protocol::{
     by_reason, parse_status, status_name, RejectionCounts, Status, StatusCounts, Step,
 };
+use crate::wire::vdaf::{Nonce, NONCE_LEN};
 
 /// One row of a verify1 or verify2 message. Serializable so that workers
 /// can pass rows to the worker that writes the part's message.
@@ -33,6 +34,9 @@ pub struct MessageRow {
     /// The verifier share (verify1) or verification state (stored states); empty otherwise.
     #[serde(with = "serde_bytes")]
     pub share: Vec<u8>,
+    /// The report's nonce as this server opened it (verify2 and stored
+    /// states, for reports that opened); `None` otherwise.
+    pub nonce: Option<Nonce>,
 }
 
 fn message_schema() -> Arc<Schema> {
@@ -40,6 +44,7 @@ fn message_schema() -> Arc<Schema> {
         Field::new("id", DataType::Utf8, false),
         Field::new("status", DataType::Utf8, false),
         Field::new("share", DataType::Binary, false),
+        Field::new("nonce", DataType::Binary, false),
     ]))
 }
 
@@ -56,29 +61,43 @@ pub fn encode_message(rows: &[MessageRow]) -> Vec<u8> {
             Arc::new(BinaryArray::from_iter_values(
                 rows.iter().map(|r| r.share.as_slice()),
             )),
+            Arc::new(BinaryArray::from_iter_values(
+                rows.iter().map(|r| r.nonce.as_ref().map_or(&[][..], |n| n)),
+            )),
         ],
     )
     .expect("columns match the schema");
-    parquet_bytes(&batch, Some(random_columns(&["id", "share"])))
+    parquet_bytes(&batch, Some(random_columns(&["id", "share", "nonce"])))
 }
 
 /// Reads a message written by [`encode_message`]; a status this version
-/// does not know makes the object malformed.
+/// does not know, or a nonce of another length, makes the object malformed.
 pub fn decode_message(url: &str, data: Bytes) -> Result<Vec<MessageRow>, StorageError> {
     let mut rows = Vec::new();
     for batch in record_batches(url, data)? {
-        let (ids, status, shares) = (
+        let (ids, status, shares, nonces) = (
             strings(url, &batch, "id")?,
             strings(url, &batch, "status")?,
             binaries(url, &batch, "share")?,
+            binaries(url, &batch, "nonce")?,
         );
         for i in 0..batch.num_rows() {
             let status = parse_status(status.value(i))
                 .ok_or_else(|| malformed(url, format!("unknown status {:?}", status.value(i))))?;
+            let nonce = match nonces.value(i) {
+                [] => None,
+                bytes => Some(Nonce::try_from(bytes).map_err(|_| {
+                    malformed(
+                        url,
+                        format!("a nonce of {} bytes, not {NONCE_LEN}", bytes.len()),
+                    )
+                })?),
+            };
             rows.push(MessageRow {
                 id: ids.value(i).to_string(),
                 status,
                 share: shares.value(i).to_vec(),
+                nonce,
             });
         }
     }
@@ -113,11 +132,15 @@ impl AggregateMessage {
 }
 
 /// What the servers compare before a run (`hello/_HELLO.json`): the protocol
-/// version, each batch's parameters and threshold, and a fingerprint of
-/// `SHARED_SECRET` (never the secret).
+/// version, each batch's parameters and threshold, the replay window, and a
+/// fingerprint of `SHARED_SECRET` (never the secret).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct HelloMessage {
     pub protocol: u32,
+    /// Anti-replay's window, which both must use to decide alike. (Absent
+    /// from an older version's hello, which then differs in `protocol`.)
+    #[serde(default)]
+    pub replay_window_days: u32,
     /// Batch id -> its VDAF parameters and `min_batch_size`, as JSON.
     pub batches: BTreeMap<String, serde_json::Value>,
     pub shared_secret_fingerprint: String,
@@ -166,11 +189,13 @@ mod tests {
                 id: "01".into(),
                 status: Ok(()),
                 share: vec![1, 2, 3],
+                nonce: Some([9; NONCE_LEN]),
             },
             MessageRow {
                 id: "02".into(),
                 status: Err(Rejection::Undecryptable),
                 share: vec![],
+                nonce: None,
             },
         ]
     }
@@ -199,11 +224,28 @@ mod tests {
                 Arc::new(StringArray::from_iter_values(["01"])) as ArrayRef,
                 Arc::new(StringArray::from_iter_values(["fine_trust_me"])),
                 Arc::new(BinaryArray::from_iter_values([b"".as_slice()])),
+                Arc::new(BinaryArray::from_iter_values([b"".as_slice()])),
             ],
         )
         .unwrap();
         let err = decode_message("peer/x", parquet_bytes(&batch, None).into()).unwrap_err();
         assert!(err.to_string().contains("fine_trust_me"), "{err}");
+    }
+
+    #[test]
+    fn a_nonce_of_another_length_is_malformed() {
+        let batch = RecordBatch::try_new(
+            message_schema(),
+            vec![
+                Arc::new(StringArray::from_iter_values(["01"])) as ArrayRef,
+                Arc::new(StringArray::from_iter_values(["ok"])),
+                Arc::new(BinaryArray::from_iter_values([b"".as_slice()])),
+                Arc::new(BinaryArray::from_iter_values([[1u8; 15].as_slice()])),
+            ],
+        )
+        .unwrap();
+        let err = decode_message("peer/x", parquet_bytes(&batch, None).into()).unwrap_err();
+        assert!(err.to_string().contains("nonce of 15 bytes"), "{err}");
     }
 
     #[test]

@@ -19,6 +19,11 @@ pub const MAX_BATCH_ID_LEN: usize = 80;
 /// either server and nothing is published. A spec may set another value.
 pub const DEFAULT_MIN_BATCH_SIZE: u64 = 100;
 
+/// How many days before its own a date's reports are checked against for
+/// replays, when the servers are not told otherwise. A week covers the
+/// time a ping takes to arrive (submission dates lag by hours to days).
+pub const DEFAULT_REPLAY_WINDOW_DAYS: u32 = 7;
+
 /// One batch id's configuration.
 #[derive(Debug, Clone)]
 pub struct BatchSpec {

@@ -6,6 +6,11 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+/// The version of what the servers exchange (steps, message columns,
+/// reasons); both must run the same one, which their hellos compare.
+/// Version 2 added the `nonce` column and anti-replay.
+pub const PROTOCOL_VERSION: u32 = 2;
+
 /// The pipeline's steps, in order. `Hello` comes before every run: the
 /// servers compare what they must agree on before touching a report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -88,10 +93,19 @@ pub enum Rejection {
     /// This server accepted the report but the peer's verdict rejects it.
     #[error("the peer's verdict rejects the report")]
     PeerVerdictReject,
+    /// Both servers accepted the report, but their shares carry different
+    /// nonces: the client sealed two different reports as one.
+    #[error("the two servers' shares carry different nonces")]
+    NonceMismatch,
+    /// The report's nonce was aggregated before: a copy with a smaller report
+    /// id in the same batch and date, or one in an earlier date within the
+    /// replay window. Only the first copy counts.
+    #[error("the report's nonce was aggregated before")]
+    Replayed,
 }
 
 impl Rejection {
-    pub const ALL: [Rejection; 10] = [
+    pub const ALL: [Rejection; 12] = [
         Rejection::BadBase64,
         Rejection::WrongBinding,
         Rejection::Undecryptable,
@@ -102,6 +116,8 @@ impl Rejection {
         Rejection::MissingOnPeer,
         Rejection::PeerRejected,
         Rejection::PeerVerdictReject,
+        Rejection::NonceMismatch,
+        Rejection::Replayed,
     ];
 
     /// Stable snake_case name: the counter key in summaries and the status in messages.
@@ -117,6 +133,8 @@ impl Rejection {
             Rejection::MissingOnPeer => "missing_on_peer",
             Rejection::PeerRejected => "peer_rejected",
             Rejection::PeerVerdictReject => "peer_verdict_reject",
+            Rejection::NonceMismatch => "nonce_mismatch",
+            Rejection::Replayed => "replayed",
         }
     }
 

@@ -2,7 +2,7 @@
 //! base64-decode, open the envelope, decode, and start verification.
 
 use super::envelope::{open, PrivateKey};
-use super::vdaf::{OutputShare, ReportShare, Vdaf, VerifyKey, VerifyState};
+use super::vdaf::{Nonce, OutputShare, ReportShare, Vdaf, VerifyKey, VerifyState};
 use super::{Rejection, Role};
 
 /// One server's identity and secrets.
@@ -21,21 +21,37 @@ impl std::fmt::Debug for ServerSecrets {
     }
 }
 
-/// Opens a share envelope and runs `verify_init` on it. Returns the
-/// verification state and the verifier share for the peer.
+/// One report share after `verify_init`.
+pub struct Initialized {
+    /// The client's nonce, as this server's share carries it: what
+    /// anti-replay compares.
+    pub nonce: Nonce,
+    pub state: VerifyState,
+    /// For the peer.
+    pub verifier_share: Vec<u8>,
+}
+
+/// Opens a share envelope and runs `verify_init` on it.
 pub fn open_and_verify_init(
     vdaf: &Vdaf,
     secrets: &ServerSecrets,
     batch_id: &str,
     envelope: &[u8],
-) -> Result<(VerifyState, Vec<u8>), Rejection> {
+) -> Result<Initialized, Rejection> {
     let plaintext = open(&secrets.private_key, secrets.role, batch_id, envelope)?;
     let report = ReportShare::decode(&plaintext)?;
-    vdaf.verify_init(&secrets.verify_key, batch_id, secrets.role, &report)
+    let (state, verifier_share) =
+        vdaf.verify_init(&secrets.verify_key, batch_id, secrets.role, &report)?;
+    Ok(Initialized {
+        nonce: report.nonce,
+        state,
+        verifier_share,
+    })
 }
 
 /// Both servers' steps for one entry, in one process: open and verify-init
-/// each share, exchange verifier shares, finish. For self-checks, tests and
+/// each share, exchange verifier shares, finish, and compare the nonces as
+/// `aggregate` does. For self-checks, tests and
 /// benchmarks; the real servers run these steps apart, talking through buckets.
 pub fn verify_locally(
     vdaf: &Vdaf,
@@ -43,10 +59,14 @@ pub fn verify_locally(
     batch_id: &str,
     envelopes: [&[u8]; 2],
 ) -> Result<[OutputShare; 2], Rejection> {
-    let (state_a, share_a) = open_and_verify_init(vdaf, &secrets[0], batch_id, envelopes[0])?;
-    let (state_b, share_b) = open_and_verify_init(vdaf, &secrets[1], batch_id, envelopes[1])?;
-    Ok([
-        vdaf.verify_finish(batch_id, secrets[0].role, &state_a, &share_b)?,
-        vdaf.verify_finish(batch_id, secrets[1].role, &state_b, &share_a)?,
-    ])
+    let a = open_and_verify_init(vdaf, &secrets[0], batch_id, envelopes[0])?;
+    let b = open_and_verify_init(vdaf, &secrets[1], batch_id, envelopes[1])?;
+    let outputs = [
+        vdaf.verify_finish(batch_id, secrets[0].role, &a.state, &b.verifier_share)?,
+        vdaf.verify_finish(batch_id, secrets[1].role, &b.state, &a.verifier_share)?,
+    ];
+    if a.nonce != b.nonce {
+        return Err(Rejection::NonceMismatch);
+    }
+    Ok(outputs)
 }

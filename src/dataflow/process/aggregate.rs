@@ -1,6 +1,7 @@
 //! aggregate: per part, the sum of the output shares of the reports both
-//! servers accepted, with a digest of their ids; per batch, those sums
-//! merged into the aggregate message for the peer.
+//! servers accepted (with the same nonce, and not replays), with a digest of
+//! their ids; per batch, those sums merged into the aggregate message for
+//! the peer.
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -9,13 +10,14 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use timely::worker::Worker;
 
+use super::replay::{find_replays, Accepted};
 use super::verify::{finish_states, part_states};
 use super::{by_id, part_vdaf, ServerJob};
 use crate::dataflow::{Channel, Error};
 use crate::storage::messages::AggregateMessage;
 use crate::storage::server::StagedPart;
 use crate::wire::protocol::{Rejection, RejectionCounts, Step};
-use crate::wire::vdaf::Vdaf;
+use crate::wire::vdaf::{Nonce, Vdaf};
 
 /// One part's contribution to a batch's aggregate, sent to worker 0.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -30,38 +32,89 @@ struct PartAggregate {
     rejected: Vec<(Rejection, u64)>,
 }
 
-/// The sum of the output shares of a part's reports that both servers accepted.
-fn aggregate_part(job: &ServerJob, vdaf: &Vdaf, part: &StagedPart) -> Result<PartAggregate, Error> {
+/// A part's reports as both servers' verdicts leave them.
+struct PartVerdicts {
+    index: usize,
+    reports: u64,
+    rejected: RejectionCounts,
+    /// The reports both accepted with the same nonce, in row order.
+    accepted: Vec<(String, Nonce)>,
+    /// Reports this server accepted but the peer did not, or whose nonces
+    /// differ: verify2's kept sum covers them, so it cannot be used.
+    only_here: u64,
+}
+
+/// Compares this server's verdicts on a part with the peer's.
+fn judge_part(job: &ServerJob, parts: &[StagedPart], index: usize) -> Result<PartVerdicts, Error> {
+    let part = &parts[index];
     let peer_verdicts = by_id(job.buckets.peer_rows(Step::Verify2, part)?);
-    let mut ids = Sha256::new();
-    let mut both_accepted = HashSet::new();
-    let (mut reports, mut only_here) = (0, 0);
-    let mut rejected = RejectionCounts::new();
+    let mut verdicts = PartVerdicts {
+        index,
+        reports: 0,
+        rejected: RejectionCounts::new(),
+        accepted: Vec::new(),
+        only_here: 0,
+    };
     for own in job.buckets.own_rows(Step::Verify2, part)? {
-        reports += 1;
-        let peer = peer_verdicts.get(&own.id).map(|row| row.status);
+        verdicts.reports += 1;
+        let peer = peer_verdicts.get(&own.id);
         let reason = match (own.status, peer) {
-            (Ok(()), Some(Ok(()))) => {
-                ids.update(own.id.as_bytes());
-                both_accepted.insert(own.id);
-                continue;
+            (Ok(()), Some(p)) if p.status.is_ok() => {
+                let nonce = own.nonce.ok_or_else(|| Error::StoredDataChanged {
+                    part: part.name.clone(),
+                    what: format!("this server's verdict on {} has no nonce", own.id),
+                })?;
+                if p.nonce == Some(nonce) {
+                    verdicts.accepted.push((own.id, nonce));
+                    continue;
+                }
+                Rejection::NonceMismatch
             }
-            (Ok(()), Some(Err(_))) => Rejection::PeerVerdictReject,
+            (Ok(()), Some(_)) => Rejection::PeerVerdictReject,
             (Ok(()), None) => Rejection::MissingOnPeer,
             (Err(reason), _) => reason,
         };
         if own.status.is_ok() {
-            only_here += 1;
+            verdicts.only_here += 1;
         }
-        *rejected.entry(reason).or_default() += 1;
+        *verdicts.rejected.entry(reason).or_default() += 1;
     }
-    let stored_sum = if only_here == 0 {
+    Ok(verdicts)
+}
+
+/// The sum of the output shares of a part's reports that both servers
+/// accepted, but the `replays`.
+fn aggregate_part(
+    job: &ServerJob,
+    part: &StagedPart,
+    mut verdicts: PartVerdicts,
+    replays: &HashSet<String>,
+) -> Result<PartAggregate, Error> {
+    let vdaf = part_vdaf(job, part);
+    verdicts.accepted.retain(|(id, _)| !replays.contains(id));
+    if !replays.is_empty() {
+        *verdicts.rejected.entry(Rejection::Replayed).or_default() += replays.len() as u64;
+    }
+    let PartVerdicts {
+        reports,
+        rejected,
+        accepted,
+        only_here,
+        ..
+    } = verdicts;
+    let mut ids = Sha256::new();
+    for (id, _) in &accepted {
+        ids.update(id.as_bytes());
+    }
+    let both_accepted: HashSet<String> = accepted.into_iter().map(|(id, _)| id).collect();
+    let left_out = only_here + replays.len() as u64;
+    let stored_sum = if left_out == 0 {
         // None from a verify2 run that kept no sum: summed again below.
         job.buckets.accepted_sum(part)?.map(|bytes| bytes.to_vec())
     } else {
         tracing::warn!(
-            "{}: the peer did not accept {only_here} reports this server accepted; \
-             summing the reports both accepted again",
+            "{}: {left_out} reports this server accepted are not aggregated (the peer did not \
+             accept them, their nonces differ, or they are replays); summing the others again",
             part.name
         );
         None
@@ -79,8 +132,10 @@ fn aggregate_part(job: &ServerJob, vdaf: &Vdaf, part: &StagedPart) -> Result<Par
             if summed != both_accepted.len() {
                 return Err(Error::StoredDataChanged {
                     part: part.name.clone(),
-                    summed,
-                    accepted: both_accepted.len(),
+                    what: format!(
+                        "{summed} of the {} reports both servers accepted verify again",
+                        both_accepted.len()
+                    ),
                 });
             }
             vdaf.encode_aggregate(&sum)
@@ -97,13 +152,29 @@ fn aggregate_part(job: &ServerJob, vdaf: &Vdaf, part: &StagedPart) -> Result<Par
     })
 }
 
-/// Every worker sums its parts; worker 0 merges them per batch and sends
+/// Every worker judges its parts (part `n` is worker `n % peers`'), the
+/// workers find the replays among the reports both servers accepted, and
+/// every worker sums its parts; worker 0 merges them per batch and sends
 /// each batch's aggregate message, an empty one for a batch with no reports.
 pub fn run(worker: &mut Worker, job: &ServerJob, parts: &[StagedPart]) -> Result<(), Error> {
-    let mut gathered = Channel::new(worker, "GatherAggregates", |_: &PartAggregate| 0);
     let (index, peers) = (worker.index(), worker.peers());
-    for part in parts.iter().skip(index).step_by(peers) {
-        gathered.send(aggregate_part(job, part_vdaf(job, part), part)?);
+    let mut judged = Vec::new();
+    let mut accepted = Vec::new();
+    for n in (index..parts.len()).step_by(peers) {
+        let verdicts = judge_part(job, parts, n)?;
+        accepted.extend(verdicts.accepted.iter().map(|(id, nonce)| Accepted {
+            part: n,
+            id: id.clone(),
+            nonce: *nonce,
+        }));
+        judged.push(verdicts);
+    }
+    let mut replays = find_replays(worker, job, parts, accepted)?;
+    let mut gathered = Channel::new(worker, "GatherAggregates", |_: &PartAggregate| 0);
+    for verdicts in judged {
+        let part = &parts[verdicts.index];
+        let replays = replays.remove(&verdicts.index).unwrap_or_default();
+        gathered.send(aggregate_part(job, part, verdicts, &replays)?);
         worker.step();
     }
     gathered.close();

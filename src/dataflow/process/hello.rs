@@ -1,6 +1,6 @@
 //! hello: the servers compare what they must agree on: the protocol
-//! version, every batch's VDAF parameters and threshold, and a fingerprint
-//! of `SHARED_SECRET`. Each sends its hello before anything else; a run
+//! version, every batch's VDAF parameters and threshold, the replay window,
+//! and a fingerprint of `SHARED_SECRET`. Each sends its hello before anything else; a run
 //! compares it with the peer's at once if the peer's is there, and in any
 //! case before the first step that reads the peer's messages (so verify1
 //! alone still runs without the peer). Any difference stops the server with
@@ -9,14 +9,14 @@
 use super::{wait_for_peer, ServerJob};
 use crate::dataflow::Error;
 use crate::storage::messages::HelloMessage;
-use crate::wire::protocol::Step;
-use crate::wire::signing::SIGNED_OBJECT_VERSION;
+use crate::wire::protocol::{Step, PROTOCOL_VERSION};
 use crate::wire::vdaf::verify_key_fingerprint;
 
 /// This server's hello.
 fn hello(job: &ServerJob) -> HelloMessage {
     HelloMessage {
-        protocol: SIGNED_OBJECT_VERSION,
+        protocol: PROTOCOL_VERSION,
+        replay_window_days: job.replay_window_days,
         batches: job
             .config
             .iter()
@@ -37,6 +37,12 @@ fn differences(own: &HelloMessage, peer: &HelloMessage) -> Vec<String> {
         found.push(format!(
             "protocol version {} here, {} at the peer: run the same prio-processor version",
             own.protocol, peer.protocol
+        ));
+    }
+    if own.replay_window_days != peer.replay_window_days {
+        found.push(format!(
+            "REPLAY_WINDOW_DAYS is {} here and {} at the peer: set the same on both",
+            own.replay_window_days, peer.replay_window_days
         ));
     }
     if own.shared_secret_fingerprint != peer.shared_secret_fingerprint {
@@ -99,6 +105,7 @@ mod tests {
     fn differences_name_the_secret_and_each_batch() {
         let hello = |secret: &str, batches: &[(&str, u64)]| HelloMessage {
             protocol: 1,
+            replay_window_days: 7,
             batches: batches
                 .iter()
                 .map(|(id, n)| (id.to_string(), serde_json::json!({"length": n})))
@@ -113,5 +120,13 @@ mod tests {
         assert!(found[1].contains("\"x\"") && found[1].contains("16"));
         assert!(found[2].contains("\"y\" is in this server's DATA_CONFIG only"));
         assert!(found[3].contains("\"z\" is in the peer's DATA_CONFIG only"));
+        let shorter = HelloMessage {
+            replay_window_days: 1,
+            ..own.clone()
+        };
+        assert_eq!(
+            differences(&own, &shorter),
+            ["REPLAY_WINDOW_DAYS is 7 here and 1 at the peer: set the same on both"]
+        );
     }
 }

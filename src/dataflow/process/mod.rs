@@ -8,7 +8,8 @@
 //!   it, sends one slice to every worker, and writes the part's messages
 //!   once every slice is back;
 //! - [`verify`]: verify1 and verify2 over those slices;
-//! - [`aggregate`]: the sums of the reports both servers accepted;
+//! - [`aggregate`]: the sums of the reports both servers accepted, but for
+//!   [`replay`]s;
 //! - [`publish`]: both servers' sums checked against each other, unsharded
 //!   and written.
 //!
@@ -20,6 +21,7 @@
 mod aggregate;
 mod hello;
 mod publish;
+mod replay;
 mod slices;
 mod verify;
 
@@ -52,6 +54,8 @@ pub struct ServerJob {
     pub retry: Retry,
     /// The steps asked for, in order; those already done are skipped.
     pub steps: Vec<Step>,
+    /// Anti-replay looks this many dates back ([`replay`]).
+    pub replay_window_days: u32,
 }
 
 /// Which verification steps one pass over the parts does.

@@ -24,11 +24,18 @@ use crate::storage::messages::MessageRow;
 use crate::storage::server::StagedPart;
 use crate::wire::protocol::{Rejection, StatusCounts, Step};
 use crate::wire::server::open_and_verify_init;
-use crate::wire::vdaf::{AggregateShare, Vdaf, VerifyState};
+use crate::wire::vdaf::{AggregateShare, Nonce, Vdaf, VerifyState};
+
+/// A report this server opened: the nonce its share carries and its
+/// verification state.
+pub struct Opened {
+    pub nonce: Nonce,
+    pub state: VerifyState,
+}
 
 /// A part's reports after `verify_init`, in row order: each one's
-/// verification state, or the reason it has none.
-pub type States = Vec<(String, Result<VerifyState, Rejection>)>;
+/// opened state, or the reason it has none.
+pub type States = Vec<(String, Result<Opened, Rejection>)>;
 
 /// verify1 for a slice: opens and verify-inits every report. Returns the
 /// rows for the peer and this server's states.
@@ -47,13 +54,21 @@ fn verify1_slice(
             open_and_verify_init(vdaf, &job.secrets, batch_id, &row.payload)
         };
         let (status, share, state) = match result {
-            Ok((state, share)) => (Ok(()), share, Ok(state)),
+            Ok(init) => (
+                Ok(()),
+                init.verifier_share,
+                Ok(Opened {
+                    nonce: init.nonce,
+                    state: init.state,
+                }),
+            ),
             Err(reason) => (Err(reason), Vec::new(), Err(reason)),
         };
         sent.push(MessageRow {
             id: row.id.clone(),
             status,
             share,
+            nonce: None,
         });
         states.push((row.id, state));
     }
@@ -73,10 +88,13 @@ fn store_states(
     }
     let rows: Vec<MessageRow> = states
         .iter()
-        .map(|(id, state)| MessageRow {
+        .map(|(id, opened)| MessageRow {
             id: id.clone(),
-            status: state.as_ref().map(|_| ()).map_err(|r| *r),
-            share: state.as_ref().map_or(Vec::new(), |s| vdaf.encode_state(s)),
+            status: opened.as_ref().map(|_| ()).map_err(|r| *r),
+            share: opened
+                .as_ref()
+                .map_or(Vec::new(), |o| vdaf.encode_state(&o.state)),
+            nonce: opened.as_ref().ok().map(|o| o.nonce),
         })
         .collect();
     Ok(job.buckets.store_states(part, range, &rows)?)
@@ -102,18 +120,25 @@ pub fn load_states(
     stored
         .into_iter()
         .map(|row| {
-            let state = match row.status {
-                Ok(()) => {
-                    Ok(vdaf
-                        .decode_state(job.secrets.role, &row.share)
-                        .map_err(Error::vdaf(format!(
-                            "{}: stored verification state of {}",
-                            part.name, row.id
-                        )))?)
+            let opened = match (row.status, row.nonce) {
+                (Ok(()), Some(nonce)) => {
+                    let state =
+                        vdaf.decode_state(job.secrets.role, &row.share)
+                            .map_err(Error::vdaf(format!(
+                                "{}: stored verification state of {}",
+                                part.name, row.id
+                            )))?;
+                    Ok(Opened { nonce, state })
                 }
-                Err(reason) => Err(reason),
+                (Ok(()), None) => {
+                    return Err(Error::StoredDataChanged {
+                        part: part.name.clone(),
+                        what: format!("the stored state of {} has no nonce", row.id),
+                    })
+                }
+                (Err(reason), _) => Err(reason),
             };
-            Ok((row.id, state))
+            Ok((row.id, opened))
         })
         .collect()
 }
@@ -131,13 +156,14 @@ pub fn finish_states(
     let peer = by_id(job.buckets.peer_rows(Step::Verify1, part)?);
     let mut sum = vdaf.aggregate_init();
     let mut verdicts = Vec::with_capacity(states.len());
-    for (id, state) in states {
-        let verdict = match (state, peer.get(&id)) {
+    for (id, opened) in states {
+        let nonce = opened.as_ref().ok().map(|o| o.nonce);
+        let verdict = match (opened, peer.get(&id)) {
             (Err(reason), _) => Err(reason),
             (Ok(_), None) => Err(Rejection::MissingOnPeer),
             (Ok(_), Some(p)) if p.status.is_err() => Err(Rejection::PeerRejected),
-            (Ok(state), Some(p)) => {
-                vdaf.verify_finish(&part.batch_id, job.secrets.role, &state, &p.share)
+            (Ok(opened), Some(p)) => {
+                vdaf.verify_finish(&part.batch_id, job.secrets.role, &opened.state, &p.share)
             }
         };
         let status = match verdict {
@@ -153,6 +179,7 @@ pub fn finish_states(
             id,
             status,
             share: Vec::new(),
+            nonce,
         });
     }
     Ok((verdicts, sum))

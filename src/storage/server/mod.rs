@@ -13,7 +13,9 @@
 //! Per part, a step's message is `batch_id=X/part-NNNNN.parquet`; verify1's
 //! stored states for rows `S..E` are `...part-NNNNN.rows-S-E.parquet`;
 //! verify2's sum of accepted output shares is `...part-NNNNN.accepted-sum`.
-//! Per batch, the aggregate message is `batch_id=X/aggregate.json`. Each
+//! Per batch, the aggregate message is `batch_id=X/aggregate.json`, and the
+//! nonces aggregated that date (anti-replay's history) are kept privately
+//! as `batch_id=X/nonces-SS.bin`, [`NONCE_SHARDS`] shards. Each
 //! step ends with `_SUMMARY.json` and then `_SUCCESS`, the only signal
 //! that the step is complete. What goes to the peer is written once
 //! ([`Location::put_once`]) and signed: beside each object `NAME` sent to
@@ -38,8 +40,10 @@ use super::messages::{
 };
 use super::published::{decode_published, encode_published, published_json, PublishedBatch};
 use super::staged::{decode_staged, StagedFormat, StagedRow, SUCCESS, SUMMARY};
+use super::tables::malformed;
 use crate::wire::config::BatchSpec;
 use crate::wire::protocol::{BatchOutcome, Step};
+use crate::wire::vdaf::{Nonce, NONCE_LEN};
 use crate::wire::Role;
 
 /// The hello each server sends before a run.
@@ -80,6 +84,14 @@ fn aggregate_name(batch_id: &str) -> String {
     format!("{}/aggregate.json", batch_dir(batch_id))
 }
 
+/// How many files a batch's nonce history has per date, whatever the
+/// number of workers: each worker owns some shards.
+pub const NONCE_SHARDS: usize = 16;
+
+fn nonces_name(batch_id: &str, shard: usize) -> String {
+    format!("{}/nonces-{shard:02}.bin", batch_dir(batch_id))
+}
+
 /// One server's three buckets, seen for one submission date.
 #[derive(Debug, Clone)]
 pub struct ServerBuckets {
@@ -115,6 +127,19 @@ impl ServerBuckets {
             bucket(role, "inbox"),
             bucket(role.peer(), "inbox"),
         )
+    }
+
+    /// The submission date these buckets are seen for.
+    pub fn date(&self) -> &str {
+        &self.date
+    }
+
+    /// The same buckets seen for another date.
+    fn on_date(&self, date: &str) -> ServerBuckets {
+        ServerBuckets {
+            date: date.to_string(),
+            ..self.clone()
+        }
     }
 
     pub fn private(&self) -> &Location {
@@ -312,6 +337,48 @@ impl ServerBuckets {
             .transpose()
     }
 
+    /// Keeps the nonces this date aggregated for one shard of a batch
+    /// (sorted, 16 bytes each), for the anti-replay of later dates.
+    pub fn keep_nonces(
+        &self,
+        batch_id: &str,
+        shard: usize,
+        nonces: &[Nonce],
+    ) -> Result<(), StorageError> {
+        self.own(Step::Aggregate)
+            .put(&nonces_name(batch_id, shard), nonces.concat())
+    }
+
+    /// Whether this server finished `aggregate` for another date: only
+    /// then does that date's nonce history count.
+    pub fn aggregated_on(&self, date: &str) -> Result<bool, StorageError> {
+        Ok(self.on_date(date).step_marker(Step::Aggregate)?.0)
+    }
+
+    /// The nonces another date kept for one shard of a batch; none if it kept none.
+    pub fn earlier_nonces(
+        &self,
+        date: &str,
+        batch_id: &str,
+        shard: usize,
+    ) -> Result<Vec<Nonce>, StorageError> {
+        let dir = self.on_date(date).own(Step::Aggregate);
+        let name = nonces_name(batch_id, shard);
+        let data = match dir.get(&name) {
+            Ok(data) => data,
+            Err(StorageError::NotFound { .. }) => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let (nonces, rest) = data.as_chunks::<NONCE_LEN>();
+        if !rest.is_empty() {
+            return Err(malformed(
+                &format!("{}/{name}", dir.url()),
+                format!("{} bytes is not a whole number of nonces", data.len()),
+            ));
+        }
+        Ok(nonces.to_vec())
+    }
+
     /// Sends this server's hello to the peer (written once) and marks it sent.
     pub fn send_hello(&self, hello: &HelloMessage) -> Result<(), StorageError> {
         self.send(Step::Hello, HELLO, Bytes::from(hello.encode()), same_json)?;
@@ -439,6 +506,7 @@ mod tests {
             id: "01".into(),
             status: Ok(()),
             share: vec![7],
+            nonce: None,
         }];
         a.send_rows(Step::Verify1, part, &rows).unwrap();
         assert!(b.peer_has(Step::Verify1, part).unwrap());

@@ -1,0 +1,182 @@
+//! Anti-replay: a report counts once, however many pings carry its shares.
+//!
+//! A copied report keeps its nonce (it is sealed inside both shares), so
+//! among the reports both servers accepted, those of one batch with one
+//! nonce are copies: the one with the smallest report id counts, the others
+//! are `replayed`, as are all copies of a nonce that an earlier date within
+//! the replay window aggregated. Both servers decide from the same verdicts
+//! and nonces (`aggregate` rejected reports whose nonces differ between
+//! the servers), so they decide alike without talking.
+//!
+//! This is a join of keyed sets of small records, done as a hash-partitioned
+//! exchange: every accepted report's `(nonce, id)` goes to the worker that
+//! owns the nonce's shard, which groups them, streams the earlier dates'
+//! nonces of its shards past the groups, and keeps this date's nonces for
+//! the dates after. Memory is one date's accepted reports (about 60 bytes
+//! each, spread over the workers); earlier dates are read a file at a time,
+//! never held.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::rc::Rc;
+
+use serde::{Deserialize, Serialize};
+use timely::worker::Worker;
+
+use super::ServerJob;
+use crate::dataflow::{Error, Exchange};
+use crate::storage::server::{StagedPart, NONCE_SHARDS};
+use crate::wire::vdaf::Nonce;
+
+/// One report both servers accepted, as the join sees it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Accepted {
+    /// Index of its part in the run's part list.
+    pub part: usize,
+    pub id: String,
+    pub nonce: Nonce,
+}
+
+/// The shard of the nonce history a nonce belongs to. Nonces are random
+/// bytes (a hostile client choosing them only unbalances the shards).
+fn shard(nonce: &Nonce) -> usize {
+    usize::from(nonce[0]) % NONCE_SHARDS
+}
+
+/// The shards this worker owns, in every process alike.
+fn own_shards(index: usize, peers: usize) -> impl Iterator<Item = usize> {
+    (index..NONCE_SHARDS).step_by(peers)
+}
+
+/// Runs the join on every worker: takes this worker's accepted reports and
+/// returns, per part index, the ids of those that are replays, for the parts
+/// this worker owns (`part % peers == index`). Keeps this date's nonces for
+/// later dates.
+pub fn find_replays(
+    worker: &mut Worker,
+    job: &ServerJob,
+    parts: &[StagedPart],
+    accepted: Vec<Accepted>,
+) -> Result<HashMap<usize, HashSet<String>>, Error> {
+    let (index, peers) = (worker.index(), worker.peers());
+    let batches: BTreeMap<&str, usize> = job
+        .config
+        .batch_ids()
+        .enumerate()
+        .map(|(n, id)| (id, n))
+        .collect();
+    let batch_of = |part: usize| batches[parts[part].batch_id.as_str()];
+
+    let arrived = Rc::new(RefCell::new(Vec::new()));
+    let sink = arrived.clone();
+    let mut to_shards = Exchange::new(
+        worker,
+        "ReplayShards",
+        |a: &Accepted| shard(&a.nonce) as u64,
+        move |a| sink.borrow_mut().push(a),
+    );
+    for a in accepted {
+        to_shards.send(a);
+    }
+    to_shards.close_and_wait(worker);
+
+    // Copies of one nonce in one batch, smallest report id first.
+    let mut copies: HashMap<(usize, Nonce), Vec<(String, usize)>> = HashMap::new();
+    for a in arrived.take() {
+        copies
+            .entry((batch_of(a.part), a.nonce))
+            .or_default()
+            .push((a.id, a.part));
+    }
+    let seen_before = seen_in_earlier_dates(job, index, peers, &batches, &copies)?;
+
+    let mut keep: BTreeMap<(usize, usize), Vec<Nonce>> = BTreeMap::new();
+    let mut replays = Vec::new();
+    for ((batch, nonce), mut ids) in copies {
+        ids.sort();
+        let first_counts = !seen_before.contains(&(batch, nonce));
+        if first_counts {
+            keep.entry((batch, shard(&nonce))).or_default().push(nonce);
+        }
+        replays.extend(ids.into_iter().skip(usize::from(first_counts)));
+    }
+    for (batch_id, &batch) in &batches {
+        for s in own_shards(index, peers) {
+            let mut nonces = keep.remove(&(batch, s)).unwrap_or_default();
+            nonces.sort_unstable();
+            job.buckets.keep_nonces(batch_id, s, &nonces)?;
+        }
+    }
+    if !replays.is_empty() {
+        tracing::warn!(
+            "{} reports are copies of others (replayed): counted once",
+            replays.len()
+        );
+    }
+
+    let found = Rc::new(RefCell::new(HashMap::<usize, HashSet<String>>::new()));
+    let sink = found.clone();
+    let mut to_owners = Exchange::new(
+        worker,
+        "ReplaysToOwners",
+        |(_, part): &(String, usize)| *part as u64,
+        move |(id, part)| {
+            sink.borrow_mut().entry(part).or_default().insert(id);
+        },
+    );
+    for replay in replays {
+        to_owners.send(replay);
+    }
+    to_owners.close_and_wait(worker);
+    Ok(found.take())
+}
+
+/// The groups whose nonce an earlier date within the window aggregated,
+/// read shard by shard for the shards this worker owns.
+fn seen_in_earlier_dates(
+    job: &ServerJob,
+    index: usize,
+    peers: usize,
+    batches: &BTreeMap<&str, usize>,
+    copies: &HashMap<(usize, Nonce), Vec<(String, usize)>>,
+) -> Result<HashSet<(usize, Nonce)>, Error> {
+    let mut seen = HashSet::new();
+    if copies.is_empty() {
+        return Ok(seen);
+    }
+    for date in earlier_dates(job)? {
+        for (batch_id, &batch) in batches {
+            for s in own_shards(index, peers) {
+                for nonce in job.buckets.earlier_nonces(&date, batch_id, s)? {
+                    if copies.contains_key(&(batch, nonce)) {
+                        seen.insert((batch, nonce));
+                    }
+                }
+            }
+        }
+    }
+    Ok(seen)
+}
+
+/// The dates before this run's within the replay window, newest first.
+/// Only those this server finished `aggregate` for count (a date it never
+/// aggregated published nothing).
+fn earlier_dates(job: &ServerJob) -> Result<Vec<String>, Error> {
+    let date = job.buckets.date();
+    let day = chrono::NaiveDate::parse_from_str(date, "%Y-%m-%d").map_err(|_| {
+        Error::Cluster(format!(
+            "the date {date:?} is not YYYY-MM-DD: anti-replay cannot find the dates before it"
+        ))
+    })?;
+    let mut dates = Vec::new();
+    for back in 1..=i64::from(job.replay_window_days) {
+        let Some(earlier) = day.checked_sub_signed(chrono::Duration::days(back)) else {
+            break;
+        };
+        let earlier = earlier.format("%Y-%m-%d").to_string();
+        if job.buckets.aggregated_on(&earlier)? {
+            dates.push(earlier);
+        }
+    }
+    Ok(dates)
+}
