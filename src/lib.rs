@@ -21,4 +21,7 @@ pub mod exit {
     pub const USAGE: u8 = 2;
     /// The run finished but results did not match the expected answer.
     pub const MISMATCH: u8 = 3;
+    /// `process`/`publish` finished, but most reports of a batch were
+    /// rejected for one reason: a misconfiguration, named on stderr.
+    pub const ALARM: u8 = 4;
 }

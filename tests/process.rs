@@ -1008,11 +1008,10 @@ fn servers_that_disagree_on_the_secret_or_the_config_stop_before_any_report() {
 /// pings in `sink`, under new ping and document ids, delivered on `date`,
 /// as one sink NDJSON file.
 fn replayed_pings(sink: &Path, n: usize, date: &str) -> Vec<u8> {
-    let mut files: Vec<PathBuf> = walk(sink)
+    let files: Vec<PathBuf> = common::files_below(sink)
         .into_iter()
         .filter(|p| p.extension().is_some_and(|e| e == "ndjson"))
         .collect();
-    files.sort();
     let text: Vec<u8> = files
         .iter()
         .flat_map(|f| std::fs::read(f).unwrap())
@@ -1045,19 +1044,6 @@ fn replayed_pings(sink: &Path, n: usize, date: &str) -> Vec<u8> {
         }
     }
     panic!("fewer than {n} pings in {}", sink.display());
-}
-
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            found.extend(walk(&path));
-        } else {
-            found.push(path);
-        }
-    }
-    found
 }
 
 /// Adds `ndjson` to the world's dump as one more sink file of its date.
@@ -1186,5 +1172,46 @@ fn a_client_that_seals_different_nonces_for_the_two_servers_is_rejected_by_both(
             serde_json::json!({"invalid_proof": 1}),
             "{role}"
         );
+    }
+}
+
+#[test]
+fn a_server_given_the_wrong_or_the_swapped_private_key_fails_loudly_naming_the_key() {
+    // (a's key, b's key) as each server is given them: b's key at a, then both swapped.
+    for swapped in [false, true] {
+        let (world, _) = World::new(r#"{"x": 16}"#, 40, &[]);
+        let keys = [&world.keys[1].0, &world.keys[usize::from(!swapped)].0];
+        let [a, b] = Role::BOTH.map(|role| {
+            world
+                .server(role, "process", &["--private-key-hex", keys[role.agg_id()]])
+                .env_remove("PUBLIC_KEY_HEX_INTERNAL")
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        });
+        let outputs = [a, b].map(|child| child.wait_with_output().unwrap());
+        for (role, out) in Role::BOTH.into_iter().zip(outputs) {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(
+                out.status.code(),
+                Some(4),
+                "{role} (swapped: {swapped}): {stderr}"
+            );
+            let wrong_here = role == Role::A || swapped;
+            let want = if wrong_here {
+                "rejected as undecryptable: PRIVATE_KEY_HEX is probably not the key"
+            } else {
+                "rejected as peer_rejected: the peer could not open"
+            };
+            assert!(
+                stderr.contains(want),
+                "{role} (swapped: {swapped}): {stderr}"
+            );
+            assert!(
+                stderr.contains(&format!("server {role}: batch \"x\"")),
+                "{stderr}"
+            );
+        }
     }
 }

@@ -8,7 +8,7 @@ use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::keys::ClientKeyArgs;
-use super::{exit, parse_date, ConfigArg};
+use super::{exit, parse_date, parse_rate, ConfigArg};
 use crate::simulate::{generate_dump, DumpOptions, Pattern};
 
 /// Write a simulated ingestion dump with a known answer.
@@ -101,13 +101,6 @@ pub fn encoding_bar(pings: usize) -> ProgressBar {
     );
     bar.set_message("encoding");
     bar
-}
-
-fn parse_rate(text: &str) -> Result<f64, String> {
-    match text.parse::<f64>() {
-        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
-        _ => Err(format!("expected a fraction between 0 and 1, got {text:?}")),
-    }
 }
 
 pub fn run(args: GenerateArgs) -> anyhow::Result<u8> {

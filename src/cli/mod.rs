@@ -29,7 +29,7 @@ pub use crate::exit;
     long_about = "Batch runtime for Prio two-server private aggregation.\n\n\
         Clients send one HPKE-sealed secret share per server; the two servers verify every \
         client's proof together and publish only the sum.",
-    after_help = "Exit codes: 0 success, 1 failure, 2 usage error, 3 results did not match.\n\
+    after_help = "Exit codes: 0 success, 1 failure, 2 usage error, 3 results did not match, 4 most of a batch's reports rejected for one reason.\n\
         Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=debug) for more.\n\n\
         Quick start:\n  prio-processor integrate        # the whole system on ./data/work\n  \
         prio-processor keygen           # a server key pair"
@@ -181,6 +181,14 @@ pub fn one_of<T: Clone + Send + Sync + 'static>(
     use clap::builder::TypedValueParser;
     clap::builder::PossibleValuesParser::new(names)
         .map(move |name| from_name(&name).expect("clap passes only listed names"))
+}
+
+/// Parses a fraction between 0 and 1.
+pub(crate) fn parse_rate(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+        _ => Err(format!("expected a fraction between 0 and 1, got {text:?}")),
+    }
 }
 
 /// Parses a `YYYY-MM-DD` submission date.

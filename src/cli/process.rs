@@ -7,13 +7,13 @@ use anyhow::Context;
 use clap::Args;
 
 use super::keys::parse_shared_secret;
-use super::{exit, parse_date, ClusterArgs, ConfigArg};
+use super::{exit, parse_date, parse_rate, ClusterArgs, ConfigArg};
 use crate::dataflow::process::{run, Retry, ServerJob};
 use crate::storage::location::Location;
 use crate::storage::server::{ServerBuckets, Signatures};
 use crate::wire::config::DEFAULT_REPLAY_WINDOW_DAYS;
 use crate::wire::envelope::{PrivateKey, PublicKey};
-use crate::wire::protocol::{BatchOutcome, BatchStatus, Step};
+use crate::wire::protocol::{AlarmRule, BatchOutcome, BatchStatus, Step};
 use crate::wire::server::ServerSecrets;
 use crate::wire::signing::{SigningPrivateKey, SigningPublicKey};
 use crate::wire::Role;
@@ -29,7 +29,9 @@ use crate::wire::Role;
     prio-processor process --date 2019-06-26 --workers 4\n\n\
     Layout under BUCKET/DATE/: raw/ (from stage), intermediate/{internal,external}/STEP/,\n\
     processed/batch_id=X/aggregate.{json,parquet}. Exit codes: 0 published (or withheld below\n\
-    min_batch_size), 1 failure or a batch refused because the servers disagree. Everything\n\
+    min_batch_size), 1 failure or a batch refused because the servers disagree, 4 a batch\n\
+    most of whose reports one reason rejected (MAX_REJECTED_FRACTION; stderr names the\n\
+    likely cause: a wrong key, a swapped server, another config). Everything\n\
     sent to the peer is signed (NAME.sig beside NAME); anything in the inbox that the peer did\n\
     not sign for this date, step and object stops the run."
 )]
@@ -86,6 +88,13 @@ pub struct ServerArgs {
     /// date only). Both servers must use the same window.
     #[arg(long, env = "REPLAY_WINDOW_DAYS", default_value_t = DEFAULT_REPLAY_WINDOW_DAYS)]
     pub replay_window_days: u32,
+    /// Alarm (exit 4) when one rejection reason takes more than this share
+    /// of a batch's reports: the sign of a wrong key or config.
+    #[arg(long, env = "MAX_REJECTED_FRACTION", default_value_t = 0.5, value_parser = parse_rate)]
+    pub max_rejected_fraction: f64,
+    /// Batches with fewer reports never raise the alarm.
+    #[arg(long, env = "ALARM_MIN_REPORTS", default_value_t = 10)]
+    pub alarm_min_reports: u64,
     #[command(flatten)]
     pub cluster: ClusterArgs,
 }
@@ -148,6 +157,10 @@ pub fn run_steps(args: ServerArgs, steps: &[Step]) -> anyhow::Result<u8> {
         },
         steps: steps.to_vec(),
         replay_window_days: args.replay_window_days,
+        alarm: AlarmRule {
+            max_rejected_fraction: args.max_rejected_fraction,
+            min_reports: args.alarm_min_reports,
+        },
     };
     job.buckets.claim()?;
     let outcomes = run(job, &args.cluster.cluster())?;
@@ -155,22 +168,32 @@ pub fn run_steps(args: ServerArgs, steps: &[Step]) -> anyhow::Result<u8> {
         return Ok(exit::OK);
     }
     print_summary(args.server_id, &outcomes);
+    for o in &outcomes {
+        if let Some(alarm) = &o.alarm {
+            eprintln!(
+                "error: server {}: batch {:?}: {alarm}",
+                args.server_id, o.batch_id
+            );
+        }
+    }
     let refused: Vec<_> = outcomes
         .iter()
         .filter(|o| o.status == BatchStatus::Refused)
         .collect();
-    if refused.is_empty() {
-        Ok(exit::OK)
-    } else {
-        for o in &refused {
-            eprintln!(
-                "error: batch {:?} refused: {}",
-                o.batch_id,
-                o.message.as_deref().unwrap_or("")
-            );
-        }
-        Ok(exit::FAILURE)
+    for o in &refused {
+        eprintln!(
+            "error: batch {:?} refused: {}",
+            o.batch_id,
+            o.message.as_deref().unwrap_or("")
+        );
     }
+    Ok(if !refused.is_empty() {
+        exit::FAILURE
+    } else if outcomes.iter().any(|o| o.alarm.is_some()) {
+        exit::ALARM
+    } else {
+        exit::OK
+    })
 }
 
 fn print_summary(role: Role, outcomes: &[BatchOutcome]) {

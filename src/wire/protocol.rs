@@ -138,6 +138,51 @@ impl Rejection {
         }
     }
 
+    /// What usually makes most of a batch's reports fail this way: the
+    /// operator's first thing to check.
+    pub fn likely_cause(self) -> &'static str {
+        match self {
+            Rejection::BadBase64 => "clients or the stager corrupt the shares",
+            Rejection::WrongBinding => {
+                "clients sealed these shares for the other server or another batch id: check \
+                 SERVER_ID, and that clients have each server's public key the right way round"
+            }
+            Rejection::Undecryptable => {
+                "PRIVATE_KEY_HEX is probably not the key clients sealed this server's shares to \
+                 (the other server's key, or an old one)"
+            }
+            Rejection::Undecodable => {
+                "clients encode another VDAF or other parameters than DATA_CONFIG gives this batch"
+            }
+            Rejection::PeerShareUndecodable => "the peer runs other VDAF parameters for this batch",
+            Rejection::InvalidProof => {
+                "clients use other VDAF parameters than DATA_CONFIG gives this batch, or a \
+                 faulty client version sends invalid values"
+            }
+            Rejection::DuplicateReportId => {
+                "the staged parts repeat report ids: stage again from the dump"
+            }
+            Rejection::MissingOnPeer => {
+                "the peer has other staged parts: stage both servers from the same dump with the \
+                 same STAGING_SECRET"
+            }
+            Rejection::PeerRejected => {
+                "the peer could not open or decode them: see the peer's summary for its reason \
+                 (its PRIVATE_KEY_HEX, SERVER_ID or DATA_CONFIG)"
+            }
+            Rejection::PeerVerdictReject => {
+                "the peer's verdicts differ from this server's: see the peer's summary"
+            }
+            Rejection::NonceMismatch => {
+                "the servers see other nonces: a client or the peer is faulty"
+            }
+            Rejection::Replayed => {
+                "the input carries many copies of the same reports: an attack, or redelivered \
+                 pings under new ids"
+            }
+        }
+    }
+
     /// The rejection a [`Rejection::reason`] names.
     pub fn from_reason(name: &str) -> Option<Rejection> {
         Rejection::ALL.into_iter().find(|r| r.reason() == name)
@@ -196,6 +241,38 @@ impl BatchStatus {
     }
 }
 
+/// When most of a batch's reports fail for one reason, the cause is rarely
+/// the clients: a wrong key, a swapped server or a config that differs from
+/// the clients' rejects them all alike. Such a batch raises an alarm, which
+/// makes the run fail loudly instead of withholding a batch with exit 0.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AlarmRule {
+    /// The largest share of a batch's reports one reason may reject.
+    pub max_rejected_fraction: f64,
+    /// Batches with fewer reports never raise the alarm (a few bad reports
+    /// in a tiny batch say nothing about the configuration).
+    pub min_reports: u64,
+}
+
+impl AlarmRule {
+    /// The alarm for a batch's counts, naming the reason and its likely cause.
+    pub fn check(&self, reports_total: u64, rejected: &RejectionCounts) -> Option<String> {
+        if reports_total == 0 || reports_total < self.min_reports {
+            return None;
+        }
+        let (&reason, &n) = rejected.iter().max_by_key(|(_, n)| **n)?;
+        let fraction = n as f64 / reports_total as f64;
+        (fraction > self.max_rejected_fraction).then(|| {
+            format!(
+                "{n} of {reports_total} reports ({:.0}%) rejected as {}: {}",
+                fraction * 100.0,
+                reason.reason(),
+                reason.likely_cause()
+            )
+        })
+    }
+}
+
 /// What a server reports about one batch once the pipeline has run.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct BatchOutcome {
@@ -208,6 +285,9 @@ pub struct BatchOutcome {
     pub status: BatchStatus,
     pub aggregate: Option<Vec<u128>>,
     pub message: Option<String>,
+    /// Set when most reports were rejected for one reason ([`AlarmRule`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alarm: Option<String>,
 }
 
 /// Rejection counts as a JSON object keyed by reason name, as every summary shows them.
@@ -247,6 +327,34 @@ mod tests {
         assert_eq!(parse_status("made_up"), None);
         let names: std::collections::HashSet<_> = Rejection::ALL.map(Rejection::reason).into();
         assert_eq!(names.len(), Rejection::ALL.len(), "names are distinct");
+    }
+
+    #[test]
+    fn an_alarm_needs_one_reason_above_the_fraction_in_a_batch_large_enough() {
+        let rule = AlarmRule {
+            max_rejected_fraction: 0.5,
+            min_reports: 10,
+        };
+        let counts =
+            |pairs: &[(Rejection, u64)]| pairs.iter().copied().collect::<RejectionCounts>();
+        let wrong_key = counts(&[(Rejection::Undecryptable, 19), (Rejection::BadBase64, 1)]);
+        let alarm = rule.check(20, &wrong_key).unwrap();
+        assert!(
+            alarm.starts_with("19 of 20 reports (95%) rejected as undecryptable: PRIVATE_KEY_HEX"),
+            "{alarm}"
+        );
+        // Half is not most; several reasons that add up to most are not one cause.
+        assert_eq!(
+            rule.check(20, &counts(&[(Rejection::Undecryptable, 10)])),
+            None
+        );
+        let mixed = counts(&[(Rejection::Undecryptable, 6), (Rejection::InvalidProof, 6)]);
+        assert_eq!(rule.check(20, &mixed), None);
+        assert_eq!(
+            rule.check(9, &counts(&[(Rejection::Undecryptable, 9)])),
+            None
+        );
+        assert_eq!(rule.check(0, &RejectionCounts::new()), None);
     }
 
     #[test]

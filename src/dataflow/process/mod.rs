@@ -34,7 +34,7 @@ use super::{all_reduce, Cluster, Error};
 use crate::storage::messages::{encode_step_summary, MessageRow};
 use crate::storage::server::{ServerBuckets, StagedPart};
 use crate::wire::config::BatchConfig;
-use crate::wire::protocol::{BatchOutcome, StatusCounts, Step};
+use crate::wire::protocol::{AlarmRule, BatchOutcome, StatusCounts, Step};
 use crate::wire::server::ServerSecrets;
 use crate::wire::vdaf::Vdaf;
 
@@ -56,6 +56,8 @@ pub struct ServerJob {
     pub steps: Vec<Step>,
     /// Anti-replay looks this many dates back ([`replay`]).
     pub replay_window_days: u32,
+    /// When `publish` raises an alarm on a batch.
+    pub alarm: AlarmRule,
 }
 
 /// Which verification steps one pass over the parts does.

@@ -1,6 +1,8 @@
 //! publish: both servers' aggregate messages for each batch are compared;
 //! a batch whose messages cover different reports is refused, one below
 //! its `min_batch_size` withheld, and the others unsharded and written.
+//! A batch most of whose reports one reason rejected raises an alarm
+//! ([`crate::wire::protocol::AlarmRule`]), whatever its status.
 
 use base64::Engine;
 
@@ -59,6 +61,10 @@ fn decide(
     outcome.reports_total = own.reports_total;
     outcome.reports_aggregated = own.reports_aggregated;
     outcome.rejected = own.rejected.clone();
+    outcome.alarm = job.alarm.check(own.reports_total, &own.rejected);
+    if let Some(alarm) = &outcome.alarm {
+        tracing::error!("batch {:?}: {alarm}", outcome.batch_id);
+    }
     if own.reports_aggregated != peer.reports_aggregated || own.digest != peer.digest {
         outcome.status = BatchStatus::Refused;
         outcome.message = Some(format!(
