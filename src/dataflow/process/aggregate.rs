@@ -158,18 +158,24 @@ fn aggregate_part(
 /// each batch's aggregate message, an empty one for a batch with no reports.
 pub fn run(worker: &mut Worker, job: &ServerJob, parts: &[StagedPart]) -> Result<(), Error> {
     let (index, peers) = (worker.index(), worker.peers());
+    let batch_index: BTreeMap<&str, u32> = (0u32..)
+        .zip(job.config.batch_ids())
+        .map(|(n, id)| (id, n))
+        .collect();
     let mut judged = Vec::new();
     let mut accepted = Vec::new();
     for n in (index..parts.len()).step_by(peers) {
         let verdicts = judge_part(job, parts, n)?;
+        let batch = batch_index[parts[n].batch_id.as_str()];
         accepted.extend(verdicts.accepted.iter().map(|(id, nonce)| Accepted {
-            part: n,
-            id: id.clone(),
+            batch,
             nonce: *nonce,
+            id: id.clone(),
+            part: n as u32,
         }));
         judged.push(verdicts);
     }
-    let mut replays = find_replays(worker, job, parts, accepted)?;
+    let mut replays = find_replays(worker, job, accepted)?;
     let mut gathered = Channel::new(worker, "GatherAggregates", |_: &PartAggregate| 0);
     for verdicts in judged {
         let part = &parts[verdicts.index];
