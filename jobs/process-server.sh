@@ -12,6 +12,10 @@
 # in this file. Credentials for the buckets come from the cloud SDK variables
 # (AWS_*, GOOGLE_APPLICATION_CREDENTIALS, AZURE_STORAGE_*), see README "Storage".
 set -euo pipefail
+# The binary: on PATH (cargo install --path . --locked), or PRIO_PROCESSOR=target/release/prio-processor.
+: "${PRIO_PROCESSOR:=prio-processor}"
+command -v "$PRIO_PROCESSOR" >/dev/null ||
+  { echo "$PRIO_PROCESSOR not found: run cargo install --path . --locked, or set PRIO_PROCESSOR" >&2; exit 1; }
 : "${DATE:?set DATE=YYYY-MM-DD}"
 : "${SERVER_ID:?set SERVER_ID=A or B}"
 : "${PRIVATE_KEY_HEX:?set PRIVATE_KEY_HEX, the private key of this server (prio-processor keygen)}"
@@ -34,4 +38,4 @@ cluster=(--workers "$WORKERS")
 if [ "$PROCESSES" -gt 1 ]; then
   cluster+=(--processes "$PROCESSES" --process "$PROCESS" --hostfile "$HOSTFILE")
 fi
-exec prio-processor process --date "$DATE" "${cluster[@]}"
+exec "$PRIO_PROCESSOR" process --date "$DATE" "${cluster[@]}"

@@ -6,6 +6,10 @@
 #   PROCESS=0 jobs/stage-to-server-buckets.sh    # on host 0
 #   PROCESS=1 jobs/stage-to-server-buckets.sh    # on host 1
 set -euo pipefail
+# The binary: on PATH (cargo install --path . --locked), or PRIO_PROCESSOR=target/release/prio-processor.
+: "${PRIO_PROCESSOR:=prio-processor}"
+command -v "$PRIO_PROCESSOR" >/dev/null ||
+  { echo "$PRIO_PROCESSOR not found: run cargo install --path . --locked, or set PRIO_PROCESSOR" >&2; exit 1; }
 : "${DATE:?set DATE=YYYY-MM-DD}"
 : "${INPUT:?set INPUT, e.g. gs://ingestion-sink/telemetry-decoded_gcs-sink-doctype_prio/output}"
 : "${BUCKET_A:?set BUCKET_A, server A private bucket URL}"
@@ -18,6 +22,6 @@ set -euo pipefail
 # The servers' batch config (a file or inline JSON): entries of other batch ids are dropped.
 : "${DATA_CONFIG:?set DATA_CONFIG, the batch config both servers use}"
 export STAGING_SECRET DATA_CONFIG
-exec prio-processor stage --date "$DATE" --input "$INPUT" \
+exec "$PRIO_PROCESSOR" stage --date "$DATE" --input "$INPUT" \
   --output-a "$BUCKET_A" --output-b "$BUCKET_B" \
   --workers "$WORKERS" --processes "$PROCESSES" --process "$PROCESS" --hostfile "$HOSTFILE"

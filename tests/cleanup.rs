@@ -80,3 +80,36 @@ fn cleanup_removes_one_date_and_nothing_else() {
         ]
     );
 }
+
+#[test]
+fn keep_raw_keeps_the_staged_shares_for_a_rerun() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    for f in [
+        "private/2019-06-26/raw/batch_id=x/part-00000.parquet",
+        "private/2019-06-26/raw/_SUCCESS",
+        "private/2019-06-26/intermediate/internal/verify1/_SUCCESS",
+        "private/2019-06-26/processed/_SUCCESS",
+        "private/2019-06-27/raw/_SUCCESS",
+        "private/2019-06-27/processed/_SUCCESS",
+        "inbox/2019-06-26/intermediate/external/verify1/_SUCCESS",
+    ] {
+        write(&d.join(f));
+    }
+    let listed = cleanup(d, &["--date", "2019-06-26", "--keep-raw", "--dry-run"]);
+    assert!(
+        listed.contains("2 objects would be deleted") && listed.contains("2 staged objects"),
+        "{listed}"
+    );
+    let said = cleanup(d, &["--date", "2019-06-26", "--keep-raw"]);
+    assert!(said.contains("deleted 2 objects"), "{said}");
+    cleanup(d, &["--all", "--keep-raw"]);
+    assert_eq!(
+        remaining(d),
+        [
+            "private/2019-06-26/raw/_SUCCESS",
+            "private/2019-06-26/raw/batch_id=x/part-00000.parquet",
+            "private/2019-06-27/raw/_SUCCESS",
+        ]
+    );
+}

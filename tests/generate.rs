@@ -266,3 +266,42 @@ fn generate_writes_three_consistent_formats_with_the_known_answer() {
     }
     assert_eq!(expected["unknown_batches"]["bad-id"], 1000);
 }
+
+#[test]
+fn generate_refuses_to_mix_dumps_and_replaces_only_an_earlier_dump() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = [generate_keypair(), generate_keypair()];
+    let generate = |output: &Path, extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_prio-processor"))
+            .args(["generate", "--config", CONFIG, "--pings", "24"])
+            .args(extra)
+            .arg("--output")
+            .arg(output)
+            .env("PUBLIC_KEY_HEX_A", keys[0].public_key().to_hex())
+            .env("PUBLIC_KEY_HEX_B", keys[1].public_key().to_hex())
+            .output()
+            .unwrap()
+    };
+    let dump = dir.path().join("dump");
+    assert!(generate(&dump, &[]).status.success());
+    let stray = dump.join("sink/2019-06-26/00/telemetry/prio/4/part-00099.ndjson");
+    std::fs::write(&stray, b"from an earlier, larger dump\n").unwrap();
+
+    let out = generate(&dump, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--replace"));
+    assert!(stray.exists(), "a refused run leaves the directory alone");
+
+    assert!(generate(&dump, &["--replace"]).status.success());
+    assert!(!stray.exists(), "nothing of the earlier dump is left");
+    assert!(dump.join("expected.json").exists());
+
+    // A directory that is not a dump is never removed.
+    let other = dir.path().join("notes");
+    std::fs::create_dir(&other).unwrap();
+    std::fs::write(other.join("keep.txt"), b"mine").unwrap();
+    let out = generate(&other, &["--replace"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no expected.json"));
+    assert!(other.join("keep.txt").exists());
+}

@@ -1215,3 +1215,16 @@ fn a_server_given_the_wrong_or_the_swapped_private_key_fails_loudly_naming_the_k
         }
     }
 }
+
+#[test]
+fn every_step_has_help_of_its_own_with_an_example() {
+    for step in ["verify1", "verify2", "aggregate", "publish"] {
+        let out = ok(bin().args([step, "--help"]).output().unwrap());
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert!(help.contains("of process: "), "{step}: {help}");
+        assert!(
+            help.contains(&format!("prio-processor {step} --date")),
+            "{step}: {help}"
+        );
+    }
+}

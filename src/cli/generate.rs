@@ -1,7 +1,9 @@
 //! `generate`: runs the client simulator ([`crate::simulate`]) into a
 //! directory, with a progress bar.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
 
 use chrono::NaiveDate;
 use clap::{Args, ValueEnum};
@@ -27,11 +29,37 @@ pub struct GenerateArgs {
     pub config: ConfigArg,
     #[command(flatten)]
     pub keys: ClientKeyArgs,
-    /// Directory to write the dump into.
+    /// Directory to write the dump into: empty or new, or with --replace an earlier dump.
     #[arg(long, short, value_name = "DIR")]
     pub output: PathBuf,
+    /// Replace the earlier dump in --output (a directory with an expected.json).
+    #[arg(long)]
+    pub replace: bool,
     #[command(flatten)]
     pub dump: DumpArgs,
+}
+
+/// A dump written over another would mix their files and break the known
+/// answer: `output` must be empty, or an earlier dump that `replace` removes.
+fn prepare_output(output: &Path, replace: bool) -> anyhow::Result<()> {
+    let Ok(mut entries) = std::fs::read_dir(output) else {
+        return Ok(());
+    };
+    if entries.next().is_none() {
+        return Ok(());
+    }
+    let shown = output.display();
+    anyhow::ensure!(
+        replace,
+        "{shown} is not empty: a dump written over another mixes their files; choose an empty \
+         directory, or pass --replace to replace an earlier dump there"
+    );
+    anyhow::ensure!(
+        output.join("expected.json").is_file(),
+        "{shown} is not empty and holds no earlier dump (no expected.json), so --replace leaves \
+         it alone: choose an empty directory"
+    );
+    std::fs::remove_dir_all(output).with_context(|| format!("removing the earlier dump in {shown}"))
 }
 
 /// What the simulated clients send.
@@ -106,6 +134,7 @@ pub fn encoding_bar(pings: usize) -> ProgressBar {
 pub fn run(args: GenerateArgs) -> anyhow::Result<u8> {
     let config = args.config.load()?;
     let keys = args.keys.load()?;
+    prepare_output(&args.output, args.replace)?;
     let bar = encoding_bar(args.dump.pings);
     let expected = generate_dump(&config, &keys, &args.dump.options(), &args.output, &|| {
         bar.inc(1)

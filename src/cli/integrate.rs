@@ -246,6 +246,22 @@ pub fn run(args: IntegrateArgs) -> anyhow::Result<u8> {
     print_summary(&config, &expected, &buckets)
 }
 
+/// An aggregate as the summary shows it: whole when short, else its first
+/// elements, its length and the total of its elements.
+fn sum_summary(aggregate: &[u128]) -> String {
+    const SHOWN: usize = 8;
+    let head: Vec<String> = aggregate.iter().take(SHOWN).map(u128::to_string).collect();
+    if aggregate.len() <= SHOWN {
+        return format!("[{}]", head.join(", "));
+    }
+    let total: u128 = aggregate.iter().sum();
+    format!(
+        "[{}, ...] ({} elements, adding up to {total})",
+        head.join(", "),
+        aggregate.len()
+    )
+}
+
 /// Copies every object below `from` to the same place below `to`.
 fn copy_all(from: &Location, to: &Location) -> anyhow::Result<()> {
     for (rel, _) in from.list()? {
@@ -302,6 +318,12 @@ fn print_summary(
             if matches { "yes" } else { "NO" },
             reasons.join(" ")
         );
+        if let Some(a) = &a {
+            println!("    published sum {}", sum_summary(&a.aggregate));
+        }
+        if !matches && !withheld {
+            println!("    expected sum  {}", sum_summary(&want.aggregate));
+        }
     }
     for (batch_id, count) in &expected.unknown_batches {
         let published = buckets[0].published(batch_id)?.is_some();
@@ -310,7 +332,7 @@ fn print_summary(
             "{batch_id:<54} {count:>8} {:>10} {:>8}  {:<5}  not in the config: skipped",
             0,
             0,
-            if published { "NO" } else { "yes" }
+            if published { "NO" } else { "skip" }
         );
     }
     println!(

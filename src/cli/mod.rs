@@ -39,6 +39,21 @@ struct Cli {
     command: Command,
 }
 
+/// The `--help` epilogue of one step of `process`.
+macro_rules! step_help {
+    ($step:literal, $when:literal) => {
+        concat!(
+            "Example (the environment of `process --help`):\n  prio-processor ",
+            $step,
+            " --date 2019-06-26 --workers 4    # ",
+            $when,
+            "\n\nA step whose _SUCCESS is in the private bucket is skipped (publish excepted). \
+             Exit codes as for process: 0 done, 1 failure, 4 (publish) a batch most of whose \
+             reports one reason rejected."
+        )
+    };
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
     Keygen(keys::KeygenArgs),
@@ -49,12 +64,39 @@ enum Command {
     /// One server's whole pipeline: verify1, verify2, aggregate, publish.
     Process(process::ServerArgs),
     /// Step 1: open and verify-init own shares; send verifier shares to the peer.
+    #[command(
+        long_about = "Step 1 of process: opens this server's shares (BUCKET_INTERNAL_PRIVATE/DATE/raw/, \
+            from stage) with PRIVATE_KEY_HEX, runs verify_init on each report, sends the \
+            verifier shares to the peer's inbox and keeps the verification states in the private \
+            bucket. It sends only, so it runs without the peer.",
+        after_help = step_help!("verify1", "then verify2 once the peer ran its verify1")
+    )]
     Verify1(process::ServerArgs),
     /// Step 2: combine with the peer's verifier shares; send verdicts.
+    #[command(
+        long_about = "Step 2 of process: waits for the peer's verifier shares (its verify1), \
+            combines them with this server's verification states, and sends each report's \
+            verdict to the peer, keeping a sum of the accepted output shares per part.",
+        after_help = step_help!("verify2", "after verify1 here; waits for the peer's verify1")
+    )]
     Verify2(process::ServerArgs),
     /// Step 3: sum reports both servers accepted; send the aggregate share.
+    #[command(
+        long_about = "Step 3 of process: waits for the peer's verdicts (its verify2), sums the \
+            reports both servers accepted (one per VDAF nonce: copies are counted as replayed), \
+            and sends the aggregate share with the count and a digest of the report ids; below \
+            the batch's min_batch_size it sends the count and digest only.",
+        after_help = step_help!("aggregate", "after verify2; waits for the peer's verify2")
+    )]
     Aggregate(process::ServerArgs),
     /// Step 4: check the peer's aggregate covers the same reports; publish.
+    #[command(
+        long_about = "Step 4 of process: waits for the peer's aggregate message, refuses a batch \
+            whose count or digest differs, withholds one below min_batch_size, and writes the \
+            others' sums to BUCKET_INTERNAL_PRIVATE/DATE/processed/batch_id=X/aggregate.{json,parquet}. \
+            Always redone, so a rerun rewrites the results.",
+        after_help = step_help!("publish", "after aggregate; waits for the peer's aggregate")
+    )]
     Publish(process::ServerArgs),
     Integrate(integrate::IntegrateArgs),
     Cleanup(cleanup::CleanupArgs),

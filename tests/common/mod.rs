@@ -73,8 +73,18 @@ pub fn integrate_green(
     );
     assert_eq!(
         stdout.matches("  yes  ").count(),
-        5,
-        "four batch ids match and bad-id is skipped:\n{stdout}"
+        4,
+        "four batch ids match:\n{stdout}"
+    );
+    assert_eq!(
+        stdout.matches("  skip   not in the config").count(),
+        1,
+        "bad-id is skipped:\n{stdout}"
+    );
+    assert_eq!(
+        stdout.matches("    published sum [").count(),
+        4,
+        "the sums checked are shown:\n{stdout}"
     );
     assert!(
         !stdout.contains("withheld"),
