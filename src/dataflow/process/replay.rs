@@ -70,8 +70,13 @@ pub fn find_replays(
         |a: &Accepted| shard(&a.nonce) as u64,
         move |a| sink.borrow_mut().push(a),
     );
-    for a in accepted {
+    // Stepping now and then moves what was sent to its shard's worker, so
+    // that the records are not held twice, in `accepted` and in flight.
+    for (n, a) in accepted.into_iter().enumerate() {
         to_shards.send(a);
+        if n % 4096 == 4095 {
+            worker.step();
+        }
     }
     to_shards.close_and_wait(worker);
 
