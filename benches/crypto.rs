@@ -46,12 +46,12 @@ fn crypto(c: &mut Criterion) {
     let secrets = [
         ServerSecrets {
             role: Role::A,
-            private_key: key_a,
+            private_keys: key_a.clone().into(),
             verify_key,
         },
         ServerSecrets {
             role: Role::B,
-            private_key: key_b,
+            private_keys: key_b.clone().into(),
             verify_key,
         },
     ];
@@ -80,7 +80,7 @@ fn crypto(c: &mut Criterion) {
             group.bench_function(format!("server_{role}_hpke_open"), |b| {
                 b.iter(|| {
                     open(
-                        &secrets[i].private_key,
+                        &secrets[i].private_keys,
                         role,
                         name,
                         black_box(&envelopes[i]),

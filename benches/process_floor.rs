@@ -13,7 +13,7 @@ use base64::Engine;
 use prio_processor::storage::staged::decode_staged;
 use prio_processor::storage::staged::StagedFormat;
 use prio_processor::wire::config::BatchConfig;
-use prio_processor::wire::envelope::PrivateKey;
+use prio_processor::wire::envelope::KeySet;
 use prio_processor::wire::server::{open_and_verify_init, ServerSecrets};
 use prio_processor::wire::Role;
 
@@ -54,7 +54,7 @@ fn main() {
         [("PRIO_BENCH_KEY_A", Role::A), ("PRIO_BENCH_KEY_B", Role::B)].map(|(k, role)| {
             ServerSecrets {
                 role,
-                private_key: PrivateKey::from_hex(&env(k)).expect("key"),
+                private_keys: KeySet::from_hex_list(&env(k)).expect("key"),
                 verify_key,
             }
         });

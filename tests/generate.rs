@@ -209,9 +209,9 @@ fn generate_writes_three_consistent_formats_with_the_known_answer() {
     // Every share opens; the totals are the seed's answer, computed here.
     let config = BatchConfig::from_json(CONFIG).unwrap();
     let verify_key = rand::random();
-    let secrets = [(Role::A, key_a), (Role::B, key_b)].map(|(role, private_key)| ServerSecrets {
+    let secrets = [(Role::A, key_a), (Role::B, key_b)].map(|(role, key)| ServerSecrets {
         role,
-        private_key,
+        private_keys: key.into(),
         verify_key,
     });
     let mut totals: BTreeMap<String, (u64, Vec<u128>)> = BTreeMap::new();

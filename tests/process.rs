@@ -1200,7 +1200,7 @@ fn a_server_given_the_wrong_or_the_swapped_private_key_fails_loudly_naming_the_k
             );
             let wrong_here = role == Role::A || swapped;
             let want = if wrong_here {
-                "rejected as undecryptable: PRIVATE_KEY_HEX is probably not the key"
+                "rejected as unknown_key: PRIVATE_KEY_HEX does not hold the key"
             } else {
                 "rejected as peer_rejected: the peer could not open"
             };
@@ -1226,5 +1226,61 @@ fn every_step_has_help_of_its_own_with_an_example() {
             help.contains(&format!("prio-processor {step} --date")),
             "{step}: {help}"
         );
+    }
+}
+
+#[test]
+fn a_server_that_rotates_its_key_opens_pings_sealed_to_the_new_and_the_old_key() {
+    let world = World::without_dump(r#"{"s": {"vdaf": "sum", "max_measurement": 500}}"#);
+    let random = ["--pattern", "random", "--seed"];
+    let old_pings = world.generate(20, "bad-id", &[&random[..], &["1"]].concat());
+    let old_sink = world.dump().join("sink");
+    // Server a's new key: clients that picked it up seal to it, the others still to the old one.
+    let new_key = generate_keypair();
+    let new_dump = world.path("dump-new-key");
+    let new_pings = {
+        let mut cmd = bin();
+        cmd.args(["generate", "--config", &world.config, "--pings", "20"])
+            .args(&random[..])
+            .arg("2")
+            .args(["--public-key-a", &new_key.public_key().to_hex()])
+            .args(["--public-key-b", &world.keys[1].1])
+            .arg("--output")
+            .arg(&new_dump);
+        ok(cmd.output().unwrap());
+        serde_json::from_slice::<serde_json::Value>(
+            &std::fs::read(new_dump.join("expected.json")).unwrap(),
+        )
+        .unwrap()
+    };
+    for file in common::files_below(&new_dump.join("sink")) {
+        let rel = file.strip_prefix(new_dump.join("sink")).unwrap();
+        let name = rel.file_name().unwrap().to_str().unwrap();
+        let to = old_sink.join(rel).with_file_name(format!("new-key-{name}"));
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(&file, to).unwrap();
+    }
+    world.stage();
+    let keys = format!("{},{}", new_key.to_hex(), world.keys[0].0);
+    let public = new_key.public_key().to_hex();
+    let a_args = [
+        "--private-key-hex",
+        &keys,
+        "--public-key-hex-internal",
+        &public,
+    ];
+    let [a, b] = world.run_both("process", &a_args, &[]);
+    ok(a);
+    ok(b);
+    let (old, new) = (&old_pings["batches"]["s"], &new_pings["batches"]["s"]);
+    let reports = old["reports"].as_u64().unwrap() + new["reports"].as_u64().unwrap();
+    let sum = aggregate_of(old)[0] + aggregate_of(new)[0];
+    for role in Role::BOTH {
+        let published = world.published(role, "s").unwrap();
+        assert_eq!(
+            published["reports_aggregated"], reports,
+            "{role}: {published}"
+        );
+        assert_eq!(aggregate_of(&published), [sum], "{role}");
     }
 }

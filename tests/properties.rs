@@ -155,7 +155,7 @@ fn jobs(root: &Location, config: &BatchConfig) -> ([ServerJob; 2], ServerPublicK
         ServerJob {
             secrets: ServerSecrets {
                 role,
-                private_key: hpke[i].clone(),
+                private_keys: hpke[i].clone().into(),
                 verify_key,
             },
             config: config.clone(),

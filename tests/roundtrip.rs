@@ -37,12 +37,12 @@ fn servers() -> Servers {
         secrets: [
             ServerSecrets {
                 role: Role::A,
-                private_key: a,
+                private_keys: a.into(),
                 verify_key,
             },
             ServerSecrets {
                 role: Role::B,
-                private_key: b,
+                private_keys: b.into(),
                 verify_key,
             },
         ],

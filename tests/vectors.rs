@@ -9,7 +9,9 @@ use prio::codec::Encode;
 use prio::vdaf::prio3::{Prio3Count, Prio3Histogram, Prio3MultihotCountVec, Prio3Sum, Prio3SumVec};
 use prio::vdaf::test_utils::TestVectorClient;
 use prio_processor::wire::config::BatchConfig;
-use prio_processor::wire::envelope::{derive_keypair, open, seal_with_rng};
+use prio_processor::wire::envelope::{
+    derive_keypair, generate_keypair, open, seal_with_rng, KeySet,
+};
 use prio_processor::wire::ping::{decode_base64, encode_base64};
 use prio_processor::wire::server::{open_and_verify_init, verify_locally, ServerSecrets};
 use prio_processor::wire::vdaf::{context, Measurement, ReportShare, Vdaf, VdafSpec};
@@ -217,7 +219,7 @@ fn secrets(ikm_a: &str, ikm_b: &str, verify_key: &str) -> [ServerSecrets; 2] {
     let verify_key = array(verify_key);
     [(Role::A, ikm_a), (Role::B, ikm_b)].map(|(role, ikm)| ServerSecrets {
         role,
-        private_key: derive_keypair(&unhex(ikm)),
+        private_keys: derive_keypair(&unhex(ikm)).into(),
         verify_key,
     })
 }
@@ -230,7 +232,7 @@ fn seal_seeded(
     seed: &str,
 ) -> String {
     let mut rng = ChaCha20Rng::from_seed(array(seed));
-    let key = secrets[role.agg_id()].private_key.public_key();
+    let key = secrets[role.agg_id()].private_keys.current().public_key();
     encode_base64(&seal_with_rng(&key, role, batch_id, plain, &mut rng).unwrap())
 }
 
@@ -321,8 +323,8 @@ fn build(name: &str, spec_text: &str, measurements: &[Measurement]) -> VectorFil
         ),
         batch_id,
         spec,
-        public_key_a: servers[0].private_key.public_key().to_hex(),
-        public_key_b: servers[1].private_key.public_key().to_hex(),
+        public_key_a: servers[0].private_keys.current().public_key().to_hex(),
+        public_key_b: servers[1].private_keys.current().public_key().to_hex(),
         ikm_a,
         ikm_b,
         verify_key,
@@ -414,15 +416,42 @@ fn negatives(
             "invalid_proof",
         ),
         case("not base64", batch_id, "%%%".into(), b(), "bad_base64"),
+        case(
+            "sealed to a key the server does not hold",
+            batch_id,
+            {
+                let stranger = derive_keypair(b"prio-processor vectors: a key no server holds");
+                let mut rng = ChaCha20Rng::from_seed(array(&hex_bytes(32)));
+                let plain = unhex(&r.plaintext_a);
+                let sealed =
+                    seal_with_rng(&stranger.public_key(), Role::A, batch_id, &plain, &mut rng);
+                encode_base64(&sealed.unwrap())
+            },
+            b(),
+            "unknown_key",
+        ),
     ]
 }
 
 /// Checks one vector file against the code, independently of how it was built.
-fn check(v: &VectorFile) {
+fn check(v: &VectorFile, envelopes: Envelopes) {
     let vdaf = load_vdaf(&v.batch_id, &v.spec);
-    let servers = secrets(&v.ikm_a, &v.ikm_b, &v.verify_key);
-    assert_eq!(servers[0].private_key.public_key().to_hex(), v.public_key_a);
-    assert_eq!(servers[1].private_key.public_key().to_hex(), v.public_key_b);
+    let mut servers = secrets(&v.ikm_a, &v.ikm_b, &v.verify_key);
+    assert_eq!(
+        servers[0].private_keys.current().public_key().to_hex(),
+        v.public_key_a
+    );
+    assert_eq!(
+        servers[1].private_keys.current().public_key().to_hex(),
+        v.public_key_b
+    );
+    if envelopes == Envelopes::V1 {
+        // As after a rotation: the key they were sealed to is the older one.
+        for server in &mut servers {
+            let sealed_to = server.private_keys.current().clone();
+            server.private_keys = KeySet::new(vec![generate_keypair(), sealed_to]).unwrap();
+        }
+    }
     let mut aggregates = [vdaf.aggregate_init(), vdaf.aggregate_init()];
     let mut plain_total = vec![0u128; vdaf.spec().output_len()];
     for r in &v.reports {
@@ -451,21 +480,24 @@ fn check(v: &VectorFile) {
                 v.batch_id
             );
         }
+        let sealed_now = envelopes;
         let envelopes = [
             (&r.envelope_a, &r.hpke_seed_a),
             (&r.envelope_b, &r.hpke_seed_b),
         ];
         for (role, (envelope, seed)) in Role::BOTH.into_iter().zip(envelopes) {
             let i = role.agg_id();
-            assert_eq!(
-                &seal_seeded(&servers, role, &v.batch_id, &plain[i], seed),
-                envelope,
-                "{}: sealing",
-                v.batch_id
-            );
+            if sealed_now == Envelopes::Current {
+                assert_eq!(
+                    &seal_seeded(&servers, role, &v.batch_id, &plain[i], seed),
+                    envelope,
+                    "{}: sealing",
+                    v.batch_id
+                );
+            }
             let raw = decode_base64(envelope).unwrap();
             assert_eq!(
-                open(&servers[i].private_key, role, &v.batch_id, &raw).unwrap(),
+                open(&servers[i].private_keys, role, &v.batch_id, &raw).unwrap(),
                 plain[i]
             );
             let share = open_and_verify_init(&vdaf, &servers[i], &v.batch_id, &raw)
@@ -529,6 +561,44 @@ fn committed_vectors_match_the_code() {
         let v: VectorFile = serde_json::from_str(&text).unwrap();
         assert_eq!(v.reports.len(), measurements.len());
         assert!(v.negative.len() >= 8, "{name}: negative cases present");
-        check(&v);
+        check(&v, Envelopes::Current);
+    }
+}
+
+/// Which envelopes a vector file holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Envelopes {
+    /// What clients seal now: the file is checked byte for byte.
+    Current,
+    /// Version 1 envelopes (no key id), from before key rotation: they
+    /// must still open, verify and aggregate to the same answers.
+    V1,
+}
+
+#[test]
+fn version_1_envelopes_still_open_verify_and_aggregate() {
+    let dir = path("v1/prio2").parent().unwrap().to_path_buf();
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    assert_eq!(
+        files.len(),
+        definitions().len(),
+        "one v1 file per VDAF in {}",
+        dir.display()
+    );
+    for file in files {
+        let v: VectorFile = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+        for r in &v.reports {
+            assert_eq!(
+                decode_base64(&r.envelope_a).unwrap()[0],
+                1,
+                "{}",
+                file.display()
+            );
+        }
+        check(&v, Envelopes::V1);
     }
 }

@@ -34,6 +34,7 @@ pub fn keygen(_: KeygenArgs) -> anyhow::Result<u8> {
         serde_json::json!({
             "private_key": key.to_hex(),
             "public_key": key.public_key().to_hex(),
+            "key_id": hex::encode(key.public_key().key_id()),
             "signing_private_key": signing.to_hex(),
             "signing_public_key": signing.public_key().to_hex(),
         })

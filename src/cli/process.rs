@@ -12,7 +12,7 @@ use crate::dataflow::process::{run, Retry, ServerJob};
 use crate::storage::location::Location;
 use crate::storage::server::{ServerBuckets, Signatures};
 use crate::wire::config::DEFAULT_REPLAY_WINDOW_DAYS;
-use crate::wire::envelope::{PrivateKey, PublicKey};
+use crate::wire::envelope::{KeySet, PublicKey};
 use crate::wire::protocol::{AlarmRule, BatchOutcome, BatchStatus, Step};
 use crate::wire::server::ServerSecrets;
 use crate::wire::signing::{SigningPrivateKey, SigningPublicKey};
@@ -39,10 +39,12 @@ pub struct ServerArgs {
     /// Which server this is: A or B.
     #[arg(long, env = "SERVER_ID")]
     pub server_id: Role,
-    /// This server's X25519 private key (hex), from `keygen`.
+    /// This server's X25519 private key (hex), from `keygen`. To rotate keys,
+    /// a comma-separated list: the current key first, then the older ones
+    /// that clients may still seal to (each envelope names its key).
     #[arg(long, env = "PRIVATE_KEY_HEX", hide_env_values = true)]
     pub private_key_hex: String,
-    /// This server's public key; when given, checked against the private key.
+    /// This server's current public key; when given, checked against the first private key.
     #[arg(long, env = "PUBLIC_KEY_HEX_INTERNAL")]
     pub public_key_hex_internal: Option<String>,
     /// The peer's public key; when given, checked for form only (clients seal to it).
@@ -100,12 +102,12 @@ pub struct ServerArgs {
 }
 
 pub fn run_steps(args: ServerArgs, steps: &[Step]) -> anyhow::Result<u8> {
-    let private_key = PrivateKey::from_hex(&args.private_key_hex).context("PRIVATE_KEY_HEX")?;
+    let private_keys = KeySet::from_hex_list(&args.private_key_hex).context("PRIVATE_KEY_HEX")?;
     if let Some(own) = &args.public_key_hex_internal {
         let own = PublicKey::from_hex(own).context("PUBLIC_KEY_HEX_INTERNAL")?;
         anyhow::ensure!(
-            own == private_key.public_key(),
-            "PUBLIC_KEY_HEX_INTERNAL is not the public key of PRIVATE_KEY_HEX; check that both belong to server {}",
+            own == private_keys.current().public_key(),
+            "PUBLIC_KEY_HEX_INTERNAL is not the public key of PRIVATE_KEY_HEX (its first key); check that both belong to server {}",
             args.server_id
         );
     }
@@ -135,7 +137,7 @@ pub fn run_steps(args: ServerArgs, steps: &[Step]) -> anyhow::Result<u8> {
     let job = ServerJob {
         secrets: ServerSecrets {
             role: args.server_id,
-            private_key,
+            private_keys,
             verify_key: parse_shared_secret(&args.shared_secret)?,
         },
         config: args.config.load()?,

@@ -2,12 +2,16 @@
 //! HKDF-SHA256, AES-128-GCM, as DAP uses) and the server key pairs.
 //!
 //! ```text
-//! envelope = version:u8 (=1) || role:u8 (0 = a, 1 = b)
-//!         || batch_id_len:u16be || batch_id || enc[32] || ciphertext
-//! aad      = everything before enc;  info = "prio-processor share v1"
+//! envelope v2 = version:u8 (=2) || role:u8 (0 = a, 1 = b) || key_id[4]
+//!            || batch_id_len:u16be || batch_id || enc[32] || ciphertext
+//! envelope v1 = version:u8 (=1) || role:u8 || batch_id_len:u16be || batch_id || enc || ciphertext
+//! aad         = everything before enc;  info = "prio-processor share v1"
 //! ```
 //! The header binds the sealed report share to one batch id and one server;
 //! a server refuses an envelope bound elsewhere before trying to open it.
+//! The key id names the server key it was sealed to, so that a server can
+//! hold several keys ([`KeySet`]) while clients move to a new one; v1
+//! envelopes (no key id) are still opened, by trying each key.
 
 use hpke::aead::AesGcm128;
 use hpke::kdf::HkdfSha256;
@@ -18,7 +22,14 @@ use super::{Rejection, Role};
 
 type Kem = X25519HkdfSha256;
 
-pub const ENVELOPE_VERSION: u8 = 1;
+/// The envelope clients seal; [`ENVELOPE_V1`] stays readable.
+pub const ENVELOPE_VERSION: u8 = 2;
+pub const ENVELOPE_V1: u8 = 1;
+/// Length of a key id: the first bytes of a hash of the public key.
+pub const KEY_ID_LEN: usize = 4;
+
+/// Which server key an envelope was sealed to.
+pub type KeyId = [u8; KEY_ID_LEN];
 pub const HPKE_INFO: &[u8] = b"prio-processor share v1";
 /// X25519 encapsulated key length.
 pub const ENC_LEN: usize = 32;
@@ -43,6 +54,12 @@ pub enum KeyError {
     WrongLength { what: &'static str, got: usize },
     #[error("{what} is not a valid key")]
     Invalid { what: &'static str },
+    #[error("no private key given")]
+    NoKey,
+    #[error(
+        "keys {first} and {second} of the list have the same key id: make another key with keygen"
+    )]
+    SameKeyId { first: usize, second: usize },
 }
 
 /// The 32 bytes of a hex-encoded key.
@@ -93,6 +110,73 @@ impl PublicKey {
     pub fn to_hex(&self) -> String {
         hex::encode(self.0.to_bytes())
     }
+
+    /// `SHA-256("prio-processor key id v1" || public key)[..4]`: what a
+    /// client writes in the envelope, from the public key it already has.
+    pub fn key_id(&self) -> KeyId {
+        use sha2::Digest;
+        let digest = sha2::Sha256::new()
+            .chain_update(b"prio-processor key id v1")
+            .chain_update(self.0.to_bytes())
+            .finalize();
+        let mut id = [0; KEY_ID_LEN];
+        id.copy_from_slice(&digest[..KEY_ID_LEN]);
+        id
+    }
+}
+
+/// The private keys a server opens shares with: the current one first,
+/// then older ones that clients may still seal to. Key ids are distinct.
+#[derive(Clone, Debug)]
+pub struct KeySet(Vec<(KeyId, PrivateKey)>);
+
+impl KeySet {
+    /// A key set; empty or with two keys of one key id, an error.
+    pub fn new(keys: Vec<PrivateKey>) -> Result<Self, KeyError> {
+        if keys.is_empty() {
+            return Err(KeyError::NoKey);
+        }
+        let mut set: Vec<(KeyId, PrivateKey)> = Vec::with_capacity(keys.len());
+        for (n, key) in keys.into_iter().enumerate() {
+            let id = key.public_key().key_id();
+            if let Some(earlier) = set.iter().position(|(other, _)| *other == id) {
+                return Err(KeyError::SameKeyId {
+                    first: earlier + 1,
+                    second: n + 1,
+                });
+            }
+            set.push((id, key));
+        }
+        Ok(KeySet(set))
+    }
+
+    /// Comma-separated hex keys, the current one first.
+    pub fn from_hex_list(text: &str) -> Result<Self, KeyError> {
+        KeySet::new(
+            text.split(',')
+                .map(PrivateKey::from_hex)
+                .collect::<Result<_, _>>()?,
+        )
+    }
+
+    /// The key clients should seal to now.
+    pub fn current(&self) -> &PrivateKey {
+        &self.0[0].1
+    }
+
+    fn by_id(&self, id: &KeyId) -> Option<&PrivateKey> {
+        self.0.iter().find(|(k, _)| k == id).map(|(_, key)| key)
+    }
+
+    fn keys(&self) -> impl Iterator<Item = &PrivateKey> {
+        self.0.iter().map(|(_, key)| key)
+    }
+}
+
+impl From<PrivateKey> for KeySet {
+    fn from(key: PrivateKey) -> Self {
+        KeySet(vec![(key.public_key().key_id(), key)])
+    }
 }
 
 impl std::fmt::Debug for PublicKey {
@@ -111,11 +195,22 @@ pub fn derive_keypair(ikm: &[u8]) -> PrivateKey {
     PrivateKey(Kem::derive_keypair(ikm).0)
 }
 
-fn header(role: Role, batch_id: &str) -> Vec<u8> {
+/// The header of an envelope for `role` and `batch_id`: v2 with a key id,
+/// v1 without.
+fn header(role: Role, key_id: Option<&KeyId>, batch_id: &str) -> Vec<u8> {
     let id = batch_id.as_bytes();
-    let mut h = Vec::with_capacity(4 + id.len() + ENC_LEN);
-    h.push(ENVELOPE_VERSION);
-    h.push(role.agg_id() as u8);
+    let mut h = Vec::with_capacity(8 + id.len() + ENC_LEN);
+    match key_id {
+        Some(key_id) => {
+            h.push(ENVELOPE_VERSION);
+            h.push(role.agg_id() as u8);
+            h.extend_from_slice(key_id);
+        }
+        None => {
+            h.push(ENVELOPE_V1);
+            h.push(role.agg_id() as u8);
+        }
+    }
     h.extend_from_slice(&(id.len() as u16).to_be_bytes());
     h.extend_from_slice(id);
     h
@@ -151,7 +246,7 @@ pub fn seal_with_rng(
     if batch_id.len() > u16::MAX as usize {
         return Err(SealError::BatchIdTooLong(batch_id.len()));
     }
-    let mut out = header(role, batch_id);
+    let mut out = header(role, Some(&recipient.key_id()), batch_id);
     let (enc, ciphertext) = hpke::single_shot_seal_with_rng::<AesGcm128, HkdfSha256, Kem>(
         &OpModeS::Base,
         &recipient.0,
@@ -166,39 +261,63 @@ pub fn seal_with_rng(
     Ok(out)
 }
 
-/// Opens an envelope addressed to `role`'s server for `batch_id`.
+/// Opens an envelope addressed to `role`'s server for `batch_id` with the
+/// key it names (v2), or with whichever key opens it (v1).
 pub fn open(
-    key: &PrivateKey,
+    keys: &KeySet,
     role: Role,
     batch_id: &str,
     envelope: &[u8],
 ) -> Result<Vec<u8>, Rejection> {
-    // Anything that is not a whole v1 envelope (libprio v1 ciphertexts from
-    // Firefox 69, truncations) cannot be decrypted by us.
-    if envelope.len() < 4 || envelope[0] != ENVELOPE_VERSION {
-        return Err(Rejection::Undecryptable);
-    }
-    let id_len = u16::from_be_bytes([envelope[2], envelope[3]]) as usize;
-    let header_len = 4 + id_len;
+    // Anything that is not a whole envelope of a known version (libprio v1
+    // ciphertexts from Firefox 69, truncations) cannot be decrypted by us.
+    let key_id: Option<KeyId> = match envelope.first() {
+        Some(&ENVELOPE_VERSION) => Some(
+            envelope
+                .get(2..2 + KEY_ID_LEN)
+                .and_then(|id| id.try_into().ok())
+                .ok_or(Rejection::Undecryptable)?,
+        ),
+        Some(&ENVELOPE_V1) => None,
+        _ => return Err(Rejection::Undecryptable),
+    };
+    let len_at = if key_id.is_some() { 2 + KEY_ID_LEN } else { 2 };
+    let id_len = envelope
+        .get(len_at..len_at + 2)
+        .map(|b| u16::from_be_bytes([b[0], b[1]]) as usize)
+        .ok_or(Rejection::Undecryptable)?;
+    let header_len = len_at + 2 + id_len;
     if envelope.len() < header_len + ENC_LEN + TAG_LEN {
         return Err(Rejection::Undecryptable);
     }
     let (aad, rest) = envelope.split_at(header_len);
-    if aad != header(role, batch_id).as_slice() {
+    if aad != header(role, key_id.as_ref(), batch_id).as_slice() {
         return Err(Rejection::WrongBinding);
     }
     let (enc, ciphertext) = rest.split_at(ENC_LEN);
     let enc =
         <Kem as hpke::Kem>::EncappedKey::from_bytes(enc).map_err(|_| Rejection::Undecryptable)?;
-    hpke::single_shot_open::<AesGcm128, HkdfSha256, Kem>(
-        &OpModeR::Base,
-        &key.0,
-        &enc,
-        HPKE_INFO,
-        ciphertext,
-        aad,
-    )
-    .map_err(|_| Rejection::Undecryptable)
+    let open_with = |key: &PrivateKey| {
+        hpke::single_shot_open::<AesGcm128, HkdfSha256, Kem>(
+            &OpModeR::Base,
+            &key.0,
+            &enc,
+            HPKE_INFO,
+            ciphertext,
+            aad,
+        )
+        .ok()
+    };
+    match key_id {
+        Some(id) => {
+            let key = keys.by_id(&id).ok_or(Rejection::UnknownKey)?;
+            open_with(key).ok_or(Rejection::Undecryptable)
+        }
+        None => keys
+            .keys()
+            .find_map(open_with)
+            .ok_or(Rejection::Undecryptable),
+    }
 }
 
 #[cfg(test)]
@@ -206,35 +325,70 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_key_set_opens_what_was_sealed_to_any_of_its_keys_and_names_an_unknown_one() {
+        let (old, new) = (generate_keypair(), generate_keypair());
+        let keys = KeySet::new(vec![new.clone(), old.clone()]).unwrap();
+        assert_eq!(keys.current().public_key(), new.public_key());
+        for key in [&old, &new] {
+            let sealed = seal(&key.public_key(), Role::A, "b", b"share").unwrap();
+            assert_eq!(sealed[0], ENVELOPE_VERSION);
+            assert_eq!(sealed[2..6], key.public_key().key_id());
+            assert_eq!(open(&keys, Role::A, "b", &sealed).unwrap(), b"share");
+        }
+        let stranger = seal(&generate_keypair().public_key(), Role::A, "b", b"x").unwrap();
+        assert_eq!(
+            open(&keys, Role::A, "b", &stranger),
+            Err(Rejection::UnknownKey)
+        );
+        // A key id changed in transit is part of the header: the open fails.
+        let mut relabelled = seal(&old.public_key(), Role::A, "b", b"x").unwrap();
+        relabelled[2..6].copy_from_slice(&new.public_key().key_id());
+        assert_eq!(
+            open(&keys, Role::A, "b", &relabelled),
+            Err(Rejection::Undecryptable)
+        );
+        assert!(matches!(
+            KeySet::new(vec![old.clone(), new.clone(), old.clone()]),
+            Err(KeyError::SameKeyId {
+                first: 1,
+                second: 3
+            })
+        ));
+        let listed = KeySet::from_hex_list(&format!("{},{}", new.to_hex(), old.to_hex())).unwrap();
+        assert_eq!(listed.current().public_key(), new.public_key());
+    }
+
+    #[test]
     fn seal_open_round_trip_and_bindings() {
         let key = generate_keypair();
+        let keys = KeySet::from(key.clone());
         let sealed = seal(&key.public_key(), Role::A, "batch-1", b"hello").unwrap();
-        assert_eq!(open(&key, Role::A, "batch-1", &sealed).unwrap(), b"hello");
+        assert_eq!(open(&keys, Role::A, "batch-1", &sealed).unwrap(), b"hello");
         assert_eq!(
-            open(&key, Role::A, "batch-2", &sealed),
+            open(&keys, Role::A, "batch-2", &sealed),
             Err(Rejection::WrongBinding)
         );
         assert_eq!(
-            open(&key, Role::B, "batch-1", &sealed),
+            open(&keys, Role::B, "batch-1", &sealed),
             Err(Rejection::WrongBinding)
         );
         let other = generate_keypair();
         assert_eq!(
-            open(&other, Role::A, "batch-1", &sealed),
-            Err(Rejection::Undecryptable)
+            open(&other.into(), Role::A, "batch-1", &sealed),
+            Err(Rejection::UnknownKey)
         );
         let mut tampered = sealed.clone();
         *tampered.last_mut().unwrap() ^= 1;
         assert_eq!(
-            open(&key, Role::A, "batch-1", &tampered),
+            open(&keys, Role::A, "batch-1", &tampered),
             Err(Rejection::Undecryptable)
         );
         assert_eq!(
-            open(&key, Role::A, "batch-1", &sealed[..20]),
+            open(&keys, Role::A, "batch-1", &sealed[..20]),
             Err(Rejection::Undecryptable)
         );
         assert_eq!(
-            open(&key, Role::A, "batch-1", &[]),
+            open(&keys, Role::A, "batch-1", &[]),
             Err(Rejection::Undecryptable)
         );
     }

@@ -68,10 +68,14 @@ pub enum Rejection {
     /// The envelope names another batch id or server than the one opening it.
     #[error("envelope bound to another batch id or server")]
     WrongBinding,
-    /// Not a whole v1 envelope, or HPKE open failed: wrong key, tampered or
-    /// truncated ciphertext, or another system's ciphertext (libprio v1).
+    /// Not a whole envelope, or HPKE open failed: tampered or truncated
+    /// ciphertext, a v1 envelope no key opens, or another system's
+    /// ciphertext (libprio v1).
     #[error("envelope could not be decrypted")]
     Undecryptable,
+    /// The envelope names a key (its key id) that this server does not hold.
+    #[error("sealed to a key this server does not hold")]
+    UnknownKey,
     /// The plaintext is not a valid report share for the batch's VDAF.
     #[error("share could not be decoded for this batch's VDAF")]
     Undecodable,
@@ -105,10 +109,11 @@ pub enum Rejection {
 }
 
 impl Rejection {
-    pub const ALL: [Rejection; 12] = [
+    pub const ALL: [Rejection; 13] = [
         Rejection::BadBase64,
         Rejection::WrongBinding,
         Rejection::Undecryptable,
+        Rejection::UnknownKey,
         Rejection::Undecodable,
         Rejection::PeerShareUndecodable,
         Rejection::InvalidProof,
@@ -126,6 +131,7 @@ impl Rejection {
             Rejection::BadBase64 => "bad_base64",
             Rejection::WrongBinding => "wrong_binding",
             Rejection::Undecryptable => "undecryptable",
+            Rejection::UnknownKey => "unknown_key",
             Rejection::Undecodable => "undecodable",
             Rejection::PeerShareUndecodable => "peer_share_undecodable",
             Rejection::InvalidProof => "invalid_proof",
@@ -148,8 +154,13 @@ impl Rejection {
                  SERVER_ID, and that clients have each server's public key the right way round"
             }
             Rejection::Undecryptable => {
-                "PRIVATE_KEY_HEX is probably not the key clients sealed this server's shares to \
+                "the shares are damaged, or are v1 envelopes that no key of PRIVATE_KEY_HEX opens \
                  (the other server's key, or an old one)"
+            }
+            Rejection::UnknownKey => {
+                "PRIVATE_KEY_HEX does not hold the key clients sealed this server's shares to: \
+                 the other server's key, or a key rotated out too early (list the current key \
+                 first, then the older ones clients may still use)"
             }
             Rejection::Undecodable => {
                 "clients encode another VDAF or other parameters than DATA_CONFIG gives this batch"
@@ -337,10 +348,10 @@ mod tests {
         };
         let counts =
             |pairs: &[(Rejection, u64)]| pairs.iter().copied().collect::<RejectionCounts>();
-        let wrong_key = counts(&[(Rejection::Undecryptable, 19), (Rejection::BadBase64, 1)]);
+        let wrong_key = counts(&[(Rejection::UnknownKey, 19), (Rejection::BadBase64, 1)]);
         let alarm = rule.check(20, &wrong_key).unwrap();
         assert!(
-            alarm.starts_with("19 of 20 reports (95%) rejected as undecryptable: PRIVATE_KEY_HEX"),
+            alarm.starts_with("19 of 20 reports (95%) rejected as unknown_key: PRIVATE_KEY_HEX"),
             "{alarm}"
         );
         // Half is not most; several reasons that add up to most are not one cause.

@@ -1,7 +1,7 @@
 //! What a server does with one report share before talking to its peer:
 //! base64-decode, open the envelope, decode, and start verification.
 
-use super::envelope::{open, PrivateKey};
+use super::envelope::{open, KeySet};
 use super::vdaf::{Nonce, OutputShare, ReportShare, Vdaf, VerifyKey, VerifyState};
 use super::{Rejection, Role};
 
@@ -9,7 +9,8 @@ use super::{Rejection, Role};
 #[derive(Clone)]
 pub struct ServerSecrets {
     pub role: Role,
-    pub private_key: PrivateKey,
+    /// The keys this server opens shares with, the current one first.
+    pub private_keys: KeySet,
     pub verify_key: VerifyKey,
 }
 
@@ -38,7 +39,7 @@ pub fn open_and_verify_init(
     batch_id: &str,
     envelope: &[u8],
 ) -> Result<Initialized, Rejection> {
-    let plaintext = open(&secrets.private_key, secrets.role, batch_id, envelope)?;
+    let plaintext = open(&secrets.private_keys, secrets.role, batch_id, envelope)?;
     let report = ReportShare::decode(&plaintext)?;
     let (state, verifier_share) =
         vdaf.verify_init(&secrets.verify_key, batch_id, secrets.role, &report)?;
