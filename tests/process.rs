@@ -1084,27 +1084,27 @@ fn replayed_shares_under_new_ping_ids_count_once_within_a_date_and_within_the_wi
                      "sumvec": {"vdaf": "sumvec", "length": 5, "bits": 8}}"#;
     let random = ["--pattern", "random"];
     let mut world = World::without_dump(config);
-    let day1 = world.generate(30, "bad-id", &[&random[..], &["--seed", "1"]].concat());
-    let day1_sink = world.dump().join("sink");
+    let day1_sink = world.path(&format!("dump-{DATE}/sink"));
+    // A day's own pings (drawn from `seed`), and `copies` copies of day 1's; staged.
+    let day = |world: &mut World, date: &str, seed: &str, copies: usize| {
+        world.date = date.into();
+        let expected = world.generate(30, "bad-id", &[&random[..], &["--seed", seed]].concat());
+        deliver(world, &replayed_pings(&day1_sink, copies, date));
+        world.stage();
+        expected
+    };
     // Copies of day 1's own pings, delivered the same day.
-    deliver(&world, &replayed_pings(&day1_sink, 4, DATE));
-    world.stage();
+    let day1 = day(&mut world, DATE, "1", 4);
     world.run_both_ok(&["process"]);
     assert_known_answer_with_replays(&world, &day1, 4);
 
     // The next day, copies of day 1's pings: within the default window.
-    world.date = "2019-06-27".into();
-    let day2 = world.generate(30, "bad-id", &[&random[..], &["--seed", "2"]].concat());
-    deliver(&world, &replayed_pings(&day1_sink, 3, &world.date));
-    world.stage();
+    let day2 = day(&mut world, "2019-06-27", "2", 3);
     world.run_both_ok(&["process"]);
     assert_known_answer_with_replays(&world, &day2, 3);
 
     // Two days on with a window of one day, copies of day 1 count as reports.
-    world.date = "2019-06-28".into();
-    let day3 = world.generate(30, "bad-id", &[&random[..], &["--seed", "3"]].concat());
-    deliver(&world, &replayed_pings(&day1_sink, 2, &world.date));
-    world.stage();
+    let day3 = day(&mut world, "2019-06-28", "3", 2);
     let window = ["--replay-window-days", "1"];
     let [a, b] = world.run_both("process", &window, &window);
     ok(a);

@@ -216,35 +216,30 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_status_this_version_does_not_know_is_malformed() {
+    /// A one-row message as a hostile peer might write it.
+    fn one_row(status: &str, nonce: &[u8]) -> Bytes {
         let batch = RecordBatch::try_new(
             message_schema(),
             vec![
                 Arc::new(StringArray::from_iter_values(["01"])) as ArrayRef,
-                Arc::new(StringArray::from_iter_values(["fine_trust_me"])),
+                Arc::new(StringArray::from_iter_values([status])),
                 Arc::new(BinaryArray::from_iter_values([b"".as_slice()])),
-                Arc::new(BinaryArray::from_iter_values([b"".as_slice()])),
+                Arc::new(BinaryArray::from_iter_values([nonce])),
             ],
         )
         .unwrap();
-        let err = decode_message("peer/x", parquet_bytes(&batch, None).into()).unwrap_err();
+        parquet_bytes(&batch, None).into()
+    }
+
+    #[test]
+    fn a_status_this_version_does_not_know_is_malformed() {
+        let err = decode_message("peer/x", one_row("fine_trust_me", b"")).unwrap_err();
         assert!(err.to_string().contains("fine_trust_me"), "{err}");
     }
 
     #[test]
     fn a_nonce_of_another_length_is_malformed() {
-        let batch = RecordBatch::try_new(
-            message_schema(),
-            vec![
-                Arc::new(StringArray::from_iter_values(["01"])) as ArrayRef,
-                Arc::new(StringArray::from_iter_values(["ok"])),
-                Arc::new(BinaryArray::from_iter_values([b"".as_slice()])),
-                Arc::new(BinaryArray::from_iter_values([[1u8; 15].as_slice()])),
-            ],
-        )
-        .unwrap();
-        let err = decode_message("peer/x", parquet_bytes(&batch, None).into()).unwrap_err();
+        let err = decode_message("peer/x", one_row("ok", &[1; 15])).unwrap_err();
         assert!(err.to_string().contains("nonce of 15 bytes"), "{err}");
     }
 
