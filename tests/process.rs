@@ -1284,3 +1284,42 @@ fn a_server_that_rotates_its_key_opens_pings_sealed_to_the_new_and_the_old_key()
         assert_eq!(aggregate_of(&published), [sum], "{role}");
     }
 }
+
+#[test]
+fn log_lines_name_the_server_and_its_steps_as_plain_text_or_as_json() {
+    let (world, _) = World::new(r#"{"x": 8}"#, 10, &[]);
+    let out = ok(world
+        .server(Role::A, "verify1", &[])
+        .env("RUST_LOG", "info")
+        .env_remove("NO_COLOR")
+        .output()
+        .unwrap());
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        text.contains("server{id=a}:pass{steps=verify1}: verify1: done"),
+        "{text}"
+    );
+    assert!(
+        !text.contains('\x1b'),
+        "no colour when stderr is not a terminal: {text}"
+    );
+
+    let out = ok(world
+        .server(Role::B, "verify1", &["--log-format", "json"])
+        .env("RUST_LOG", "info")
+        .output()
+        .unwrap());
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+        .collect();
+    let done = lines
+        .iter()
+        .find(|l| l["fields"]["message"] == "verify1: done")
+        .unwrap_or_else(|| panic!("{lines:?}"));
+    assert_eq!(done["level"], "INFO");
+    assert_eq!(
+        done["spans"],
+        serde_json::json!([{"name": "server", "id": "b"}, {"name": "pass", "steps": "verify1"}])
+    );
+}

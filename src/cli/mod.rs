@@ -30,13 +30,24 @@ pub use crate::exit;
         Clients send one HPKE-sealed secret share per server; the two servers verify every \
         client's proof together and publish only the sum.",
     after_help = "Exit codes: 0 success, 1 failure, 2 usage error, 3 results did not match, 4 most of a batch's reports rejected for one reason.\n\
-        Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=debug) for more.\n\n\
+        Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=debug) for more, --log-format json for \
+        one JSON object a line.\n\n\
         Quick start:\n  prio-processor integrate        # the whole system on ./data/work\n  \
         prio-processor keygen           # a server key pair"
 )]
 struct Cli {
+    /// Log lines as text (coloured on a terminal, unless NO_COLOR) or one
+    /// JSON object each, for log collectors.
+    #[arg(long, global = true, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 /// The `--help` epilogue of one step of `process`.
@@ -105,7 +116,7 @@ enum Command {
 /// Parses arguments, runs the command, and maps the outcome to an exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    init_logging(cli.log_format);
     let result = match cli.command {
         Command::Keygen(args) => keys::keygen(args),
         Command::SharedSeed(args) => keys::shared_seed(args),
@@ -129,14 +140,24 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn init_logging() {
+/// Logs go to stderr. A server's lines carry its id and steps as spans
+/// (`server{id=a}:pass{steps=verify1}`), in JSON as `"spans"`.
+fn init_logging(format: LogFormat) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_target(false)
-        .init();
+        .with_target(false);
+    match format {
+        LogFormat::Text => {
+            let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+            logs.with_ansi(std::io::stderr().is_terminal() && !no_color)
+                .init()
+        }
+        LogFormat::Json => logs.json().with_span_list(true).init(),
+    }
 }
 
 /// `--config` / `DATA_CONFIG`: a path to the batch config JSON, or the JSON itself.

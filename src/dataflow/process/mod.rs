@@ -89,6 +89,19 @@ enum Pass {
     Publish,
 }
 
+impl Pass {
+    /// The steps it runs, as log lines name them.
+    fn name(self) -> &'static str {
+        match self {
+            Pass::Verify(Verification::First) => "verify1",
+            Pass::Verify(Verification::Second) => "verify2",
+            Pass::Verify(Verification::Both) => "verify1+verify2",
+            Pass::Aggregate => "aggregate",
+            Pass::Publish => "publish",
+        }
+    }
+}
+
 /// Runs the job's steps on a timely cluster; returns the published outcomes
 /// (on process 0, when the steps include publish).
 pub fn run(job: ServerJob, cluster: &Cluster) -> Result<Vec<BatchOutcome>, Error> {
@@ -96,10 +109,12 @@ pub fn run(job: ServerJob, cluster: &Cluster) -> Result<Vec<BatchOutcome>, Error
 }
 
 fn server_worker(worker: &mut Worker, job: &ServerJob) -> Result<Vec<BatchOutcome>, Error> {
+    let _server = tracing::info_span!("server", id = %job.secrets.role).entered();
     let parts = configured_parts(job)?;
     let mut agreed = hello::send(job)?;
     let mut outcomes = Vec::new();
     for pass in plan(job)? {
+        let _pass = tracing::info_span!("pass", steps = %pass.name()).entered();
         if !agreed && pass != Pass::Verify(Verification::First) {
             hello::agree(job)?;
             agreed = true;
