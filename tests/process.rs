@@ -106,7 +106,7 @@ impl World {
     ) -> (World, serde_json::Value) {
         let world = World::without_dump(config);
         let expected = world.generate(pings, unknown, extra);
-        world.stage();
+        world.stage(&[]);
         (world, expected)
     }
 
@@ -147,9 +147,10 @@ impl World {
     }
 
     /// Stages the date's dump into both servers' private buckets.
-    fn stage(&self) {
+    fn stage(&self, extra: &[&str]) {
         let staged = ok(bin()
             .args(["stage", "--date", &self.date, "--partition-size", "20KB"])
+            .args(extra)
             .args(["--config", &self.config, "--input"])
             .arg(self.dump().join("sink"))
             .arg("--output-a")
@@ -1090,7 +1091,7 @@ fn replayed_shares_under_new_ping_ids_count_once_within_a_date_and_within_the_wi
         world.date = date.into();
         let expected = world.generate(30, "bad-id", &[&random[..], &["--seed", seed]].concat());
         deliver(world, &replayed_pings(&day1_sink, copies, date));
-        world.stage();
+        world.stage(&[]);
         expected
     };
     // Copies of day 1's own pings, delivered the same day.
@@ -1160,7 +1161,7 @@ fn a_client_that_seals_different_nonces_for_the_two_servers_is_rejected_by_both(
         &format!("{DATE}T12:00:02.000000Z"),
     );
     deliver(&world, &serde_json::to_vec(&message).unwrap());
-    world.stage();
+    world.stage(&[]);
     world.run_both_ok(&["process"]);
     let want = &expected["batches"]["p"];
     for role in Role::BOTH {
@@ -1260,7 +1261,7 @@ fn a_server_that_rotates_its_key_opens_pings_sealed_to_the_new_and_the_old_key()
         std::fs::create_dir_all(to.parent().unwrap()).unwrap();
         std::fs::copy(&file, to).unwrap();
     }
-    world.stage();
+    world.stage(&[]);
     let keys = format!("{},{}", new_key.to_hex(), world.keys[0].0);
     let public = new_key.public_key().to_hex();
     let a_args = [
@@ -1322,4 +1323,91 @@ fn log_lines_name_the_server_and_its_steps_as_plain_text_or_as_json() {
         done["spans"],
         serde_json::json!([{"name": "server", "id": "b"}, {"name": "pass", "steps": "verify1"}])
     );
+}
+
+/// The value of the sample `name{labels}` in a Prometheus text file, which
+/// must parse, and whose samples must all carry their declared type.
+fn metric(file: &Path, name: &str, labels: &[(&str, &str)]) -> f64 {
+    use prometheus_parse::{Scrape, Value};
+    let text = std::fs::read_to_string(file).unwrap();
+    let scrape = Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap();
+    for s in &scrape.samples {
+        assert!(
+            !matches!(s.value, Value::Untyped(_)),
+            "{} has no TYPE: {text}",
+            s.metric
+        );
+    }
+    let sample = scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .unwrap_or_else(|| panic!("no {name}{labels:?} in {text}"));
+    match sample.value {
+        Value::Counter(v) | Value::Gauge(v) => v,
+        ref other => panic!("{name}: {other:?}"),
+    }
+}
+
+#[test]
+fn stage_and_process_write_metrics_files_in_the_prometheus_text_format() {
+    let world = World::without_dump(r#"{"x": 8, "y": {"vdaf": "count"}}"#);
+    let expected = world.generate(30, "bad-id", &[]);
+    let stage_file = world.path("stage.prom");
+    world.stage(&["--metrics-file", stage_file.to_str().unwrap()]);
+    for batch in ["x", "y"] {
+        let want = expected["batches"][batch]["reports"].as_f64().unwrap();
+        assert_eq!(
+            metric(
+                &stage_file,
+                "prio_stage_entries_total",
+                &[("batch_id", batch)]
+            ),
+            want
+        );
+    }
+    let duplicates = metric(&stage_file, "prio_stage_duplicates_dropped_total", &[]);
+    assert_eq!(duplicates, expected["duplicates"].as_f64().unwrap());
+    assert_eq!(
+        metric(&stage_file, "prio_run_success", &[("command", "stage")]),
+        1.0
+    );
+
+    let files = Role::BOTH.map(|role| world.path(&format!("process-{role}.prom")));
+    let [a, b] = Role::BOTH.map(|role| {
+        let file = files[role.agg_id()].to_str().unwrap().to_string();
+        world.spawn(role, "process", &["--metrics-file", &file])
+    });
+    ok(a.wait_with_output().unwrap());
+    ok(b.wait_with_output().unwrap());
+    for (role, file) in Role::BOTH.into_iter().zip(&files) {
+        let server = role.to_string();
+        let batch = |id| [("server", server.as_str()), ("batch_id", id)];
+        let want = expected["batches"]["x"]["reports"].as_f64().unwrap();
+        assert_eq!(
+            metric(file, "prio_batch_reports_aggregated_total", &batch("x")),
+            want
+        );
+        let published = [batch("x").as_slice(), &[("status", "published")]].concat();
+        assert_eq!(metric(file, "prio_batch_status", &published), 1.0);
+        assert_eq!(metric(file, "prio_batch_alarm", &batch("y")), 0.0);
+        assert_eq!(
+            metric(file, "prio_run_success", &[("server", &server)]),
+            1.0
+        );
+    }
+
+    // A run that fails says so.
+    let failed = world.path("failed.prom");
+    let out = world
+        .server(
+            Role::A,
+            "verify1",
+            &["--metrics-file", failed.to_str().unwrap()],
+        )
+        .env("BUCKET_INTERNAL_PRIVATE", world.path("empty-bucket"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(metric(&failed, "prio_run_success", &[("server", "a")]), 0.0);
 }

@@ -6,6 +6,7 @@ mod encode;
 mod generate;
 mod integrate;
 mod keys;
+mod metrics;
 mod process;
 mod stage;
 

@@ -7,6 +7,7 @@ use anyhow::Context;
 use clap::Args;
 
 use super::keys::parse_shared_secret;
+use super::metrics::{failed_run, process_metrics, MetricsArg};
 use super::{exit, parse_date, parse_rate, ClusterArgs, ConfigArg};
 use crate::dataflow::process::{run, Retry, ServerJob};
 use crate::storage::location::Location;
@@ -99,6 +100,8 @@ pub struct ServerArgs {
     pub alarm_min_reports: u64,
     #[command(flatten)]
     pub cluster: ClusterArgs,
+    #[command(flatten)]
+    pub metrics: MetricsArg,
 }
 
 pub fn run_steps(args: ServerArgs, steps: &[Step]) -> anyhow::Result<u8> {
@@ -165,17 +168,48 @@ pub fn run_steps(args: ServerArgs, steps: &[Step]) -> anyhow::Result<u8> {
         },
     };
     job.buckets.claim()?;
-    let outcomes = run(job, &args.cluster.cluster())?;
-    if args.cluster.process != 0 || !steps.contains(&Step::Publish) {
-        return Ok(exit::OK);
+    let started = std::time::Instant::now();
+    let metrics_file = args
+        .metrics
+        .metrics_file
+        .filter(|_| args.cluster.process == 0);
+    let command = match steps {
+        [step] => step.name(),
+        _ => "process",
+    };
+    let outcomes = match run(job, &args.cluster.cluster()) {
+        Ok(outcomes) => outcomes,
+        Err(e) => {
+            if let Some(path) = &metrics_file {
+                failed_run(command, Some(args.server_id), started.elapsed()).write(path)?;
+            }
+            return Err(e.into());
+        }
+    };
+    let code = if args.cluster.process != 0 || !steps.contains(&Step::Publish) {
+        exit::OK
+    } else {
+        report(args.server_id, &outcomes)
+    };
+    if let Some(path) = &metrics_file {
+        process_metrics(
+            command,
+            args.server_id,
+            &outcomes,
+            started.elapsed(),
+            code == exit::OK,
+        )
+        .write(path)?;
     }
-    print_summary(args.server_id, &outcomes);
-    for o in &outcomes {
+    Ok(code)
+}
+
+/// Prints the outcomes and what failed; the exit code they call for.
+fn report(server: Role, outcomes: &[BatchOutcome]) -> u8 {
+    print_summary(server, outcomes);
+    for o in outcomes {
         if let Some(alarm) = &o.alarm {
-            eprintln!(
-                "error: server {}: batch {:?}: {alarm}",
-                args.server_id, o.batch_id
-            );
+            eprintln!("error: server {server}: batch {:?}: {alarm}", o.batch_id);
         }
     }
     let refused: Vec<_> = outcomes
@@ -189,13 +223,13 @@ pub fn run_steps(args: ServerArgs, steps: &[Step]) -> anyhow::Result<u8> {
             o.message.as_deref().unwrap_or("")
         );
     }
-    Ok(if !refused.is_empty() {
+    if !refused.is_empty() {
         exit::FAILURE
     } else if outcomes.iter().any(|o| o.alarm.is_some()) {
         exit::ALARM
     } else {
         exit::OK
-    })
+    }
 }
 
 fn print_summary(role: Role, outcomes: &[BatchOutcome]) {

@@ -8,6 +8,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use super::metrics::{failed_run, stage_metrics, MetricsArg};
 use super::{exit, one_of, parse_date, ClusterArgs, ConfigArg};
 use crate::dataflow::stage::{run as run_stage, ReadProgress, StageCounts, StageJob};
 use crate::storage::input::InputFormat;
@@ -76,6 +77,8 @@ pub struct StageArgs {
     pub spill_dir: Option<PathBuf>,
     #[command(flatten)]
     pub cluster: ClusterArgs,
+    #[command(flatten)]
+    pub metrics: MetricsArg,
 }
 
 /// Parses sizes like `250MB`, `64MiB`, `1GB` or a plain byte count.
@@ -161,9 +164,24 @@ pub fn run(args: StageArgs) -> anyhow::Result<u8> {
     progress.finish_and_clear();
     // Also after a fault: spill files can be as large as the input.
     let _ = std::fs::remove_dir_all(&spill_dir);
-    let counters = result?;
+    let metrics_file = args
+        .metrics
+        .metrics_file
+        .filter(|_| args.cluster.process == 0);
+    let counters = match result {
+        Ok(counters) => counters,
+        Err(e) => {
+            if let Some(path) = &metrics_file {
+                failed_run("stage", None, started.elapsed()).write(path)?;
+            }
+            return Err(e.into());
+        }
+    };
     if args.cluster.process == 0 {
         print_summary(&counters, &layout, started.elapsed());
+    }
+    if let Some(path) = &metrics_file {
+        stage_metrics(&counters, started.elapsed()).write(path)?;
     }
     Ok(exit::OK)
 }
