@@ -1121,6 +1121,66 @@ fn replayed_shares_under_new_ping_ids_count_once_within_a_date_and_within_the_wi
             "{published}"
         );
     }
+    // Three days of results, both servers, every batch: one read.
+    assert_parquet_results_match_the_json(&world, &["2019-06-26", "2019-06-27", "2019-06-28"]);
+}
+
+/// Reads every `aggregate.parquet` of the world in one DuckDB query (a
+/// reader analysts use, from PyPI) and compares each row with the published
+/// JSON of its date, server and batch. Skipped where DuckDB is not
+/// installed, unless PRIO_REQUIRE_READERS is set (as `.ci/run` does).
+fn assert_parquet_results_match_the_json(world: &World, dates: &[&str]) {
+    let query = format!(
+        "import duckdb, json\n\
+         rows = duckdb.sql(\"select strftime(submission_date, '%Y-%m-%d'), server, batch_id, \
+         index, value::varchar from read_parquet('{}/server-*/private/*/processed/*/aggregate.parquet', \
+         hive_partitioning = false) order by all\").fetchall()\n\
+         print(json.dumps(rows))",
+        world.dir.path().display()
+    );
+    let out = Command::new("python3")
+        .args(["-c", &query])
+        .output()
+        .unwrap();
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            std::env::var_os("PRIO_REQUIRE_READERS").is_none(),
+            "reading the results with DuckDB failed: {stderr}"
+        );
+        eprintln!("skipping the DuckDB check (pip install duckdb to run it): {stderr}");
+        return;
+    }
+    let rows: Vec<(String, String, String, usize, String)> =
+        serde_json::from_slice(&out.stdout).unwrap();
+    let mut want = Vec::new();
+    for &date in dates {
+        for role in Role::BOTH {
+            let processed = world.private(role).join(format!("{date}/processed"));
+            for file in common::files_below(&processed) {
+                if file.file_name().unwrap() != "aggregate.json" {
+                    continue;
+                }
+                let json = decode_published("p", &std::fs::read(&file).unwrap()).unwrap();
+                assert_eq!(
+                    (json.submission_date.as_str(), json.server.as_str()),
+                    (date, role.as_str())
+                );
+                for (index, value) in json.aggregate.iter().enumerate() {
+                    want.push((
+                        date.to_string(),
+                        role.to_string(),
+                        json.batch_id.clone(),
+                        index,
+                        value.to_string(),
+                    ));
+                }
+            }
+        }
+    }
+    want.sort();
+    assert!(!want.is_empty());
+    assert_eq!(rows, want);
 }
 
 #[test]

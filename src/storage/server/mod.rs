@@ -38,7 +38,9 @@ use super::messages::{
     decode_message, encode_message, same_json, same_rows, AggregateMessage, HelloMessage,
     MessageRow,
 };
-use super::published::{decode_published, encode_published, published_json, PublishedBatch};
+use super::published::{
+    decode_published, encode_published, published_json, Provenance, PublishedBatch,
+};
 use super::staged::{decode_staged, StagedFormat, StagedRow, SUCCESS, SUMMARY};
 use super::tables::malformed;
 use crate::wire::config::BatchSpec;
@@ -413,13 +415,18 @@ impl ServerBuckets {
     pub fn publish(&self, outcome: &BatchOutcome, spec: &BatchSpec) -> Result<(), StorageError> {
         let processed = self.processed();
         let dir = batch_dir(&outcome.batch_id);
+        let from = Provenance {
+            submission_date: chrono::NaiveDate::parse_from_str(&self.date, "%Y-%m-%d")
+                .map_err(|_| malformed(processed.url(), "the date is not YYYY-MM-DD"))?,
+            server: self.signatures().role,
+        };
         processed.put(
             &format!("{dir}/aggregate.json"),
-            published_json(outcome, spec),
+            published_json(outcome, spec, from),
         )?;
         processed.put(
             &format!("{dir}/aggregate.parquet"),
-            encode_published(outcome),
+            encode_published(outcome, from),
         )
     }
 
