@@ -1455,6 +1455,16 @@ fn stage_and_process_write_metrics_files_in_the_prometheus_text_format() {
             metric(file, "prio_run_success", &[("server", &server)]),
             1.0
         );
+        // Every pass is there, and together they fit in the run.
+        let passes: f64 = ["verify1+verify2", "aggregate", "publish"]
+            .iter()
+            .map(|steps| metric(file, "prio_step_duration_seconds", &[("steps", steps)]))
+            .sum();
+        let run = metric(file, "prio_run_duration_seconds", &[("server", &server)]);
+        assert!(
+            passes > 0.0 && passes <= run,
+            "{passes} s of passes in a {run} s run"
+        );
     }
 
     // A run that fails says so.

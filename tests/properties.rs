@@ -259,7 +259,7 @@ proptest! {
             })
             .collect();
         for server in servers {
-            let outcome = server.join().unwrap().remove(0);
+            let outcome = server.join().unwrap().outcomes.remove(0);
             prop_assert_eq!(outcome.reports_aggregated, intact, "{:?}", outcome);
             if intact == 0 {
                 prop_assert_eq!(outcome.status, BatchStatus::Withheld);

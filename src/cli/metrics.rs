@@ -13,8 +13,9 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+use crate::dataflow::process::RunReport;
 use crate::dataflow::stage::StageCounts;
-use crate::wire::protocol::{BatchOutcome, BatchStatus};
+use crate::wire::protocol::BatchStatus;
 use crate::wire::Role;
 
 /// `--metrics-file`, shared by the commands that write one.
@@ -95,7 +96,7 @@ pub fn failed_run(command: &str, server: Option<Role>, elapsed: Duration) -> Met
 pub fn process_metrics(
     command: &str,
     server: Role,
-    outcomes: &[BatchOutcome],
+    done: &RunReport,
     elapsed: Duration,
     success: bool,
 ) -> Metrics {
@@ -106,6 +107,17 @@ pub fn process_metrics(
         elapsed,
         success,
     );
+    let took = m.gauge(
+        "step_duration_seconds",
+        "How long each pass took, by the steps it ran, waits for the peer included",
+    );
+    for (steps, d) in &done.passes {
+        took.get_or_create(&vec![
+            ("server", server.clone()),
+            ("steps", steps.to_string()),
+        ])
+        .set(d.as_secs_f64());
+    }
     let total = m.counter("batch_reports", "Reports this server had for the batch");
     let aggregated = m.counter(
         "batch_reports_aggregated",
@@ -120,7 +132,7 @@ pub fn process_metrics(
         "batch_alarm",
         "1 when one reason rejected most of the batch's reports (exit 4)",
     );
-    for o in outcomes {
+    for o in &done.outcomes {
         let batch = vec![("server", server.clone()), ("batch_id", o.batch_id.clone())];
         total.get_or_create(&batch).inc_by(o.reports_total);
         aggregated

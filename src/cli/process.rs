@@ -177,8 +177,8 @@ pub fn run_steps(args: ServerArgs, steps: &[Step]) -> anyhow::Result<u8> {
         [step] => step.name(),
         _ => "process",
     };
-    let outcomes = match run(job, &args.cluster.cluster()) {
-        Ok(outcomes) => outcomes,
+    let done = match run(job, &args.cluster.cluster()) {
+        Ok(done) => done,
         Err(e) => {
             if let Some(path) = &metrics_file {
                 failed_run(command, Some(args.server_id), started.elapsed()).write(path)?;
@@ -186,16 +186,25 @@ pub fn run_steps(args: ServerArgs, steps: &[Step]) -> anyhow::Result<u8> {
             return Err(e.into());
         }
     };
-    let code = if args.cluster.process != 0 || !steps.contains(&Step::Publish) {
-        exit::OK
+    if args.cluster.process != 0 {
+        return Ok(exit::OK);
+    }
+    let took: Vec<String> = done
+        .passes
+        .iter()
+        .map(|(steps, d)| format!("{steps} {:.2}s", d.as_secs_f64()))
+        .collect();
+    tracing::info!("server {}: took {}", args.server_id, took.join(", "));
+    let code = if steps.contains(&Step::Publish) {
+        report(args.server_id, &done.outcomes)
     } else {
-        report(args.server_id, &outcomes)
+        exit::OK
     };
     if let Some(path) = &metrics_file {
         process_metrics(
             command,
             args.server_id,
-            &outcomes,
+            &done,
             started.elapsed(),
             code == exit::OK,
         )

@@ -102,19 +102,29 @@ impl Pass {
     }
 }
 
-/// Runs the job's steps on a timely cluster; returns the published outcomes
-/// (on process 0, when the steps include publish).
-pub fn run(job: ServerJob, cluster: &Cluster) -> Result<Vec<BatchOutcome>, Error> {
+/// What a run did, as worker 0 saw it.
+#[derive(Debug, Default)]
+pub struct RunReport {
+    /// The published outcomes, when the steps include publish.
+    pub outcomes: Vec<BatchOutcome>,
+    /// Each pass run, by the steps it covered (`verify1+verify2`, ...), and
+    /// how long it took, waits for the peer included; skipped steps are absent.
+    pub passes: Vec<(&'static str, Duration)>,
+}
+
+/// Runs the job's steps on a timely cluster.
+pub fn run(job: ServerJob, cluster: &Cluster) -> Result<RunReport, Error> {
     super::execute(job, cluster, server_worker)
 }
 
-fn server_worker(worker: &mut Worker, job: &ServerJob) -> Result<Vec<BatchOutcome>, Error> {
+fn server_worker(worker: &mut Worker, job: &ServerJob) -> Result<RunReport, Error> {
     let _server = tracing::info_span!("server", id = %job.secrets.role).entered();
     let parts = configured_parts(job)?;
     let mut agreed = hello::send(job)?;
-    let mut outcomes = Vec::new();
+    let mut report = RunReport::default();
     for pass in plan(job)? {
         let _pass = tracing::info_span!("pass", steps = %pass.name()).entered();
+        let started = std::time::Instant::now();
         if !agreed && pass != Pass::Verify(Verification::First) {
             hello::agree(job)?;
             agreed = true;
@@ -128,12 +138,13 @@ fn server_worker(worker: &mut Worker, job: &ServerJob) -> Result<Vec<BatchOutcom
             // Publishing is per batch and cheap: worker 0 does it.
             Pass::Publish if worker.index() == 0 => {
                 wait_for_peer(job, Step::Aggregate)?;
-                outcomes = publish::run(job)?;
+                report.outcomes = publish::run(job)?;
             }
             Pass::Publish => {}
         }
+        report.passes.push((pass.name(), started.elapsed()));
     }
-    Ok(outcomes)
+    Ok(report)
 }
 
 /// The passes for the steps asked for: steps already done are skipped
