@@ -624,3 +624,44 @@ fn run_fails(cmd: &mut Command) -> String {
     assert_eq!(out.status.code(), Some(1));
     String::from_utf8_lossy(&out.stderr).to_string()
 }
+
+#[test]
+fn a_share_larger_than_its_vdaf_allows_is_a_counted_rejection_not_staged() {
+    use prio_processor::wire::ping::{build_ping, PrioEntry};
+    let dir = tempfile::tempdir().unwrap();
+    // "y" is Prio2 over 16 bits: its shares are a few hundred bytes.
+    let entry = |a: String| PrioEntry {
+        batch_id: "y".into(),
+        share_a: a,
+        share_b: "AAAA".into(),
+    };
+    let huge = "QUFB".repeat(50_000);
+    let ping = build_ping(
+        "f0f0f0f0-0000-4000-8000-000000000001",
+        "2019-06-26T12:00:00.000Z",
+        &[entry(huge.clone()), entry("AAAA".into())],
+    );
+    let line = serde_json::to_vec(&SinkMessage::wrap(
+        &serde_json::to_vec(&ping).unwrap(),
+        "f0f0f0f0",
+        "2019-06-26T12:00:02.000000Z",
+    ))
+    .unwrap();
+    let input = dir.path().join("in");
+    write_sink_file(&input, "part-0.ndjson", &[line.as_slice(), b"\n"].concat());
+    let out = dir.path().join("out");
+    stage(&input, &out, &[]);
+    let c = counters(&out);
+    assert_eq!(c["rejected/share_too_large"], 1, "{c:?}");
+    assert_eq!(
+        c["entries/y"], 1,
+        "the other entry of the ping is staged: {c:?}"
+    );
+    let staged = rows(&out.join(format!(
+        "submission_date={DATE}/server_id=a/batch_id=y/part-00000.parquet"
+    )));
+    assert!(
+        staged.iter().all(|r| r.3.len() < 1000),
+        "no huge share is staged"
+    );
+}

@@ -30,6 +30,9 @@ pub struct BatchSpec {
     pub vdaf: Vdaf,
     /// Privacy threshold: a batch with fewer aggregated reports is withheld.
     pub min_batch_size: u64,
+    /// Each server's report share length for this VDAF, in bytes: what
+    /// bounds the shares `stage` accepts.
+    pub share_lens: [usize; 2],
 }
 
 impl BatchSpec {
@@ -135,9 +138,13 @@ fn parse_batch(batch_id: &str, spec: &Value) -> Result<BatchSpec, ConfigError> {
     };
     let vdaf =
         Vdaf::new(vdaf_spec).map_err(|e| batch_err(format!("invalid VDAF parameters: {e}")))?;
+    let share_lens = vdaf
+        .report_share_lens()
+        .map_err(|e| batch_err(format!("invalid VDAF parameters: {e}")))?;
     Ok(BatchSpec {
         vdaf,
         min_batch_size,
+        share_lens,
     })
 }
 

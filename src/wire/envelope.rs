@@ -261,6 +261,12 @@ pub fn seal_with_rng(
     Ok(out)
 }
 
+/// The length of a (version 2) envelope of a `plaintext_len`-byte share for
+/// `batch_id`: the largest any version writes.
+pub fn sealed_len(batch_id: &str, plaintext_len: usize) -> usize {
+    2 + KEY_ID_LEN + 2 + batch_id.len() + ENC_LEN + plaintext_len + TAG_LEN
+}
+
 /// Opens an envelope addressed to `role`'s server for `batch_id` with the
 /// key it names (v2), or with whichever key opens it (v1).
 pub fn open(
@@ -331,6 +337,7 @@ mod tests {
         assert_eq!(keys.current().public_key(), new.public_key());
         for key in [&old, &new] {
             let sealed = seal(&key.public_key(), Role::A, "b", b"share").unwrap();
+            assert_eq!(sealed.len(), sealed_len("b", 5));
             assert_eq!(sealed[0], ENVELOPE_VERSION);
             assert_eq!(sealed[2..6], key.public_key().key_id());
             assert_eq!(open(&keys, Role::A, "b", &sealed).unwrap(), b"share");

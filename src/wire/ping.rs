@@ -66,6 +66,8 @@ pub enum PingRejection {
     BadTimestamp,
     #[error("a line or a record's ping is larger than the input limits")]
     TooLarge,
+    #[error("a prioData entry's share is larger than its batch's VDAF allows")]
+    ShareTooLarge,
 }
 
 impl PingRejection {
@@ -85,6 +87,7 @@ impl PingRejection {
             PingRejection::MissingTimestamp => "missing_timestamp",
             PingRejection::BadTimestamp => "bad_timestamp",
             PingRejection::TooLarge => "too_large",
+            PingRejection::ShareTooLarge => "share_too_large",
         }
     }
 }

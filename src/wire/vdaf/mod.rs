@@ -349,6 +349,14 @@ impl Vdaf {
             shard(&**v, &self.spec, &ctx, measurement, nonce))
     }
 
+    /// The length of each server's report share plaintext (`ReportShare`).
+    /// Every VDAF here encodes shares of one length, whatever the
+    /// measurement, so one sharding of zeros tells it.
+    pub fn report_share_lens(&self) -> Result<[usize; 2], VdafUseError> {
+        let shares = self.shard("", &self.spec.zero_measurement(), &[0; NONCE_LEN])?;
+        Ok(shares.map(|s| s.encode().len()))
+    }
+
     /// Server: decodes a report share and starts verification. Returns the
     /// state to keep and the encoded verifier share to send to the peer.
     pub fn verify_init(

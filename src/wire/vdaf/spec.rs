@@ -63,6 +63,18 @@ impl VdafSpec {
         }
     }
 
+    /// A valid measurement of this VDAF: all zeros.
+    pub fn zero_measurement(&self) -> Measurement {
+        match self {
+            VdafSpec::Count | VdafSpec::Sum { .. } | VdafSpec::Histogram { .. } => {
+                Measurement::Scalar(0)
+            }
+            VdafSpec::Prio2 { .. }
+            | VdafSpec::SumVec { .. }
+            | VdafSpec::MultihotCountVec { .. } => Measurement::Vector(vec![0; self.output_len()]),
+        }
+    }
+
     /// Number of elements in the aggregate result.
     pub fn output_len(&self) -> usize {
         match self {
