@@ -1100,8 +1100,12 @@ fn replayed_shares_under_new_ping_ids_count_once_within_a_date_and_within_the_wi
     assert_known_answer_with_replays(&world, &day1, 4);
 
     // The next day, copies of day 1's pings: within the default window.
+    // Server a runs two workers, b one: the nonce shards and the parts are
+    // spread otherwise at each, and they still decide alike.
     let day2 = day(&mut world, "2019-06-27", "2", 3);
-    world.run_both_ok(&["process"]);
+    let [a, b] = world.run_both("process", &["--workers", "2"], &[]);
+    ok(a);
+    ok(b);
     assert_known_answer_with_replays(&world, &day2, 3);
 
     // Two days on with a window of one day, copies of day 1 count as reports.
@@ -1111,15 +1115,15 @@ fn replayed_shares_under_new_ping_ids_count_once_within_a_date_and_within_the_wi
     ok(a);
     ok(b);
     for (batch, want) in day3["batches"].as_object().unwrap() {
-        let published = world.published(Role::A, batch).unwrap();
-        assert_eq!(
-            published["reports_aggregated"],
-            want["reports"].as_u64().unwrap() + 2
-        );
-        assert!(
-            published["rejected"].get("replayed").is_none(),
-            "{published}"
-        );
+        for role in Role::BOTH {
+            let published = world.published(role, batch).unwrap();
+            let reports = want["reports"].as_u64().unwrap() + 2;
+            assert_eq!(published["reports_aggregated"], reports, "{role}");
+            assert!(
+                published["rejected"].get("replayed").is_none(),
+                "{published}"
+            );
+        }
     }
     // Three days of results, both servers, every batch: one read.
     assert_parquet_results_match_the_json(&world, &["2019-06-26", "2019-06-27", "2019-06-28"]);
@@ -1418,15 +1422,11 @@ fn stage_and_process_write_metrics_files_in_the_prometheus_text_format() {
     for batch in ["x", "y"] {
         let want = expected["batches"][batch]["reports"].as_f64().unwrap();
         assert_eq!(
-            metric(
-                &stage_file,
-                "prio_stage_entries_total",
-                &[("batch_id", batch)]
-            ),
+            metric(&stage_file, "prio_stage_entries", &[("batch_id", batch)]),
             want
         );
     }
-    let duplicates = metric(&stage_file, "prio_stage_duplicates_dropped_total", &[]);
+    let duplicates = metric(&stage_file, "prio_stage_duplicates_dropped", &[]);
     assert_eq!(duplicates, expected["duplicates"].as_f64().unwrap());
     assert_eq!(
         metric(&stage_file, "prio_run_success", &[("command", "stage")]),
@@ -1445,7 +1445,7 @@ fn stage_and_process_write_metrics_files_in_the_prometheus_text_format() {
         let batch = |id| [("server", server.as_str()), ("batch_id", id)];
         let want = expected["batches"]["x"]["reports"].as_f64().unwrap();
         assert_eq!(
-            metric(file, "prio_batch_reports_aggregated_total", &batch("x")),
+            metric(file, "prio_batch_reports_aggregated", &batch("x")),
             want
         );
         let published = [batch("x").as_slice(), &[("status", "published")]].concat();
@@ -1480,4 +1480,19 @@ fn stage_and_process_write_metrics_files_in_the_prometheus_text_format() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(metric(&failed, "prio_run_success", &[("server", "a")]), 0.0);
+    // Also one that fails before it starts, after a successful run wrote the file.
+    let out = world
+        .server(
+            Role::B,
+            "verify1",
+            &["--metrics-file", files[1].to_str().unwrap()],
+        )
+        .env("PRIVATE_KEY_HEX", "not hex")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        metric(&files[1], "prio_run_success", &[("server", "b")]),
+        0.0
+    );
 }

@@ -1,14 +1,15 @@
 //! `--metrics-file`: what a run did, in the Prometheus text format (0.0.4)
 //! that node_exporter's textfile collector reads. Rendered from the typed
 //! results (`StageCounts`, `BatchOutcome`), never from summary strings; the
-//! file is replaced whole, so a scraper never sees half of it.
+//! file is replaced whole, so a scraper never sees half of it. Every value
+//! is a gauge: each run's file replaces the last, so its counts are that
+//! run's, not totals that only grow.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
-use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
@@ -39,12 +40,6 @@ impl Metrics {
         Metrics {
             registry: Registry::with_prefix("prio"),
         }
-    }
-
-    fn counter(&mut self, name: &str, help: &str) -> Family<Labels, Counter> {
-        let family = Family::<Labels, Counter>::default();
-        self.registry.register(name, help, family.clone());
-        family
     }
 
     fn gauge(&mut self, name: &str, help: &str) -> Family<Labels, Gauge<f64, AtomicU64>> {
@@ -79,6 +74,33 @@ impl Metrics {
             .expect("writing to a String");
         crate::storage::write_atomic(path, |f| std::io::Write::write_all(f, text.as_bytes()))
             .with_context(|| format!("writing the metrics file {}", path.display()))
+    }
+}
+
+/// Writes a run's metrics to `path`, when given: `done` renders those of a
+/// run that returned, `failed` those of one that stopped with an error. A
+/// metrics file that cannot be written after a failure never hides the
+/// run's own error.
+pub fn record<T>(
+    path: Option<&Path>,
+    result: anyhow::Result<T>,
+    done: impl FnOnce(&T) -> Metrics,
+    failed: impl FnOnce() -> Metrics,
+) -> anyhow::Result<T> {
+    let Some(path) = path else {
+        return result;
+    };
+    match result {
+        Ok(value) => {
+            done(&value).write(path)?;
+            Ok(value)
+        }
+        Err(e) => {
+            if let Err(unwritten) = failed().write(path) {
+                tracing::warn!("{unwritten:#}");
+            }
+            Err(e)
+        }
     }
 }
 
@@ -118,12 +140,12 @@ pub fn process_metrics(
         ])
         .set(d.as_secs_f64());
     }
-    let total = m.counter("batch_reports", "Reports this server had for the batch");
-    let aggregated = m.counter(
+    let total = m.gauge("batch_reports", "Reports this server had for the batch");
+    let aggregated = m.gauge(
         "batch_reports_aggregated",
         "Reports both servers accepted, in the batch's sum",
     );
-    let rejected = m.counter("batch_reports_rejected", "Reports not counted, by reason");
+    let rejected = m.gauge("batch_reports_rejected", "Reports not counted, by reason");
     let status = m.gauge(
         "batch_status",
         "1 for the batch's outcome: published, withheld or refused",
@@ -134,14 +156,14 @@ pub fn process_metrics(
     );
     for o in &done.outcomes {
         let batch = vec![("server", server.clone()), ("batch_id", o.batch_id.clone())];
-        total.get_or_create(&batch).inc_by(o.reports_total);
+        total.get_or_create(&batch).set(o.reports_total as f64);
         aggregated
             .get_or_create(&batch)
-            .inc_by(o.reports_aggregated);
+            .set(o.reports_aggregated as f64);
         for (reason, n) in &o.rejected {
             let mut labels = batch.clone();
             labels.push(("reason", reason.reason().into()));
-            rejected.get_or_create(&labels).inc_by(*n);
+            rejected.get_or_create(&labels).set(*n as f64);
         }
         for s in [
             BatchStatus::Published,
@@ -165,7 +187,7 @@ pub fn process_metrics(
 pub fn stage_metrics(counts: &StageCounts, elapsed: Duration) -> Metrics {
     let mut m = Metrics::new();
     m.run(&vec![("command", "stage".into())], elapsed, true);
-    let files = m.counter("stage_files", "Input files, by what became of them");
+    let files = m.gauge("stage_files", "Input files, by what became of them");
     for (state, n) in [
         ("listed", counts.files_listed),
         ("read", counts.files_read),
@@ -173,7 +195,7 @@ pub fn stage_metrics(counts: &StageCounts, elapsed: Duration) -> Metrics {
     ] {
         files
             .get_or_create(&vec![("state", state.into())])
-            .inc_by(n);
+            .set(n as f64);
     }
     let none = Labels::new();
     for (name, help, n) in [
@@ -185,19 +207,19 @@ pub fn stage_metrics(counts: &StageCounts, elapsed: Duration) -> Metrics {
             counts.duplicates_dropped,
         ),
     ] {
-        m.counter(name, help).get_or_create(&none).inc_by(n);
+        m.gauge(name, help).get_or_create(&none).set(n as f64);
     }
-    let rejected = m.counter("stage_records_rejected", "Records not staged, by reason");
+    let rejected = m.gauge("stage_records_rejected", "Records not staged, by reason");
     for (reason, n) in &counts.rejected {
         rejected
             .get_or_create(&vec![("reason", reason.reason().into())])
-            .inc_by(*n);
+            .set(*n as f64);
     }
-    let entries = m.counter("stage_entries", "Reports staged per batch");
+    let entries = m.gauge("stage_entries", "Reports staged per batch");
     let parts = m.gauge("stage_parts", "Parts written per batch");
     for (batch_id, b) in &counts.batches {
         let labels = vec![("batch_id", batch_id.clone())];
-        entries.get_or_create(&labels).inc_by(b.entries);
+        entries.get_or_create(&labels).set(b.entries as f64);
         parts.get_or_create(&labels).set(b.parts as f64);
     }
     m

@@ -7,9 +7,9 @@ use anyhow::Context;
 use clap::Args;
 
 use super::keys::parse_shared_secret;
-use super::metrics::{failed_run, process_metrics, MetricsArg};
+use super::metrics::{failed_run, process_metrics, record, MetricsArg};
 use super::{exit, parse_date, parse_rate, ClusterArgs, ConfigArg};
-use crate::dataflow::process::{run, Retry, ServerJob};
+use crate::dataflow::process::{run, Retry, RunReport, ServerJob};
 use crate::storage::location::Location;
 use crate::storage::server::{ServerBuckets, Signatures};
 use crate::wire::config::DEFAULT_REPLAY_WINDOW_DAYS;
@@ -104,7 +104,27 @@ pub struct ServerArgs {
     pub metrics: MetricsArg,
 }
 
+/// Runs `steps` and writes the metrics file (on process 0), also when the
+/// run fails, so that monitoring never reads an earlier run's success.
 pub fn run_steps(args: ServerArgs, steps: &[Step]) -> anyhow::Result<u8> {
+    let started = std::time::Instant::now();
+    let metrics_file = (args.metrics.metrics_file.clone()).filter(|_| args.cluster.process == 0);
+    let server = args.server_id;
+    let command = match steps {
+        [step] => step.name(),
+        _ => "process",
+    };
+    record(
+        metrics_file.as_deref(),
+        run_server(args, steps),
+        |(code, done)| process_metrics(command, server, done, started.elapsed(), *code == exit::OK),
+        || failed_run(command, Some(server), started.elapsed()),
+    )
+    .map(|(code, _)| code)
+}
+
+/// The run itself: its exit code and what it did.
+fn run_server(args: ServerArgs, steps: &[Step]) -> anyhow::Result<(u8, RunReport)> {
     let private_keys = KeySet::from_hex_list(&args.private_key_hex).context("PRIVATE_KEY_HEX")?;
     if let Some(own) = &args.public_key_hex_internal {
         let own = PublicKey::from_hex(own).context("PUBLIC_KEY_HEX_INTERNAL")?;
@@ -168,26 +188,9 @@ pub fn run_steps(args: ServerArgs, steps: &[Step]) -> anyhow::Result<u8> {
         },
     };
     job.buckets.claim()?;
-    let started = std::time::Instant::now();
-    let metrics_file = args
-        .metrics
-        .metrics_file
-        .filter(|_| args.cluster.process == 0);
-    let command = match steps {
-        [step] => step.name(),
-        _ => "process",
-    };
-    let done = match run(job, &args.cluster.cluster()) {
-        Ok(done) => done,
-        Err(e) => {
-            if let Some(path) = &metrics_file {
-                failed_run(command, Some(args.server_id), started.elapsed()).write(path)?;
-            }
-            return Err(e.into());
-        }
-    };
+    let done = run(job, &args.cluster.cluster())?;
     if args.cluster.process != 0 {
-        return Ok(exit::OK);
+        return Ok((exit::OK, done));
     }
     let took: Vec<String> = done
         .passes
@@ -200,17 +203,7 @@ pub fn run_steps(args: ServerArgs, steps: &[Step]) -> anyhow::Result<u8> {
     } else {
         exit::OK
     };
-    if let Some(path) = &metrics_file {
-        process_metrics(
-            command,
-            args.server_id,
-            &done,
-            started.elapsed(),
-            code == exit::OK,
-        )
-        .write(path)?;
-    }
-    Ok(code)
+    Ok((code, done))
 }
 
 /// Prints the outcomes and what failed; the exit code they call for.

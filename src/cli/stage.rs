@@ -8,7 +8,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::metrics::{failed_run, stage_metrics, MetricsArg};
+use super::metrics::{failed_run, record, stage_metrics, MetricsArg};
 use super::{exit, one_of, parse_date, ClusterArgs, ConfigArg};
 use crate::dataflow::stage::{run as run_stage, ReadProgress, StageCounts, StageJob};
 use crate::storage::input::InputFormat;
@@ -112,7 +112,21 @@ pub(crate) fn parse_size(text: &str) -> Result<u64, String> {
     Ok(bytes as u64)
 }
 
+/// Stages the date and writes the metrics file (on process 0), also when
+/// staging fails.
 pub fn run(args: StageArgs) -> anyhow::Result<u8> {
+    let started = std::time::Instant::now();
+    let metrics_file = (args.metrics.metrics_file.clone()).filter(|_| args.cluster.process == 0);
+    record(
+        metrics_file.as_deref(),
+        stage_date(args),
+        |counts| stage_metrics(counts, started.elapsed()),
+        || failed_run("stage", None, started.elapsed()),
+    )
+    .map(|_| exit::OK)
+}
+
+fn stage_date(args: StageArgs) -> anyhow::Result<StageCounts> {
     let secret = crate::wire::ping::decode_base64(&args.staging_secret)
         .filter(|s| s.len() >= MIN_SECRET_LEN)
         .with_context(|| {
@@ -164,26 +178,11 @@ pub fn run(args: StageArgs) -> anyhow::Result<u8> {
     progress.finish_and_clear();
     // Also after a fault: spill files can be as large as the input.
     let _ = std::fs::remove_dir_all(&spill_dir);
-    let metrics_file = args
-        .metrics
-        .metrics_file
-        .filter(|_| args.cluster.process == 0);
-    let counters = match result {
-        Ok(counters) => counters,
-        Err(e) => {
-            if let Some(path) = &metrics_file {
-                failed_run("stage", None, started.elapsed()).write(path)?;
-            }
-            return Err(e.into());
-        }
-    };
+    let counters = result?;
     if args.cluster.process == 0 {
         print_summary(&counters, &layout, started.elapsed());
     }
-    if let Some(path) = &metrics_file {
-        stage_metrics(&counters, started.elapsed()).write(path)?;
-    }
-    Ok(exit::OK)
+    Ok(counters)
 }
 
 /// The progress bar while reading: input bytes read of this process's

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use timely::worker::Worker;
 
-use super::replay::{find_replays, Accepted};
+use super::replay::{batch_indices, find_replays, Accepted};
 use super::verify::{finish_states, part_states};
 use super::{by_id, part_vdaf, ServerJob};
 use crate::dataflow::{Channel, Error};
@@ -158,10 +158,7 @@ fn aggregate_part(
 /// each batch's aggregate message, an empty one for a batch with no reports.
 pub fn run(worker: &mut Worker, job: &ServerJob, parts: &[StagedPart]) -> Result<(), Error> {
     let (index, peers) = (worker.index(), worker.peers());
-    let batch_index: BTreeMap<&str, u32> = (0u32..)
-        .zip(job.config.batch_ids())
-        .map(|(n, id)| (id, n))
-        .collect();
+    let batch_index: BTreeMap<&str, u32> = batch_indices(job).collect();
     let mut judged = Vec::new();
     let mut accepted = Vec::new();
     for n in (index..parts.len()).step_by(peers) {

@@ -62,9 +62,6 @@ fn decide(
     outcome.reports_aggregated = own.reports_aggregated;
     outcome.rejected = own.rejected.clone();
     outcome.alarm = job.alarm.check(own.reports_total, &own.rejected);
-    if let Some(alarm) = &outcome.alarm {
-        tracing::error!("batch {:?}: {alarm}", outcome.batch_id);
-    }
     if own.reports_aggregated != peer.reports_aggregated || own.digest != peer.digest {
         outcome.status = BatchStatus::Refused;
         outcome.message = Some(format!(

@@ -41,6 +41,11 @@ pub struct Accepted {
     pub part: u32,
 }
 
+/// Each configured batch id with its index, as [`Accepted::batch`] names it.
+pub fn batch_indices(job: &ServerJob) -> impl Iterator<Item = (&str, u32)> {
+    job.config.batch_ids().zip(0u32..)
+}
+
 /// The shard of the nonce history a nonce belongs to. Nonces are random
 /// bytes (a hostile client choosing them only unbalances the shards).
 fn shard(nonce: &Nonce) -> usize {
@@ -103,7 +108,7 @@ pub fn find_replays(
         );
     }
     drop(arrived);
-    for (batch, batch_id) in (0u32..).zip(job.config.batch_ids()) {
+    for (batch_id, batch) in batch_indices(job) {
         for s in own_shards(index, peers) {
             let nonces = keep.remove(&(batch, s)).unwrap_or_default();
             job.buckets.keep_nonces(batch_id, s, &nonces)?;
@@ -146,7 +151,7 @@ fn seen_in_earlier_dates(
         return Ok(seen);
     }
     for date in earlier_dates(job)? {
-        for (batch, batch_id) in (0u32..).zip(job.config.batch_ids()) {
+        for (batch_id, batch) in batch_indices(job) {
             for s in own_shards(index, peers) {
                 for nonce in job.buckets.earlier_nonces(&date, batch_id, s)? {
                     let here = sorted

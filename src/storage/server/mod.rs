@@ -351,10 +351,13 @@ impl ServerBuckets {
             .put(&nonces_name(batch_id, shard), nonces.concat())
     }
 
-    /// Whether this server finished `aggregate` for another date: only
-    /// then does that date's nonce history count.
+    /// Whether both servers finished `aggregate` for another date (this
+    /// server's marker, and the peer's signed one in the inbox): only then
+    /// does that date's nonce history count, so that a date one server
+    /// never finished counts at neither.
     pub fn aggregated_on(&self, date: &str) -> Result<bool, StorageError> {
-        Ok(self.on_date(date).step_marker(Step::Aggregate)?.0)
+        let earlier = self.on_date(date);
+        Ok(earlier.step_marker(Step::Aggregate)?.0 && earlier.peer_marker(Step::Aggregate)?.0)
     }
 
     /// The nonces another date kept for one shard of a batch; none if it kept none.
