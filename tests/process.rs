@@ -1496,3 +1496,92 @@ fn stage_and_process_write_metrics_files_in_the_prometheus_text_format() {
         0.0
     );
 }
+
+#[test]
+fn process_shows_each_pass_s_progress_as_plain_lines_off_a_terminal_and_as_a_bar_on_one() {
+    let (world, expected) = World::new(r#"{"x": 512, "y": {"vdaf": "sum", "bits": 4}}"#, 30, &[]);
+    let parts: usize = ["x", "y"]
+        .iter()
+        .map(|b| world.staged_parts(Role::A, b).len())
+        .sum();
+    let reports: u64 = ["x", "y"]
+        .iter()
+        .map(|b| expected["batches"][b]["reports"].as_u64().unwrap())
+        .sum();
+    assert!(parts > 2, "{parts} parts");
+    let b = world.spawn(Role::B, "process", &[]);
+    let a = ok(world
+        .server(Role::A, "process", &["--workers", "2"])
+        .env("PROGRESS_INTERVAL", "0")
+        .output()
+        .unwrap());
+    ok(b.wait_with_output().unwrap());
+    let stderr = String::from_utf8_lossy(&a.stderr);
+    let mut done_so_far = Vec::new();
+    for line in stderr.lines() {
+        if let Some(at) = line.find("verify1+verify2: ") {
+            let rest = &line[at + "verify1+verify2: ".len()..];
+            if let Some((done, _)) = rest.split_once(&format!(" of {parts} parts (")) {
+                done_so_far.push(done.parse::<usize>().unwrap());
+            }
+        }
+    }
+    assert_eq!(
+        done_so_far,
+        (1..=parts).collect::<Vec<_>>(),
+        "a line a part, with the process's total: {stderr}"
+    );
+    for pass in ["verify1+verify2", "aggregate"] {
+        let closing = format!("server{{id=a}}:pass{{steps={pass}}}: {pass}: done in ");
+        let line = stderr
+            .lines()
+            .find(|l| l.contains(&closing))
+            .unwrap_or_else(|| panic!("{closing} in {stderr}"));
+        assert!(
+            line.contains(&format!(", {parts} of {parts} parts, {reports} reports (")),
+            "{line}"
+        );
+    }
+    assert!(
+        stderr.contains("pass{steps=publish}: publish: done in "),
+        "{stderr}"
+    );
+    let stdout = String::from_utf8_lossy(&a.stdout);
+    let results =
+        url::Url::from_directory_path(world.private(Role::A).join(DATE).join("processed")).unwrap();
+    assert!(
+        stdout.contains(&format!(
+            "output: {}",
+            results.as_str().trim_end_matches('/')
+        )),
+        "{stdout}"
+    );
+
+    // On a terminal (a pseudo-terminal from script(1)), a bar instead of the lines.
+    let world = World::new(r#"{"x": 8}"#, 40, &[]).0;
+    let b = world.spawn(Role::B, "process", &[]);
+    let a = world.server(Role::A, "process", &[]);
+    let on_terminal = ok(Command::new("script")
+        .args(["--quiet", "--return", "--command"])
+        .arg(format!(
+            "{} process --date {DATE} 2>&1",
+            env!("CARGO_BIN_EXE_prio-processor")
+        ))
+        .arg("/dev/null")
+        .envs(a.get_envs().filter_map(|(k, v)| Some((k, v?))))
+        .env("PROGRESS_INTERVAL", "0")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap());
+    ok(b.wait_with_output().unwrap());
+    let screen = String::from_utf8_lossy(&on_terminal.stdout);
+    assert!(
+        screen.contains("server A verify1+verify2") && screen.contains(" parts, "),
+        "a bar: {screen}"
+    );
+    assert!(
+        !screen.contains("verify1+verify2: 1 of "),
+        "no plain lines on a terminal: {screen}"
+    );
+    assert!(screen.contains("verify1+verify2: done in "), "{screen}");
+}

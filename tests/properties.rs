@@ -175,6 +175,7 @@ fn jobs(root: &Location, config: &BatchConfig) -> ([ServerJob; 2], ServerPublicK
                 max_rejected_fraction: 0.5,
                 min_reports: 10,
             },
+            progress: std::sync::Arc::new(()),
         }
     });
     (jobs, public)

@@ -7,7 +7,9 @@ use anyhow::Context;
 
 use chrono::NaiveDate;
 use clap::{Args, ValueEnum};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
+
+use super::progress;
 
 use super::keys::ClientKeyArgs;
 use super::{exit, parse_date, parse_rate, ConfigArg};
@@ -123,12 +125,10 @@ impl DumpArgs {
 
 /// The bar shown while pings are encoded.
 pub fn encoding_bar(pings: usize) -> ProgressBar {
-    let bar = ProgressBar::new(pings as u64).with_style(
-        ProgressStyle::with_template("{msg} {bar:40} {pos}/{len} pings, {per_sec}, eta {eta}")
-            .expect("template is valid"),
-    );
-    bar.set_message("encoding");
-    bar
+    progress::bar(
+        pings as u64,
+        "encoding {bar:40} {pos}/{len} pings, {per_sec}, eta {eta}",
+    )
 }
 
 pub fn run(args: GenerateArgs) -> anyhow::Result<u8> {

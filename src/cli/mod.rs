@@ -8,6 +8,7 @@ mod integrate;
 mod keys;
 mod metrics;
 mod process;
+mod progress;
 mod stage;
 
 use std::path::PathBuf;
@@ -41,6 +42,10 @@ struct Cli {
     /// JSON object each, for log collectors.
     #[arg(long, global = true, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// Seconds between progress lines when stderr is not a terminal (on a
+    /// terminal, a bar); every phase also logs a closing line.
+    #[arg(long, global = true, env = "PROGRESS_INTERVAL", default_value_t = 10.0, value_parser = parse_seconds)]
+    progress_interval: f64,
     #[command(subcommand)]
     command: Command,
 }
@@ -118,6 +123,7 @@ enum Command {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
+    progress::set_interval(std::time::Duration::from_secs_f64(cli.progress_interval));
     let result = match cli.command {
         Command::Keygen(args) => keys::keygen(args),
         Command::SharedSeed(args) => keys::shared_seed(args),
@@ -149,7 +155,7 @@ fn init_logging(format: LogFormat) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(|| progress::LogWriter)
         .with_target(false);
     match format {
         LogFormat::Text => {
@@ -252,6 +258,16 @@ pub(crate) fn parse_rate(text: &str) -> Result<f64, String> {
     match text.parse::<f64>() {
         Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
         _ => Err(format!("expected a fraction between 0 and 1, got {text:?}")),
+    }
+}
+
+/// Parses a number of seconds, 0 or more.
+fn parse_seconds(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(s) if s.is_finite() && s >= 0.0 => Ok(s),
+        _ => Err(format!(
+            "expected a number of seconds, 0 or more, got {text:?}"
+        )),
     }
 }
 

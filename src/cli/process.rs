@@ -8,6 +8,7 @@ use clap::Args;
 
 use super::keys::parse_shared_secret;
 use super::metrics::{failed_run, process_metrics, record, MetricsArg};
+use super::progress::{Display, Unit};
 use super::{exit, parse_date, parse_rate, ClusterArgs, ConfigArg};
 use crate::dataflow::process::{run, Retry, RunReport, ServerJob};
 use crate::storage::location::Location;
@@ -157,6 +158,12 @@ fn run_server(args: ServerArgs, steps: &[Step]) -> anyhow::Result<(u8, RunReport
         args.retry_delay >= 0.0 && args.retry_backoff_exponent >= 1.0,
         "RETRY_DELAY must be >= 0 and RETRY_BACKOFF_EXPONENT >= 1"
     );
+    let progress = std::sync::Arc::new(Display::new(
+        format!("server {}", args.server_id.as_str().to_uppercase()),
+        Unit::Parts,
+        "reports",
+        args.cluster.workers,
+    ));
     let job = ServerJob {
         secrets: ServerSecrets {
             role: args.server_id,
@@ -186,9 +193,12 @@ fn run_server(args: ServerArgs, steps: &[Step]) -> anyhow::Result<(u8, RunReport
             max_rejected_fraction: args.max_rejected_fraction,
             min_reports: args.alarm_min_reports,
         },
+        progress: progress.clone(),
     };
     job.buckets.claim()?;
+    let job_results = job.buckets.processed();
     let done = run(job, &args.cluster.cluster())?;
+    progress.finish();
     if args.cluster.process != 0 {
         return Ok((exit::OK, done));
     }
@@ -199,7 +209,9 @@ fn run_server(args: ServerArgs, steps: &[Step]) -> anyhow::Result<(u8, RunReport
         .collect();
     tracing::info!("server {}: took {}", args.server_id, took.join(", "));
     let code = if steps.contains(&Step::Publish) {
-        report(args.server_id, &done.outcomes)
+        let code = report(args.server_id, &done.outcomes);
+        println!("output: {}", job_results.url());
+        code
     } else {
         exit::OK
     };

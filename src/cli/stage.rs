@@ -2,19 +2,16 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context};
-use clap::Args;
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-
-use std::sync::atomic::{AtomicU64, Ordering};
-
 use super::metrics::{failed_run, record, stage_metrics, MetricsArg};
+use super::progress::{Display, Unit};
 use super::{exit, one_of, parse_date, ClusterArgs, ConfigArg};
-use crate::dataflow::stage::{run as run_stage, ReadProgress, StageCounts, StageJob};
+use crate::dataflow::stage::{run as run_stage, StageCounts, StageJob};
 use crate::storage::input::InputFormat;
 use crate::storage::location::Location;
 use crate::storage::staged::{StagedFormat, StagedLayout};
 use crate::wire::report_id::MIN_SECRET_LEN;
+use anyhow::{bail, Context};
+use clap::Args;
 
 /// Stage an ingestion dump into per-server, per-batch-id partitions.
 #[derive(Args, Debug)]
@@ -147,13 +144,12 @@ fn stage_date(args: StageArgs) -> anyhow::Result<StageCounts> {
         std::process::id(),
         args.cluster.process
     ));
-    let progress = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr())
-        .with_style(
-            ProgressStyle::with_template(
-                "staging {bar:30} {bytes}/{total_bytes} read, {msg} ({binary_bytes_per_sec}, eta {eta})",
-            )
-            .expect("template"),
-        );
+    let progress = std::sync::Arc::new(Display::new(
+        String::new(),
+        Unit::Bytes,
+        "pings",
+        args.cluster.workers,
+    ));
     let job = StageJob {
         config: args.config.load()?,
         date: date.clone(),
@@ -166,16 +162,12 @@ fn stage_date(args: StageArgs) -> anyhow::Result<StageCounts> {
         skip_unreadable: args.skip_unreadable,
         allow_empty: args.allow_empty,
         spill_dir: spill_dir.clone(),
-        progress: Box::new(ReadBar {
-            bar: progress.clone(),
-            files: AtomicU64::new(0),
-            pings: AtomicU64::new(0),
-        }),
+        progress: progress.clone(),
     };
     tune_process();
     let started = std::time::Instant::now();
     let result = run_stage(job, &args.cluster.cluster());
-    progress.finish_and_clear();
+    progress.finish();
     // Also after a fault: spill files can be as large as the input.
     let _ = std::fs::remove_dir_all(&spill_dir);
     let counters = result?;
@@ -183,28 +175,6 @@ fn stage_date(args: StageArgs) -> anyhow::Result<StageCounts> {
         print_summary(&counters, &layout, started.elapsed());
     }
     Ok(counters)
-}
-
-/// The progress bar while reading: input bytes read of this process's
-/// total, with files and pings so far.
-struct ReadBar {
-    bar: ProgressBar,
-    files: AtomicU64,
-    pings: AtomicU64,
-}
-
-impl ReadProgress for ReadBar {
-    fn expect(&self, bytes: u64) {
-        self.bar.inc_length(bytes);
-    }
-
-    fn file_done(&self, bytes: u64, pings: u64) {
-        let files = self.files.fetch_add(1, Ordering::Relaxed) + 1;
-        let pings = self.pings.fetch_add(pings, Ordering::Relaxed) + pings;
-        self.bar.inc(bytes);
-        self.bar
-            .set_message(format!("{files} files, {pings} pings"));
-    }
 }
 
 /// Process settings that staging needs on Linux with glibc; called before

@@ -27,6 +27,31 @@ use timely::worker::Worker;
 
 use std::hash::Hasher;
 
+/// How a job's work goes, for whoever shows it (the cli's progress
+/// display). Every worker of a process calls it, from its own thread; the
+/// amounts are this process's.
+pub trait Progress: Send + Sync {
+    /// The job enters `phase`. Every worker says so; the first call counts.
+    fn phase(&self, phase: &'static str);
+    /// A worker of this process has done its part of `phase`; the phase is
+    /// over when every one of them has said so.
+    fn phase_done(&self, phase: &'static str);
+    /// A worker of this process will do `units` more of the phase's work
+    /// (input bytes, parts).
+    fn expect(&self, units: u64);
+    /// A worker of this process did `units` of it, covering `records`
+    /// records (pings, reports).
+    fn advance(&self, units: u64, records: u64);
+}
+
+/// Nobody watching (an embedding program, a test).
+impl Progress for () {
+    fn phase(&self, _: &'static str) {}
+    fn phase_done(&self, _: &'static str) {}
+    fn expect(&self, _: u64) {}
+    fn advance(&self, _: u64, _: u64) {}
+}
+
 /// How the job is spread: threads per process, and optionally several
 /// processes (on one or many machines) that find each other through a hostfile.
 #[derive(Debug, Clone)]

@@ -161,7 +161,9 @@ pub fn run(worker: &mut Worker, job: &ServerJob, parts: &[StagedPart]) -> Result
     let batch_index: BTreeMap<&str, u32> = batch_indices(job).collect();
     let mut judged = Vec::new();
     let mut accepted = Vec::new();
-    for n in (index..parts.len()).step_by(peers) {
+    let mine = (index..parts.len()).step_by(peers);
+    job.progress.expect(mine.len() as u64);
+    for n in mine {
         let verdicts = judge_part(job, parts, n)?;
         let batch = batch_index[parts[n].batch_id.as_str()];
         accepted.extend(verdicts.accepted.iter().map(|(id, nonce)| Accepted {
@@ -177,7 +179,9 @@ pub fn run(worker: &mut Worker, job: &ServerJob, parts: &[StagedPart]) -> Result
     for verdicts in judged {
         let part = &parts[verdicts.index];
         let replays = replays.remove(&verdicts.index).unwrap_or_default();
+        let reports = verdicts.reports;
         gathered.send(aggregate_part(job, part, verdicts, &replays)?);
+        job.progress.advance(1, reports);
         worker.step();
     }
     gathered.close();

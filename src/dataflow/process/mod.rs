@@ -30,7 +30,7 @@ use std::time::Duration;
 
 use timely::worker::Worker;
 
-use super::{all_reduce, Cluster, Error};
+use super::{all_reduce, Cluster, Error, Progress};
 use crate::storage::messages::{encode_step_summary, MessageRow};
 use crate::storage::server::{ServerBuckets, StagedPart};
 use crate::wire::config::BatchConfig;
@@ -58,6 +58,8 @@ pub struct ServerJob {
     pub replay_window_days: u32,
     /// When `publish` raises an alarm on a batch.
     pub alarm: AlarmRule,
+    /// Told of each pass and of the parts it finished, with their reports.
+    pub progress: std::sync::Arc<dyn Progress>,
 }
 
 /// Which verification steps one pass over the parts does.
@@ -125,6 +127,7 @@ fn server_worker(worker: &mut Worker, job: &ServerJob) -> Result<RunReport, Erro
     for pass in plan(job)? {
         let _pass = tracing::info_span!("pass", steps = %pass.name()).entered();
         let started = std::time::Instant::now();
+        job.progress.phase(pass.name());
         if !agreed && pass != Pass::Verify(Verification::First) {
             hello::agree(job)?;
             agreed = true;
@@ -142,6 +145,8 @@ fn server_worker(worker: &mut Worker, job: &ServerJob) -> Result<RunReport, Erro
             }
             Pass::Publish => {}
         }
+        // Each pass ends in an exchange that every worker's progress precedes.
+        job.progress.phase_done(pass.name());
         report.passes.push((pass.name(), started.elapsed()));
     }
     Ok(report)

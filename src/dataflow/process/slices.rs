@@ -132,13 +132,24 @@ pub struct PartWriter<'a> {
     verify1: Channel<SliceMessage>,
     verify2: Channel<SliceMessage>,
     pending: [HashMap<usize, Vec<SliceMessage>>; 2],
+    /// The step whose written parts are the pass's progress.
+    last_step: Step,
     /// verify2's verdicts counted on this worker, by slice it finished.
     pub verify2_counts: StatusCounts,
 }
 
 impl<'a> PartWriter<'a> {
-    pub fn new(worker: &mut Worker, job: &'a ServerJob, parts: &'a [StagedPart]) -> Self {
+    /// A writer for a pass whose last step is `last_step`; every part this
+    /// worker owns is expected of it.
+    pub fn new(
+        worker: &mut Worker,
+        job: &'a ServerJob,
+        parts: &'a [StagedPart],
+        last_step: Step,
+    ) -> Self {
         let peers = worker.peers();
+        let owned = (worker.index()..parts.len()).step_by(peers).count();
+        job.progress.expect(owned as u64);
         let route = move |m: &SliceMessage| owner(m.slice.part, peers);
         PartWriter {
             job,
@@ -146,6 +157,7 @@ impl<'a> PartWriter<'a> {
             verify1: Channel::new(worker, "GatherVerify1", route),
             verify2: Channel::new(worker, "GatherVerify2", route),
             pending: [HashMap::new(), HashMap::new()],
+            last_step,
             verify2_counts: StatusCounts::new(),
         }
     }
@@ -210,6 +222,9 @@ impl<'a> PartWriter<'a> {
             rows.extend(slice.rows);
         }
         self.job.buckets.send_rows(step, part, &rows)?;
+        if step == self.last_step {
+            self.job.progress.advance(1, rows.len() as u64);
+        }
         if step == Step::Verify2 {
             self.job
                 .buckets

@@ -232,7 +232,12 @@ pub fn run(
     }
     let peers = worker.peers();
     let mut reports = slice_channel(worker);
-    let mut writer = PartWriter::new(worker, job, parts);
+    let last_step = if verification.verify2() {
+        Step::Verify2
+    } else {
+        Step::Verify1
+    };
+    let mut writer = PartWriter::new(worker, job, parts, last_step);
     let mut verify1_counts = StatusCounts::new();
     let mut waiting: VecDeque<(Slice, States)> = VecDeque::new();
     let mut stored: Vec<Slice> = Vec::new();

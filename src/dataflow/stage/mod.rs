@@ -36,7 +36,7 @@ use std::rc::Rc;
 use serde::{Deserialize, Serialize};
 use timely::worker::Worker;
 
-use super::{all_reduce, broadcast_from_first, on_disk, spread_by_size, Cluster, Error};
+use super::{all_reduce, broadcast_from_first, on_disk, spread_by_size, Cluster, Error, Progress};
 use crate::storage::input::InputFormat;
 use crate::storage::location::{Location, StorageError};
 use crate::storage::spill::{DiskSorter, Sortable, SortedRecords};
@@ -64,16 +64,8 @@ pub struct StageJob {
     /// Write the date's markers even when no report was staged.
     pub allow_empty: bool,
     pub spill_dir: PathBuf,
-    /// Told how reading goes; shared by the process's workers.
-    pub progress: Box<dyn ReadProgress>,
-}
-
-/// How reading the input goes, for whoever shows it (the cli's progress bar).
-pub trait ReadProgress: Send + Sync {
-    /// A worker of this process will read `bytes` more.
-    fn expect(&self, bytes: u64);
-    /// A worker of this process read a file of `bytes` with `pings` pings.
-    fn file_done(&self, bytes: u64, pings: u64);
+    /// Told how reading goes (bytes read, pings); shared by the process's workers.
+    pub progress: std::sync::Arc<dyn Progress>,
 }
 
 /// One input file, as listed.

@@ -108,6 +108,7 @@ pub(super) fn scan(
             .enumerate()
             .filter(|(i, _)| readers[*i] == index)
     };
+    job.progress.phase("staging");
     job.progress.expect(mine().map(|(_, f)| f.size).sum());
     // One buffer for every file this worker reads.
     let mut data = Vec::new();
@@ -146,12 +147,12 @@ pub(super) fn scan(
             }
             tracing::warn!("skipping unreadable file: {e}");
             local.files_unreadable += 1;
-            job.progress.file_done(file.size, 0);
+            job.progress.advance(file.size, 0);
             continue;
         }
         local.files_read += 1;
         local.bytes_read += file.size;
-        job.progress.file_done(file.size, counted.pings_read);
+        job.progress.advance(file.size, counted.pings_read);
         local.absorb(counted);
         for entry in &entries {
             on_disk(read.index.append(entry))?;
