@@ -1,12 +1,13 @@
 //! prio-processor: a batch runtime for Prio two-server private aggregation.
 //!
 //! Layers, arrows pointing down only: `cli` -> `dataflow` -> `storage` -> `wire`.
-//! The client simulator (`simulate`) sits beside `dataflow`: it uses
-//! `storage` and `wire`, and only the cli uses it.
+//! The client simulator (`simulate`) and the HTML `report` sit beside
+//! `dataflow`: they use `storage` and `wire`, and only the cli uses them.
 //! See `docs/FORMAT.md` for every byte on the wire.
 
 pub mod cli;
 pub mod dataflow;
+pub mod report;
 pub mod simulate;
 pub mod storage;
 pub mod wire;

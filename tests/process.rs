@@ -1585,3 +1585,150 @@ fn process_shows_each_pass_s_progress_as_plain_lines_off_a_terminal_and_as_a_bar
     );
     assert!(screen.contains("verify1+verify2: done in "), "{screen}");
 }
+
+/// Pixels of exactly `colour` in a PNG screenshot.
+fn pixels_of(png_file: &Path, colour: [u8; 3]) -> (usize, usize) {
+    let decoder = png::Decoder::new(std::io::BufReader::new(
+        std::fs::File::open(png_file).unwrap(),
+    ));
+    let mut reader = decoder.read_info().unwrap();
+    let mut buffer = vec![0; reader.output_buffer_size().unwrap()];
+    let frame = reader.next_frame(&mut buffer).unwrap();
+    let channels = frame.color_type.samples();
+    let pixels = &buffer[..frame.buffer_size()];
+    let matching = pixels.chunks(channels).filter(|p| p[..3] == colour).count();
+    (matching, pixels.len() / channels)
+}
+
+#[test]
+fn the_report_shows_each_batch_s_sum_counts_trend_and_timings_and_renders_in_chromium() {
+    let config = r#"{"x<i>": 8, "h": {"vdaf": "histogram", "length": 300, "chunk_length": 20}}"#;
+    let mut world = World::without_dump(config);
+    let random = ["--pattern", "random"];
+    let mut expected = Vec::new();
+    for (date, seed) in [("2019-06-26", "1"), ("2019-06-27", "2")] {
+        world.date = date.into();
+        expected.push(world.generate(25, "bad-id", &[&random[..], &["--seed", seed]].concat()));
+        world.stage(&[]);
+        world.run_both_ok(&["process"]);
+    }
+    let page = world.path("report.html");
+    let out = ok(bin()
+        .args(["report", "--date", "2019-06-26", "--to", "2019-06-28"])
+        .arg("--server-a")
+        .arg(world.private(Role::A))
+        .arg("--server-b")
+        .arg(world.private(Role::B))
+        .arg("--output")
+        .arg(&page)
+        .output()
+        .unwrap());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("report: "));
+    let html = std::fs::read_to_string(&page).unwrap();
+
+    // The generator's totals, summed over the two dates here.
+    for (batch, shown, length) in [("x<i>", "x&#60;i&#62;", 8), ("h", "h", 300)] {
+        let sum: u128 = expected
+            .iter()
+            .flat_map(|e| aggregate_of(&e["batches"][batch]))
+            .sum();
+        let reports: u64 = expected
+            .iter()
+            .map(|e| e["batches"][batch]["reports"].as_u64().unwrap())
+            .sum();
+        let overview = format!("{shown}</a></td><td>");
+        let overview = html.split(&overview).nth(1).expect("an overview row");
+        assert!(
+            overview.contains(&format!("<td class=\"n\">{reports}</td><td>published</td>")),
+            "{overview}"
+        );
+        let section = html
+            .split("<section class=\"batch\"")
+            .find(|s| s.contains(&format!("<h2>{shown} ")))
+            .unwrap_or_else(|| panic!("a section for {batch:?} in {html}"));
+        assert!(
+            section.contains(&format!(
+                "the sum of the 2 dates published: {length} buckets adding up to {sum}."
+            )),
+            "{section}"
+        );
+        let bars = section
+            .split("<figure class=\"trend\">")
+            .next()
+            .unwrap()
+            .matches("fill=\"#1F77B4\"")
+            .count();
+        assert_eq!(bars, length, "a bar per bucket of {batch:?}");
+        assert!(
+            section.contains("<figure class=\"trend\">"),
+            "a trend over the range"
+        );
+        assert_eq!(
+            section.contains("largest buckets"),
+            length > 20,
+            "long vectors list their largest buckets"
+        );
+        for (e, date) in expected.iter().zip(["2019-06-26", "2019-06-27"]) {
+            let reports = &e["batches"][batch]["reports"];
+            for server in ["A", "B"] {
+                let row = format!(
+                    "<tr><td>{date}</td><td>{server}</td><td>published</td><td class=\"n\">{reports}</td><td class=\"n\">{reports}</td>"
+                );
+                assert!(section.contains(&row), "{row} in {section}");
+            }
+        }
+    }
+    assert!(!html.contains("x<i>"), "batch ids are escaped");
+    assert!(
+        html.contains("Not published: 2019-06-28 (server a), 2019-06-28 (server b)."),
+        "{html}"
+    );
+    let timings = html.split("<table class=\"timings\">").nth(1).unwrap();
+    for pass in ["verify1+verify2", "aggregate", "publish"] {
+        assert!(timings.contains(&format!("<th>{pass}</th>")), "{timings}");
+    }
+    assert_eq!(timings.matches("<tr><td>2019-06-2").count(), 4, "{timings}");
+
+    // The page as a browser shows it: Debian's Chromium, headless.
+    let Some(chromium) = ["chromium", "chromium-browser"].into_iter().find(|c| {
+        Command::new(c)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    }) else {
+        assert!(
+            std::env::var_os("PRIO_REQUIRE_BROWSER").is_none(),
+            "PRIO_REQUIRE_BROWSER is set but no chromium is installed"
+        );
+        eprintln!("skipping the browser check: no chromium");
+        return;
+    };
+    let screenshot = world.path("report.png");
+    let shot = Command::new(chromium)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--hide-scrollbars",
+            "--window-size=1100,1400",
+        ])
+        .arg(format!(
+            "--user-data-dir={}",
+            world.path("chromium").display()
+        ))
+        .arg(format!("--screenshot={}", screenshot.display()))
+        .arg(url::Url::from_file_path(&page).unwrap().as_str())
+        .output()
+        .unwrap();
+    assert!(shot.status.success(), "{shot:?}");
+    let (bar_pixels, all) = pixels_of(&screenshot, [31, 119, 180]);
+    assert_eq!(all, 1100 * 1400);
+    // Two charts of bars 280 pixels high fit in the window; their bars
+    // cover far more than a few thousand pixels.
+    assert!(bar_pixels > 5_000, "{bar_pixels} pixels of bars");
+}

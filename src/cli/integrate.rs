@@ -14,6 +14,7 @@ use base64::Engine;
 use clap::Args;
 
 use super::generate::encoding_bar;
+use super::report::write_report;
 use super::{exit, parse_date, ConfigArg};
 use crate::simulate::{generate_dump, DumpOptions, Expected, Pattern};
 use crate::storage::location::Location;
@@ -243,7 +244,14 @@ pub fn run(args: IntegrateArgs) -> anyhow::Result<u8> {
     }
 
     eprintln!("[4/4] checking the published aggregates against the plaintext totals");
-    print_summary(&config, &expected, &buckets)
+    let code = print_summary(&config, &expected, &buckets)?;
+    let servers: Vec<(Role, Location)> = Role::BOTH
+        .iter()
+        .zip(&buckets)
+        .map(|(role, b)| (*role, b.private().clone()))
+        .collect();
+    write_report(&servers, &[date], &work.join("report.html"))?;
+    Ok(code)
 }
 
 /// An aggregate as the summary shows it: whole when short, else its first

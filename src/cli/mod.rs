@@ -9,6 +9,7 @@ mod keys;
 mod metrics;
 mod process;
 mod progress;
+mod report;
 mod stage;
 
 use std::path::PathBuf;
@@ -116,6 +117,7 @@ enum Command {
     )]
     Publish(process::ServerArgs),
     Integrate(integrate::IntegrateArgs),
+    Report(report::ReportArgs),
     Cleanup(cleanup::CleanupArgs),
 }
 
@@ -136,6 +138,7 @@ pub fn main() -> ExitCode {
         Command::Aggregate(args) => process::run_steps(args, &[Step::Aggregate]),
         Command::Publish(args) => process::run_steps(args, &[Step::Publish]),
         Command::Integrate(args) => integrate::run(args),
+        Command::Report(args) => report::run(args),
         Command::Cleanup(args) => cleanup::run(args),
     };
     match result {

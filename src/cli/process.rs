@@ -196,7 +196,7 @@ fn run_server(args: ServerArgs, steps: &[Step]) -> anyhow::Result<(u8, RunReport
         progress: progress.clone(),
     };
     job.buckets.claim()?;
-    let job_results = job.buckets.processed();
+    let buckets = job.buckets.clone();
     let done = run(job, &args.cluster.cluster())?;
     progress.finish();
     if args.cluster.process != 0 {
@@ -208,9 +208,12 @@ fn run_server(args: ServerArgs, steps: &[Step]) -> anyhow::Result<(u8, RunReport
         .map(|(steps, d)| format!("{steps} {:.2}s", d.as_secs_f64()))
         .collect();
     tracing::info!("server {}: took {}", args.server_id, took.join(", "));
+    if !done.passes.is_empty() {
+        buckets.record_timings(&done.passes)?;
+    }
     let code = if steps.contains(&Step::Publish) {
         let code = report(args.server_id, &done.outcomes);
-        println!("output: {}", job_results.url());
+        println!("output: {}", buckets.processed().url());
         code
     } else {
         exit::OK

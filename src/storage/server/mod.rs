@@ -23,7 +23,9 @@
 //! unless its signature binds it to this date, step, object and sender
 //! under the peer's key ([`crate::wire::signing`]).
 
+use std::collections::BTreeMap;
 use std::ops::Range;
+use std::time::Duration;
 
 use bytes::Bytes;
 
@@ -47,6 +49,9 @@ use crate::wire::config::BatchSpec;
 use crate::wire::protocol::{BatchOutcome, Step};
 use crate::wire::vdaf::{Nonce, NONCE_LEN};
 use crate::wire::Role;
+
+/// Beside the results: seconds each pass took (`{"verify1+verify2": 6.3, ...}`).
+const TIMINGS: &str = "_TIMINGS.json";
 
 /// The hello each server sends before a run.
 const HELLO: &str = "_HELLO.json";
@@ -117,6 +122,12 @@ impl ServerBuckets {
             outbox,
             signatures: None,
         }
+    }
+
+    /// A view of one server's published results alone (for `report`): only
+    /// its private bucket is read.
+    pub fn results(private: Location, date: &str) -> Self {
+        ServerBuckets::new(date, private.clone(), private.clone(), private)
     }
 
     /// The buckets of a whole system run under one root (`integrate`):
@@ -446,6 +457,41 @@ impl ServerBuckets {
         let processed = self.processed();
         processed.put(SUMMARY, serde_json::to_vec_pretty(outcomes).expect("JSON"))?;
         processed.put(SUCCESS, Vec::new())
+    }
+
+    /// Every batch's outcome as the last complete publish left them; `None`
+    /// when the date has not been published (no `processed/_SUCCESS`).
+    pub fn outcomes(&self) -> Result<Option<Vec<BatchOutcome>>, StorageError> {
+        let processed = self.processed();
+        if !processed.exists(SUCCESS)? {
+            return Ok(None);
+        }
+        let bytes = processed.get(SUMMARY)?;
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| malformed(&format!("{}/{SUMMARY}", processed.url()), e))
+    }
+
+    /// Records how long each pass of a run took, beside the results, over
+    /// what earlier runs of the date recorded for the same passes.
+    pub fn record_timings(&self, passes: &[(&str, Duration)]) -> Result<(), StorageError> {
+        let mut timings = self.timings()?;
+        for (pass, took) in passes {
+            timings.insert(pass.to_string(), took.as_secs_f64());
+        }
+        self.processed()
+            .put(TIMINGS, serde_json::to_vec_pretty(&timings).expect("JSON"))
+    }
+
+    /// Seconds each pass took when it last ran for the date (`_TIMINGS.json`).
+    pub fn timings(&self) -> Result<BTreeMap<String, f64>, StorageError> {
+        let processed = self.processed();
+        match processed.get(TIMINGS) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|e| malformed(&format!("{}/{TIMINGS}", processed.url()), e)),
+            Err(StorageError::NotFound { .. }) => Ok(BTreeMap::new()),
+            Err(e) => Err(e),
+        }
     }
 
     /// A batch's published result, if there is one.
