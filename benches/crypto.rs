@@ -102,5 +102,44 @@ fn crypto(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, crypto);
+/// Prio v1 (libprio's format) at Firefox's length: the client, and each
+/// server's open (decrypt, decode, B's PRG expansion) and evaluation at the
+/// check point, with the batch's check computed once as the pipeline does.
+fn prio1(c: &mut Criterion) {
+    use prio_processor::wire::prio1::{is_valid, PrgKey, Prio1};
+    use x25519_dalek::{PublicKey, StaticSecret};
+    let secrets = [(); 2].map(|_| StaticSecret::from(rand::random::<[u8; 32]>()));
+    let public = [PublicKey::from(&secrets[0]), PublicKey::from(&secrets[1])];
+    let prio = Prio1::new(2046, PrgKey::Seed).unwrap();
+    let bits: Vec<bool> = (0..2046).map(|i| i % 3 == 0 || i % 5 == 0).collect();
+    let batch = b"content.blocking_blocked_TESTONLY-0";
+    let checker = prio.checker(&rand::random(), batch);
+    let mut group = c.benchmark_group("prio1-2046");
+    group.bench_function("client_encode", |b| {
+        b.iter(|| {
+            prio.seal(batch, black_box(&bits), [&public[0], &public[1]])
+                .unwrap()
+        })
+    });
+    let sealed = prio.seal(batch, &bits, [&public[0], &public[1]]).unwrap();
+    let opened = Role::BOTH.map(|role| {
+        let i = role.agg_id();
+        checker.open(role, &secrets[i..=i], &sealed[i]).unwrap()
+    });
+    assert!(is_valid(&opened[0].share, &opened[1].share));
+    for role in Role::BOTH {
+        let i = role.agg_id();
+        group.bench_function(format!("server_{role}_open_verify"), |b| {
+            b.iter(|| {
+                let own = checker
+                    .open(role, &secrets[i..=i], black_box(&sealed[i]))
+                    .unwrap();
+                is_valid(&own.share, &opened[1 - i].share)
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, crypto, prio1);
 criterion_main!(benches);

@@ -5,6 +5,7 @@ pub mod client;
 pub mod config;
 pub mod envelope;
 pub mod ping;
+pub mod prio1;
 pub mod protocol;
 pub mod report_id;
 pub mod server;
