@@ -369,9 +369,10 @@ fn seed_bit(i: u64) -> u64 {
 fn measurement(spec: &VdafSpec, pattern: Pattern, k: u64, rng: &mut ChaCha20Rng) -> Measurement {
     let len = spec.output_len();
     match (spec, pattern) {
-        (VdafSpec::Prio2 { .. } | VdafSpec::SumVec { .. }, Pattern::Seed) => {
-            Measurement::Vector((0..len as u64).map(seed_bit).collect())
-        }
+        (
+            VdafSpec::Prio2 { .. } | VdafSpec::Prio1 { .. } | VdafSpec::SumVec { .. },
+            Pattern::Seed,
+        ) => Measurement::Vector((0..len as u64).map(seed_bit).collect()),
         (VdafSpec::MultihotCountVec { max_weight, .. }, Pattern::Seed) => {
             let mut left = *max_weight;
             Measurement::Vector(
@@ -389,7 +390,7 @@ fn measurement(spec: &VdafSpec, pattern: Pattern, k: u64, rng: &mut ChaCha20Rng)
             Measurement::Scalar(k % (max_measurement.saturating_add(1)))
         }
         (VdafSpec::Histogram { .. }, Pattern::Seed) => Measurement::Scalar(k % len as u64),
-        (VdafSpec::Prio2 { .. }, Pattern::Random) => {
+        (VdafSpec::Prio2 { .. } | VdafSpec::Prio1 { .. }, Pattern::Random) => {
             Measurement::Vector((0..len).map(|_| rng.random_range(0..=1)).collect())
         }
         (

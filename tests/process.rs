@@ -24,6 +24,8 @@ const DATE: &str = "2019-06-26";
 
 const ALL_VDAFS: &str = r#"{
     "prio2": 64,
+    "prio1": {"vdaf": "prio1", "length": 33},
+    "prio1-later": {"vdaf": "prio1", "length": 5, "prg_key": "seed_and_batch_id"},
     "count": {"vdaf": "count"},
     "sum": {"vdaf": "sum", "max_measurement": 100},
     "sumvec": {"vdaf": "sumvec", "length": 20, "bits": 2},
@@ -1082,7 +1084,8 @@ fn assert_known_answer_with_replays(world: &World, expected: &serde_json::Value,
 #[test]
 fn replayed_shares_under_new_ping_ids_count_once_within_a_date_and_within_the_window() {
     let config = r#"{"sum": {"vdaf": "sum", "max_measurement": 1000},
-                     "sumvec": {"vdaf": "sumvec", "length": 5, "bits": 8}}"#;
+                     "sumvec": {"vdaf": "sumvec", "length": 5, "bits": 8},
+                     "prio1": {"vdaf": "prio1", "length": 6}}"#;
     let random = ["--pattern", "random"];
     let mut world = World::without_dump(config);
     let day1_sink = world.path(&format!("dump-{DATE}/sink"));

@@ -164,7 +164,7 @@ fn prio3_shard(
         Measurement::Vector(v) => (0, v.clone()),
     };
     match spec {
-        VdafSpec::Prio2 { .. } => None,
+        VdafSpec::Prio2 { .. } | VdafSpec::Prio1 { .. } => None,
         VdafSpec::Count => go(
             Prio3Count::new_count(2).unwrap(),
             ctx,

@@ -37,6 +37,31 @@ pub fn encode_entry(
     measurement: &Measurement,
     keys: &ServerPublicKeys,
 ) -> Result<PrioEntry, ClientError> {
+    if let Some(prio1) = vdaf.prio1() {
+        // libprio's own format and encryption: what Firefox sent.
+        let bits = vdaf
+            .spec()
+            .bits(measurement)
+            .map_err(|message| VdafUseError::Measurement {
+                vdaf: "prio1",
+                message,
+            })?;
+        let [a, b] = prio1
+            .seal(
+                batch_id.as_bytes(),
+                &bits,
+                [&keys.a.x25519(), &keys.b.x25519()],
+            )
+            .map_err(|message| VdafUseError::Measurement {
+                vdaf: "prio1",
+                message,
+            })?;
+        return Ok(PrioEntry {
+            batch_id: batch_id.to_string(),
+            share_a: encode_base64(&a),
+            share_b: encode_base64(&b),
+        });
+    }
     let nonce: Nonce = rand::random();
     let shares = vdaf.shard(batch_id, measurement, &nonce)?;
     let seal_for = |role: Role| -> Result<String, ClientError> {

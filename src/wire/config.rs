@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
 
+use super::prio1::{self, PrgKey};
 use super::vdaf::{Vdaf, VdafSpec};
 
 /// The longest batch id, in bytes: escaped for object names (up to three
@@ -139,7 +140,7 @@ fn parse_batch(batch_id: &str, spec: &Value) -> Result<BatchSpec, ConfigError> {
     let vdaf =
         Vdaf::new(vdaf_spec).map_err(|e| batch_err(format!("invalid VDAF parameters: {e}")))?;
     let share_lens = vdaf
-        .report_share_lens()
+        .report_share_lens(batch_id)
         .map_err(|e| batch_err(format!("invalid VDAF parameters: {e}")))?;
     Ok(BatchSpec {
         vdaf,
@@ -255,6 +256,20 @@ fn parse_object(
         "prio2" => VdafSpec::Prio2 {
             length: f.positive_usize("length")?,
         },
+        "prio1" => {
+            let length = f.positive_usize("length")?;
+            if length > prio1::MAX_LENGTH {
+                return Err(f.err("length", format!("must be at most {}", prio1::MAX_LENGTH)));
+            }
+            f.used.push("prg_key");
+            let prg_key = match fields.get("prg_key") {
+                None => PrgKey::Seed,
+                Some(v) => serde_json::from_value(v.clone()).map_err(|_| {
+                    f.err("prg_key", format!("must be \"seed\" or \"seed_and_batch_id\", got {v}"))
+                })?,
+            };
+            VdafSpec::Prio1 { length, prg_key }
+        }
         "count" | "prio3count" => VdafSpec::Count,
         "sum" | "prio3sum" => {
             let max = f.max_measurement(63)?;
@@ -297,7 +312,7 @@ fn parse_object(
             return Err(f.err(
                 "vdaf",
                 format!(
-                    "unknown VDAF {other:?}; expected one of prio2, count, sum, sumvec, histogram, multihotcountvec"
+                    "unknown VDAF {other:?}; expected one of prio1, prio2, count, sum, sumvec, histogram, multihotcountvec"
                 ),
             ))
         }

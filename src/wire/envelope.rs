@@ -111,6 +111,11 @@ impl PublicKey {
         hex::encode(self.0.to_bytes())
     }
 
+    /// The plain X25519 public key, as libprio's clients seal to it.
+    pub fn x25519(&self) -> x25519_dalek::PublicKey {
+        x25519_dalek::PublicKey::from(<[u8; 32]>::from(self.0.to_bytes()))
+    }
+
     /// `SHA-256("prio-processor key id v1" || public key)[..4]`: what a
     /// client writes in the envelope, from the public key it already has.
     pub fn key_id(&self) -> KeyId {
@@ -170,6 +175,14 @@ impl KeySet {
 
     fn keys(&self) -> impl Iterator<Item = &PrivateKey> {
         self.0.iter().map(|(_, key)| key)
+    }
+
+    /// The keys as plain X25519 secrets, current first: libprio's packets
+    /// name no key, so each is tried.
+    pub fn x25519(&self) -> Vec<x25519_dalek::StaticSecret> {
+        self.keys()
+            .map(|k| x25519_dalek::StaticSecret::from(<[u8; 32]>::from(k.0.to_bytes())))
+            .collect()
     }
 }
 

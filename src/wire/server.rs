@@ -2,7 +2,8 @@
 //! base64-decode, open the envelope, decode, and start verification.
 
 use super::envelope::{open, KeySet};
-use super::vdaf::{Nonce, OutputShare, ReportShare, Vdaf, VerifyKey, VerifyState};
+pub use super::vdaf::Initialized;
+use super::vdaf::{OutputShare, ReportShare, Vdaf, VerifyKey};
 use super::{Rejection, Role};
 
 /// One server's identity and secrets.
@@ -22,23 +23,23 @@ impl std::fmt::Debug for ServerSecrets {
     }
 }
 
-/// One report share after `verify_init`.
-pub struct Initialized {
-    /// The client's nonce, as this server's share carries it: what
-    /// anti-replay compares.
-    pub nonce: Nonce,
-    pub state: VerifyState,
-    /// For the peer.
-    pub verifier_share: Vec<u8>,
-}
-
-/// Opens a share envelope and runs `verify_init` on it.
+/// Opens a share envelope (or a libprio packet, for prio1) and runs
+/// `verify_init` on it.
 pub fn open_and_verify_init(
     vdaf: &Vdaf,
     secrets: &ServerSecrets,
     batch_id: &str,
     envelope: &[u8],
 ) -> Result<Initialized, Rejection> {
+    if let Some(opened) = vdaf.open_own_sealing(
+        &secrets.private_keys,
+        &secrets.verify_key,
+        batch_id,
+        secrets.role,
+        envelope,
+    ) {
+        return opened;
+    }
     let plaintext = open(&secrets.private_keys, secrets.role, batch_id, envelope)?;
     let report = ReportShare::decode(&plaintext)?;
     let (state, verifier_share) =
@@ -62,12 +63,12 @@ pub fn verify_locally(
 ) -> Result<[OutputShare; 2], Rejection> {
     let a = open_and_verify_init(vdaf, &secrets[0], batch_id, envelopes[0])?;
     let b = open_and_verify_init(vdaf, &secrets[1], batch_id, envelopes[1])?;
-    let outputs = [
-        vdaf.verify_finish(batch_id, secrets[0].role, &a.state, &b.verifier_share)?,
-        vdaf.verify_finish(batch_id, secrets[1].role, &b.state, &a.verifier_share)?,
-    ];
-    if a.nonce != b.nonce {
+    let (out_a, nonce_a) =
+        vdaf.verify_finish(batch_id, secrets[0].role, &a.state, &b.verifier_share)?;
+    let (out_b, nonce_b) =
+        vdaf.verify_finish(batch_id, secrets[1].role, &b.state, &a.verifier_share)?;
+    if nonce_a.unwrap_or(a.nonce) != nonce_b.unwrap_or(b.nonce) {
         return Err(Rejection::NonceMismatch);
     }
-    Ok(outputs)
+    Ok([out_a, out_b])
 }

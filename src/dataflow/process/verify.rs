@@ -157,7 +157,7 @@ pub fn finish_states(
     let mut sum = vdaf.aggregate_init();
     let mut verdicts = Vec::with_capacity(states.len());
     for (id, opened) in states {
-        let nonce = opened.as_ref().ok().map(|o| o.nonce);
+        let mut nonce = opened.as_ref().ok().map(|o| o.nonce);
         let verdict = match (opened, peer.get(&id)) {
             (Err(reason), _) => Err(reason),
             (Ok(_), None) => Err(Rejection::MissingOnPeer),
@@ -166,6 +166,11 @@ pub fn finish_states(
                 vdaf.verify_finish(&part.batch_id, job.secrets.role, &opened.state, &p.share)
             }
         };
+        // A nonce the VDAF derives from both servers' shares replaces this one's.
+        let verdict = verdict.map(|(output, derived)| {
+            nonce = derived.or(nonce);
+            output
+        });
         let status = match verdict {
             Ok(output) if include(&id) => {
                 vdaf.accumulate(&mut sum, &output)

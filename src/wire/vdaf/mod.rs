@@ -9,8 +9,12 @@ use prio::vdaf::prio2::Prio2;
 use prio::vdaf::prio3::{Prio3Count, Prio3Histogram, Prio3MultihotCountVec, Prio3Sum, Prio3SumVec};
 use prio::vdaf::{Aggregatable, Aggregator, Client, Collector, VdafError, VerifyTransition};
 
+mod prio1;
 mod spec;
 
+use crate::wire::envelope::KeySet;
+use crate::wire::prio1::field::Fp;
+use prio1::{add_into, decode_elements, encode_elements, Prio1State, Prio1Vdaf};
 use spec::Typed;
 pub use spec::{Measurement, VdafSpec};
 
@@ -45,6 +49,8 @@ pub enum VdafUseError {
     Codec(#[from] prio::codec::CodecError),
     #[error("values of different VDAFs were combined; they are built from one Vdaf")]
     Mismatch,
+    #[error("prio1 reports are sealed with libprio's own encryption (wire::prio1), not sharded into envelopes")]
+    SealsItsOwn,
 }
 
 /// What each server receives from the client, inside its HPKE envelope.
@@ -114,29 +120,33 @@ macro_rules! with_vdafs {
 
 /// One match arm per VDAF over `$s`, with `$pats` (one `Enum(bindings)` per
 /// value matched) bound to that VDAF's variant; `wrap = Enum` binds `wrap` to
-/// the constructor of the same variant of `Enum`. Over one value the match
-/// is exhaustive; over several, `else` covers values of different VDAFs.
+/// the constructor of the same variant of `Enum`. Prio v1, ours and not the
+/// prio crate's, has an arm of its own (`prio1 PATTERN => ...`). Over one
+/// value the match is exhaustive; over several, `else` covers values of
+/// different VDAFs.
 macro_rules! each_vdaf {
-    ($s:expr; $pats:tt; $($wrap:ident = $W:ident),* => $body:expr) => {
-        with_vdafs!(each_vdaf!(@one $s; $pats; [$($wrap = $W),*]; $body;))
+    ($s:expr; $pats:tt; $($wrap:ident = $W:ident),* => $body:expr; prio1 $p1:pat => $b1:expr) => {
+        with_vdafs!(each_vdaf!(@one $s; $pats; [$($wrap = $W),*]; $body; $p1 => $b1;))
     };
-    ($s:expr; $pats:tt; $($wrap:ident = $W:ident),* => $body:expr; else $other:expr) => {
-        with_vdafs!(each_vdaf!(@many $s; $pats; [$($wrap = $W),*]; $body; $other;))
+    ($s:expr; $pats:tt; $($wrap:ident = $W:ident),* => $body:expr; prio1 $p1:pat => $b1:expr; else $other:expr) => {
+        with_vdafs!(each_vdaf!(@many $s; $pats; [$($wrap = $W),*]; $body; $p1 => $b1; $other;))
     };
-    (@one $s:expr; $pats:tt; $wraps:tt; $body:expr; [$($variant:ident($ty:ty)),+ $(,)?]) => {
+    (@one $s:expr; $pats:tt; $wraps:tt; $body:expr; $p1:pat => $b1:expr; [$($variant:ident($ty:ty)),+ $(,)?]) => {
         match $s {
             $(each_vdaf!(@pat $variant $pats) => {
                 each_vdaf!(@wrap $variant $wraps);
                 $body
             })+
+            $p1 => $b1,
         }
     };
-    (@many $s:expr; $pats:tt; $wraps:tt; $body:expr; $other:expr; [$($variant:ident($ty:ty)),+ $(,)?]) => {
+    (@many $s:expr; $pats:tt; $wraps:tt; $body:expr; $p1:pat => $b1:expr; $other:expr; [$($variant:ident($ty:ty)),+ $(,)?]) => {
         match $s {
             $(each_vdaf!(@pat $variant $pats) => {
                 each_vdaf!(@wrap $variant $wraps);
                 $body
             })+
+            $p1 => $b1,
             _ => $other,
         }
     };
@@ -151,7 +161,7 @@ macro_rules! each_vdaf {
 macro_rules! vdaf_enums {
     ([$($variant:ident($ty:ty)),+ $(,)?]) => {
         #[derive(Clone, Debug)]
-        enum Inner { $($variant(Arc<$ty>)),+ }
+        enum Inner { $($variant(Arc<$ty>),)+ Prio1(Arc<Prio1Vdaf>) }
 
         #[derive(Clone)]
         enum StateInner {
@@ -159,18 +169,30 @@ macro_rules! vdaf_enums {
                 Arc<$ty>,
                 <$ty as Aggregator<VERIFY_KEY_LEN, NONCE_LEN>>::VerifyState,
                 <$ty as Aggregator<VERIFY_KEY_LEN, NONCE_LEN>>::VerifierShare,
-            )),+
+            ),)+
+            Prio1(Prio1State),
         }
 
         #[derive(Clone, Debug)]
-        enum OutputInner { $($variant(<$ty as prio::vdaf::Vdaf>::OutputShare)),+ }
+        enum OutputInner { $($variant(<$ty as prio::vdaf::Vdaf>::OutputShare),)+ Prio1(Vec<Fp>) }
 
         #[derive(Clone, Debug)]
-        enum AggregateInner { $($variant(<$ty as prio::vdaf::Vdaf>::AggregateShare)),+ }
+        enum AggregateInner { $($variant(<$ty as prio::vdaf::Vdaf>::AggregateShare),)+ Prio1(Vec<Fp>) }
     };
 }
 
 with_vdafs!(vdaf_enums!());
+
+/// One report share after `verify_init`.
+pub struct Initialized {
+    /// The client's nonce, as this server's share carries it: what
+    /// anti-replay compares (for prio1, whose packets carry none, this
+    /// server's part; `verify_finish` gives the report's).
+    pub nonce: Nonce,
+    pub state: VerifyState,
+    /// For the peer.
+    pub verifier_share: Vec<u8>,
+}
 
 /// A report's verification state on one server after `verify_init`.
 #[derive(Clone)]
@@ -297,6 +319,10 @@ impl Vdaf {
     pub fn new(spec: VdafSpec) -> Result<Self, VdafError> {
         let inner = match &spec {
             VdafSpec::Prio2 { length } => Inner::Prio2(Arc::new(Prio2::new(*length)?)),
+            VdafSpec::Prio1 { length, prg_key } => Inner::Prio1(Arc::new(Prio1Vdaf::new(
+                crate::wire::prio1::Prio1::new(*length, *prg_key)
+                    .map_err(VdafError::Uncategorized)?,
+            ))),
             VdafSpec::Count => Inner::Count(Arc::new(Prio3Count::new_count(2)?)),
             VdafSpec::Sum { max_measurement } => {
                 Inner::Sum(Arc::new(Prio3Sum::new_sum(2, *max_measurement)?))
@@ -346,15 +372,53 @@ impl Vdaf {
     ) -> Result<[ReportShare; 2], VdafUseError> {
         let ctx = context(batch_id);
         each_vdaf!(&self.inner; [Inner(v)]; =>
-            shard(&**v, &self.spec, &ctx, measurement, nonce))
+            shard(&**v, &self.spec, &ctx, measurement, nonce);
+            prio1 Inner::Prio1(_) => Err(VdafUseError::SealsItsOwn))
     }
 
-    /// The length of each server's report share plaintext (`ReportShare`).
-    /// Every VDAF here encodes shares of one length, whatever the
-    /// measurement, so one sharding of zeros tells it.
-    pub fn report_share_lens(&self) -> Result<[usize; 2], VdafUseError> {
+    /// The length of each server's report share plaintext (`ReportShare`),
+    /// or for prio1 the longest packet. Every prio crate VDAF here encodes
+    /// shares of one length, whatever the measurement, so one sharding of
+    /// zeros tells it.
+    pub fn report_share_lens(&self, batch_id: &str) -> Result<[usize; 2], VdafUseError> {
+        if let Inner::Prio1(v) = &self.inner {
+            return Ok(v.max_packet_lens(batch_id));
+        }
         let shares = self.shard("", &self.spec.zero_measurement(), &[0; NONCE_LEN])?;
         Ok(shares.map(|s| s.encode().len()))
+    }
+
+    /// The prio1 parameters, for a batch of Prio v1: its clients seal
+    /// libprio packets, not our envelopes.
+    pub fn prio1(&self) -> Option<&crate::wire::prio1::Prio1> {
+        match &self.inner {
+            Inner::Prio1(v) => Some(&v.prio),
+            _ => None,
+        }
+    }
+
+    /// Server, prio1: opens a libprio packet with one of `keys` and starts
+    /// verification: this server's nonce part, its state, and the verifier
+    /// share. `None` for VDAFs whose shares come in our envelope.
+    pub fn open_own_sealing(
+        &self,
+        keys: &KeySet,
+        verify_key: &VerifyKey,
+        batch_id: &str,
+        role: Role,
+        sealed: &[u8],
+    ) -> Option<Result<Initialized, Rejection>> {
+        let Inner::Prio1(v) = &self.inner else {
+            return None;
+        };
+        Some(
+            v.open(&keys.x25519(), verify_key, batch_id, role, sealed)
+                .map(|(nonce, state, verifier_share)| Initialized {
+                    nonce,
+                    state: VerifyState(StateInner::Prio1(state)),
+                    verifier_share,
+                }),
+        )
     }
 
     /// Server: decodes a report share and starts verification. Returns the
@@ -371,22 +435,29 @@ impl Vdaf {
             let (state, share) = verify_init(&**v, verify_key, &ctx, role, report)?;
             let encoded = share.get_encoded().map_err(|_| Rejection::Undecodable)?;
             Ok((VerifyState(wrap(v.clone(), state, share)), encoded))
-        })
+        };
+            // Never an envelope: prio1 packets are opened by open_own_sealing.
+            prio1 Inner::Prio1(_) => Err(Rejection::Undecodable))
     }
 
     /// Server: combines its own verifier share with the peer's and finishes
-    /// verification, yielding the output share of a valid report. The
-    /// state carries its VDAF; `self` names the batch.
+    /// verification, yielding the output share of a valid report and, where
+    /// the VDAF derives it from both servers' shares (prio1), the report's
+    /// nonce; otherwise the client's nonce stands. The state carries its
+    /// VDAF; `self` names the batch.
     pub fn verify_finish(
         &self,
         batch_id: &str,
         role: Role,
         state: &VerifyState,
         peer_share: &[u8],
-    ) -> Result<OutputShare, Rejection> {
+    ) -> Result<(OutputShare, Option<Nonce>), Rejection> {
         let ctx = context(batch_id);
         each_vdaf!(&state.0; [StateInner(v, s, own)]; wrap = OutputInner =>
-            verify_finish(&**v, &ctx, role, s, own, peer_share).map(|out| OutputShare(wrap(out))))
+            verify_finish(&**v, &ctx, role, s, own, peer_share).map(|out| (OutputShare(wrap(out)), None));
+            prio1 StateInner::Prio1(s) => s
+                .finish(peer_share)
+                .map(|(data, nonce)| (OutputShare(OutputInner::Prio1(data)), Some(nonce))))
     }
 
     /// A verification state's bytes, kept by the server between steps:
@@ -398,23 +469,26 @@ impl Vdaf {
             out.extend_from_slice(&s);
             own.encode(&mut out).expect("verifier shares always encode");
             out
-        })
+        };
+            prio1 StateInner::Prio1(s) => s.encode())
     }
 
     /// Reads back [`Vdaf::encode_state`] for `role`.
     pub fn decode_state(&self, role: Role, bytes: &[u8]) -> Result<VerifyState, VdafUseError> {
-        let (state_bytes, share_bytes) = split_state(bytes)?;
         each_vdaf!(&self.inner; [Inner(v)]; wrap = StateInner => {
+            let (state_bytes, share_bytes) = split_state(bytes)?;
             let state = ParameterizedDecode::get_decoded_with_param(&(&**v, role.agg_id()), state_bytes)?;
             let share = ParameterizedDecode::get_decoded_with_param(&state, share_bytes)?;
             Ok(VerifyState(wrap(v.clone(), state, share)))
-        })
+        };
+            prio1 Inner::Prio1(v) => Ok(VerifyState(StateInner::Prio1(Prio1State::decode(&v.prio, role, bytes)?))))
     }
 
     /// An empty aggregate share.
     pub fn aggregate_init(&self) -> AggregateShare {
         each_vdaf!(&self.inner; [Inner(v)]; wrap = AggregateInner =>
-            AggregateShare(wrap(v.aggregate_init(&()))))
+            AggregateShare(wrap(v.aggregate_init(&())));
+            prio1 Inner::Prio1(v) => AggregateShare(AggregateInner::Prio1(vec![Fp::ZERO; v.prio.length()])))
     }
 
     /// Adds one output share into an aggregate share.
@@ -424,7 +498,9 @@ impl Vdaf {
         out: &OutputShare,
     ) -> Result<(), VdafUseError> {
         each_vdaf!((&mut agg.0, &out.0); [AggregateInner(a), OutputInner(o)]; =>
-            Ok(a.accumulate(o)?); else Err(VdafUseError::Mismatch))
+            Ok(a.accumulate(o)?);
+            prio1 (AggregateInner::Prio1(a), OutputInner::Prio1(o)) => add_into(a, o);
+            else Err(VdafUseError::Mismatch))
     }
 
     /// Adds another aggregate share (e.g. another worker's) into `agg`.
@@ -434,7 +510,9 @@ impl Vdaf {
         other: &AggregateShare,
     ) -> Result<(), VdafUseError> {
         each_vdaf!((&mut agg.0, &other.0); [AggregateInner(a), AggregateInner(b)]; =>
-            Ok(a.merge(b)?); else Err(VdafUseError::Mismatch))
+            Ok(a.merge(b)?);
+            prio1 (AggregateInner::Prio1(a), AggregateInner::Prio1(b)) => add_into(a, b);
+            else Err(VdafUseError::Mismatch))
     }
 
     /// Adds an encoded aggregate share (a slice's, a part's) into `agg`.
@@ -450,13 +528,15 @@ impl Vdaf {
     /// The aggregate share's bytes, as sent to the peer and published.
     pub fn encode_aggregate(&self, agg: &AggregateShare) -> Vec<u8> {
         each_vdaf!(&agg.0; [AggregateInner(a)]; =>
-            a.get_encoded().expect("field vectors always encode"))
+            a.get_encoded().expect("field vectors always encode");
+            prio1 AggregateInner::Prio1(a) => encode_elements(a))
     }
 
     /// Decodes an aggregate share received from the peer.
     pub fn decode_aggregate(&self, bytes: &[u8]) -> Result<AggregateShare, VdafUseError> {
         each_vdaf!(&self.inner; [Inner(v)]; wrap = AggregateInner =>
-            Ok(AggregateShare(wrap(ParameterizedDecode::get_decoded_with_param(&(&**v, &()), bytes)?))))
+            Ok(AggregateShare(wrap(ParameterizedDecode::get_decoded_with_param(&(&**v, &()), bytes)?)));
+            prio1 Inner::Prio1(v) => Ok(AggregateShare(AggregateInner::Prio1(decode_elements(bytes, v.prio.length())?))))
     }
 
     /// Collector: combines both servers' aggregate shares into the result.
@@ -468,6 +548,8 @@ impl Vdaf {
     ) -> Result<Vec<u128>, VdafUseError> {
         each_vdaf!((&self.inner, &a.0, &b.0); [Inner(v), AggregateInner(x), AggregateInner(y)]; =>
             Ok(typed_result(&**v, v.unshard(&(), [x.clone(), y.clone()], num_measurements)?));
+            prio1 (Inner::Prio1(_), AggregateInner::Prio1(x), AggregateInner::Prio1(y)) =>
+                Ok(x.iter().zip(y).map(|(a, b)| (*a + *b).value()).collect());
             else Err(VdafUseError::Mismatch))
     }
 }

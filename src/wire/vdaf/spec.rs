@@ -11,6 +11,12 @@ use serde::Serialize;
 pub enum VdafSpec {
     /// ENPA Prio2 over a bit vector of `length` bits.
     Prio2 { length: usize },
+    /// Prio v1, libprio's format (what Firefox sent), over `length` bits,
+    /// of the PRG key generation `prg_key`.
+    Prio1 {
+        length: usize,
+        prg_key: crate::wire::prio1::PrgKey,
+    },
     /// Prio3Count: each measurement is 0 or 1.
     Count,
     /// Prio3Sum: each measurement is an integer in `[0, max_measurement]`.
@@ -35,6 +41,7 @@ impl VdafSpec {
     pub fn name(&self) -> &'static str {
         match self {
             VdafSpec::Prio2 { .. } => "prio2",
+            VdafSpec::Prio1 { .. } => "prio1",
             VdafSpec::Count => "count",
             VdafSpec::Sum { .. } => "sum",
             VdafSpec::SumVec { .. } => "sumvec",
@@ -46,7 +53,10 @@ impl VdafSpec {
     /// The largest value one element of a measurement may take.
     pub fn max_element(&self) -> u128 {
         match self {
-            VdafSpec::Prio2 { .. } | VdafSpec::Count | VdafSpec::MultihotCountVec { .. } => 1,
+            VdafSpec::Prio2 { .. }
+            | VdafSpec::Prio1 { .. }
+            | VdafSpec::Count
+            | VdafSpec::MultihotCountVec { .. } => 1,
             VdafSpec::Sum { max_measurement } => u128::from(*max_measurement),
             VdafSpec::SumVec {
                 max_measurement, ..
@@ -70,9 +80,15 @@ impl VdafSpec {
                 Measurement::Scalar(0)
             }
             VdafSpec::Prio2 { .. }
+            | VdafSpec::Prio1 { .. }
             | VdafSpec::SumVec { .. }
             | VdafSpec::MultihotCountVec { .. } => Measurement::Vector(vec![0; self.output_len()]),
         }
+    }
+
+    /// A measurement of 0/1 elements as bits (Prio v1's measurements).
+    pub fn bits(&self, m: &Measurement) -> Result<Vec<bool>, String> {
+        bits(m, self)
     }
 
     /// Number of elements in the aggregate result.
@@ -80,6 +96,7 @@ impl VdafSpec {
         match self {
             VdafSpec::Count | VdafSpec::Sum { .. } => 1,
             VdafSpec::Prio2 { length }
+            | VdafSpec::Prio1 { length, .. }
             | VdafSpec::SumVec { length, .. }
             | VdafSpec::Histogram { length, .. }
             | VdafSpec::MultihotCountVec { length, .. } => *length,
