@@ -1735,3 +1735,23 @@ fn the_report_shows_each_batch_s_sum_counts_trend_and_timings_and_renders_in_chr
     // cover far more than a few thousand pixels.
     assert!(bar_pixels > 5_000, "{bar_pixels} pixels of bars");
 }
+
+#[test]
+fn the_seed_system_s_16_byte_shared_secret_serves_prio1_and_the_other_vdafs() {
+    let config = r#"{"p1": {"vdaf": "prio1", "length": 12}, "c": {"vdaf": "count"}}"#;
+    let mut world = World::without_dump(config);
+    // The seed's SHARED_SECRET is libprio's 16-byte PRG seed.
+    world.shared_secret = "m/AqDal/ZSA9597GwMM+VA==".into();
+    let expected = world.generate(30, "bad-id", &[]);
+    world.stage(&[]);
+    world.run_both_ok(&["process"]);
+    for batch in ["p1", "c"] {
+        assert_known_answer(&world, &expected, batch);
+    }
+    world.shared_secret = base64::engine::general_purpose::STANDARD.encode([7u8; 20]);
+    let stderr = fails_with(
+        &mut world.server(Role::A, "verify1", &[]),
+        "SHARED_SECRET decodes to 20 bytes, expected 32 (or the seed system's 16)",
+    );
+    assert!(!stderr.contains("BwcH"), "the secret is never printed");
+}

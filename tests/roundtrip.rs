@@ -247,17 +247,76 @@ fn a_share_for_one_batch_is_refused_in_another() {
 }
 
 /// The real Firefox 69 ping carries libprio v1 ciphertexts sealed to
-/// Mozilla's old keys: every share is counted as undecryptable, nothing panics.
+/// Mozilla's old keys: under a prio1 config every share is counted as
+/// undecryptable (not undecodable or misbound), nothing panics; under a
+/// Prio2 config, the same.
 #[test]
 fn firefox_69_shares_are_undecryptable() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/data/fixtures/fx-69.0a1.json");
     let ping = prio_processor::wire::ping::parse_ping(&std::fs::read(path).unwrap()).unwrap();
-    let config = BatchConfig::from_json(r#"{"content.blocking_blocked_TESTONLY-0": 2046, "content.blocking_blocked_TESTONLY-1": 441}"#).unwrap();
     let servers = servers();
+    for config in [
+        r#"{"content.blocking_blocked_TESTONLY-0": {"vdaf": "prio1", "length": 2046}, "content.blocking_blocked_TESTONLY-1": {"vdaf": "prio1", "length": 441}}"#,
+        r#"{"content.blocking_blocked_TESTONLY-0": {"vdaf": "prio2", "length": 2046}, "content.blocking_blocked_TESTONLY-1": {"vdaf": "prio2", "length": 441}}"#,
+    ] {
+        let config = BatchConfig::from_json(config).unwrap();
+        for entry in &ping.entries {
+            let vdaf = &config.get(&entry.batch_id).unwrap().vdaf;
+            let [a, b] = envelopes(entry);
+            let result = verify_locally(vdaf, &servers.secrets, &entry.batch_id, [&a, &b]);
+            assert_eq!(result.err(), Some(Rejection::Undecryptable));
+        }
+    }
+}
+
+/// The Firefox packets have the layout of ours, byte for byte in length:
+/// server B's is the batch id (msgpack str8), six 11-byte elements, the
+/// server id and the 16-byte seed; server A's has 2046 data shares and
+/// 2048 h points (array16 headers), each element 11 bytes unless its top
+/// byte is zero (1 in 128), all sealed with 60 bytes of overhead.
+#[test]
+fn firefox_69_packets_have_the_length_of_prio1_packets() {
+    use prio_processor::wire::prio1::field::Fp;
+    use prio_processor::wire::prio1::packet::{Packet, Shares, Triple};
+    use prio_processor::wire::prio1::seal::OVERHEAD;
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/data/fixtures/fx-69.0a1.json");
+    let ping = prio_processor::wire::ping::parse_ping(&std::fs::read(path).unwrap()).unwrap();
+    let long = Fp::new(1 << 86).unwrap();
     for entry in &ping.entries {
-        let vdaf = &config.get(&entry.batch_id).unwrap().vdaf;
+        let length = if entry.batch_id.ends_with("-0") {
+            2046
+        } else {
+            441
+        };
+        let points = (length + 1usize).next_power_of_two();
+        let packet = |shares| Packet {
+            batch_id: entry.batch_id.as_bytes().to_vec(),
+            triple: Triple {
+                a: long,
+                b: long,
+                c: long,
+            },
+            f0: long,
+            g0: long,
+            h0: long,
+            shares,
+        };
         let [a, b] = envelopes(entry);
-        let result = verify_locally(vdaf, &servers.secrets, &entry.batch_id, [&a, &b]);
-        assert_eq!(result.err(), Some(Rejection::Undecryptable));
+        let b_len = packet(Shares::B { seed: [0; 16] }).encode().len();
+        assert_eq!(b.len(), OVERHEAD + b_len, "{}", entry.batch_id);
+        let a_max = packet(Shares::A {
+            data: vec![long; length],
+            h_points: vec![long; points],
+        })
+        .encode()
+        .len();
+        // About 32 (of 4100) elements are a byte shorter; 200 would be a 10-sigma event.
+        assert!(
+            (OVERHEAD + a_max - 200..=OVERHEAD + a_max).contains(&a.len()),
+            "{}: {} of at most {}",
+            entry.batch_id,
+            a.len(),
+            OVERHEAD + a_max
+        );
     }
 }

@@ -8,7 +8,7 @@ use super::exit;
 use crate::wire::client::ServerPublicKeys;
 use crate::wire::envelope::{generate_keypair, PublicKey};
 use crate::wire::signing::SigningPrivateKey;
-use crate::wire::vdaf::{VerifyKey, VERIFY_KEY_LEN};
+use crate::wire::vdaf::{verify_key_from_secret, VerifyKey, SEED_SECRET_LEN, VERIFY_KEY_LEN};
 
 /// Print fresh keys for one server as JSON: an X25519 pair for the shares clients
 /// seal to it, and an Ed25519 pair that signs what it sends its peer.
@@ -52,10 +52,10 @@ pub fn shared_seed(_: SharedSeedArgs) -> anyhow::Result<u8> {
 pub fn parse_shared_secret(text: &str) -> anyhow::Result<VerifyKey> {
     let bytes = crate::wire::ping::decode_base64(text)
         .context("SHARED_SECRET is not valid base64; make one with `prio-processor shared-seed`")?;
-    let len = bytes.len();
-    bytes.try_into().map_err(|_| {
+    verify_key_from_secret(&bytes).ok_or_else(|| {
         anyhow::anyhow!(
-            "SHARED_SECRET decodes to {len} bytes, expected {VERIFY_KEY_LEN}; make one with `prio-processor shared-seed`"
+            "SHARED_SECRET decodes to {} bytes, expected {VERIFY_KEY_LEN} (or the seed system's {SEED_SECRET_LEN}); make one with `prio-processor shared-seed`",
+            bytes.len()
         )
     })
 }

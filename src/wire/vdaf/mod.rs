@@ -27,6 +27,28 @@ pub const NONCE_LEN: usize = 16;
 
 pub type VerifyKey = [u8; VERIFY_KEY_LEN];
 
+/// Length of the seed system's `SHARED_SECRET` (libprio's PRG seed).
+pub const SEED_SECRET_LEN: usize = 16;
+
+/// The verify key of a `SHARED_SECRET`: its 32 bytes, or for the seed
+/// system's 16-byte secret `SHA-256("prio-processor verify key from a
+/// 16-byte secret v1" || secret)`, so that one secret serves every VDAF of
+/// a config (prio1 batches derive their check seed from the verify key).
+pub fn verify_key_from_secret(secret: &[u8]) -> Option<VerifyKey> {
+    use sha2::Digest;
+    match secret.len() {
+        VERIFY_KEY_LEN => secret.try_into().ok(),
+        SEED_SECRET_LEN => Some(
+            sha2::Sha256::new()
+                .chain_update(b"prio-processor verify key from a 16-byte secret v1")
+                .chain_update(secret)
+                .finalize()
+                .into(),
+        ),
+        _ => None,
+    }
+}
+
 /// A fingerprint of the shared verify key that the servers can compare in
 /// the open: HMAC-SHA256 keyed by it over a fixed label, hex. It tells
 /// whether two keys are equal and nothing else about them.
