@@ -13,7 +13,7 @@ use rand::rngs::ChaCha20Rng;
 use rand::{RngExt, SeedableRng};
 
 const CONFIG: &str = r#"{
-    "prio2": 441,
+    "prio2": {"vdaf": "prio2", "length": 441},
     "count": {"vdaf": "count"},
     "sum": {"vdaf": "sum", "max_measurement": 1000},
     "sumvec": {"vdaf": "sumvec", "length": 50, "bits": 3},
@@ -52,7 +52,7 @@ fn servers() -> Servers {
 /// A random valid measurement and its plain contribution to the total.
 fn random_measurement(batch_id: &str, rng: &mut ChaCha20Rng) -> (Measurement, Vec<u128>) {
     match batch_id {
-        "prio2" => bits(441, 441, rng),
+        "prio2" | "prio1" | "prio1-later" => bits(441, 441, rng),
         "count" => {
             let x = rng.random_range(0..=1u64);
             (Measurement::Scalar(x), vec![x.into()])
@@ -93,7 +93,14 @@ fn envelopes(entry: &prio_processor::wire::ping::PrioEntry) -> [Vec<u8>; 2] {
 
 #[test]
 fn every_vdaf_aggregates_to_the_plain_sum() {
-    let config = BatchConfig::from_json(CONFIG).unwrap();
+    // The envelope VDAFs, and prio1 of both generations (a bare length is prio1).
+    let mut all: serde_json::Map<String, serde_json::Value> = serde_json::from_str(CONFIG).unwrap();
+    all.insert("prio1".into(), serde_json::json!(441));
+    all.insert(
+        "prio1-later".into(),
+        serde_json::json!({"vdaf": "prio1", "length": 441, "prg_key": "seed_and_batch_id"}),
+    );
+    let config = BatchConfig::from_json(&serde_json::Value::Object(all).to_string()).unwrap();
     let servers = servers();
     let mut rng = ChaCha20Rng::seed_from_u64(7);
     for (batch_id, spec) in config.iter() {
@@ -178,7 +185,7 @@ fn tampered_input_share_is_rejected_as_invalid_proof() {
 fn out_of_range_measurement_from_a_cheating_client_is_rejected() {
     use prio::codec::Encode;
     use prio::vdaf::Client;
-    let config = BatchConfig::from_json(r#"{"p": 16}"#).unwrap();
+    let config = BatchConfig::from_json(r#"{"p": {"vdaf": "prio2", "length": 16}}"#).unwrap();
     let vdaf: &Vdaf = &config.get("p").unwrap().vdaf;
     let servers = servers();
     // Our client refuses a 2 in a bit vector; prio's Prio2 shards it anyway.
@@ -234,16 +241,22 @@ fn truncated_and_wrong_length_shares_are_undecodable() {
 
 #[test]
 fn a_share_for_one_batch_is_refused_in_another() {
-    let config = BatchConfig::from_json(r#"{"x": 8, "y": 8}"#).unwrap();
-    let vdaf = &config.get("x").unwrap().vdaf;
-    let servers = servers();
-    let entry = encode_entry(vdaf, "x", &Measurement::Vector(vec![1; 8]), &servers.public).unwrap();
-    let [a, b] = envelopes(&entry);
-    let result = verify_locally(vdaf, &servers.secrets, "y", [&a, &b]);
-    assert_eq!(result.err(), Some(Rejection::WrongBinding));
-    // Swapped servers: each envelope names the other server.
-    let result = verify_locally(vdaf, &servers.secrets, "x", [&b, &a]);
-    assert_eq!(result.err(), Some(Rejection::WrongBinding));
+    // Our envelope names the server; a libprio packet is sealed to its key alone.
+    for (spec, swapped) in [
+        (r#"{"vdaf": "prio2", "length": 8}"#, Rejection::WrongBinding),
+        ("8", Rejection::Undecryptable),
+    ] {
+        let config = BatchConfig::from_json(&format!(r#"{{"x": {spec}, "y": {spec}}}"#)).unwrap();
+        let vdaf = &config.get("x").unwrap().vdaf;
+        let servers = servers();
+        let entry =
+            encode_entry(vdaf, "x", &Measurement::Vector(vec![1; 8]), &servers.public).unwrap();
+        let [a, b] = envelopes(&entry);
+        let result = verify_locally(vdaf, &servers.secrets, "y", [&a, &b]);
+        assert_eq!(result.err(), Some(Rejection::WrongBinding), "{spec}");
+        let result = verify_locally(vdaf, &servers.secrets, "x", [&b, &a]);
+        assert_eq!(result.err(), Some(swapped), "{spec}");
+    }
 }
 
 /// The real Firefox 69 ping carries libprio v1 ciphertexts sealed to

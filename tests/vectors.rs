@@ -72,7 +72,7 @@ fn definitions() -> Vec<(&'static str, &'static str, Vec<Measurement>)> {
     vec![
         (
             "prio2",
-            "16",
+            r#"{"vdaf": "prio2", "length": 16}"#,
             vec![
                 Vector(vec![1, 0, 0, 1, 1, 0, 1, 0, 0, 1, 1, 0, 1, 0, 0, 1]),
                 Vector(vec![1; 16]),

@@ -16,7 +16,7 @@ use crate::wire::vdaf::Measurement;
 #[derive(Args, Debug)]
 #[command(
     after_help = "Each input line is a JSON array of integers for vector VDAFs\n\
-    (prio2, sumvec, multihotcountvec) or an integer for count, sum and histogram (the bucket).\n\n\
+    (prio1, prio2, sumvec, multihotcountvec) or an integer for count, sum and histogram (the bucket).\n\n\
     Example:\n  printf '[1,0,1]\\n[0,0,1]\\n' | prio-processor encode-shares \\\n    \
     --config '{\"demo\": 3}' --batch-id demo --input - --output pings.ndjson"
 )]

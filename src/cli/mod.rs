@@ -174,7 +174,8 @@ fn init_logging(format: LogFormat) {
 #[derive(clap::Args, Debug, Clone)]
 pub struct ConfigArg {
     /// Batch config: a JSON file mapping batch id to spec, or inline JSON.
-    /// A bare number means Prio2 over a bit vector of that length.
+    /// A bare number means Prio v1 (libprio, as Firefox sent it) over a bit
+    /// vector of that length, as in the seed system.
     #[arg(long = "config", env = "DATA_CONFIG", value_name = "FILE|JSON")]
     pub config: String,
 }

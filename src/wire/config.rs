@@ -1,7 +1,9 @@
 //! Batch configuration (`DATA_CONFIG`): a JSON object mapping batch id to spec.
 //!
-//! A bare integer `n` is the seed's format and means Prio2 over a bit vector
-//! of length `n`. An object names the VDAF and its parameters, for example
+//! A bare integer `n` is the seed's format and means what the seed system
+//! ran: Prio v1 (libprio, as Firefox sent it, PRG keyed by the seed) over a
+//! bit vector of length `n`, so that a seed DATA_CONFIG works as it is.
+//! Prio2 is `{"vdaf": "prio2", "length": n}`. An object names the VDAF and its parameters, for example
 //! `{"vdaf": "sumvec", "length": 2046, "bits": 1, "min_batch_size": 100}`.
 
 use std::collections::BTreeMap;
@@ -123,9 +125,19 @@ fn parse_batch(batch_id: &str, spec: &Value) -> Result<BatchSpec, ConfigError> {
                     "bit-vector length must be a positive integer, got {n}"
                 ))
             })?;
+            let length = usize::try_from(length)
+                .ok()
+                .filter(|&l| l <= prio1::MAX_LENGTH)
+                .ok_or_else(|| {
+                    batch_err(format!(
+                        "a bare length means prio1, of at most {} bits, got {n}",
+                        prio1::MAX_LENGTH
+                    ))
+                })?;
             (
-                VdafSpec::Prio2 {
-                    length: length as usize,
+                VdafSpec::Prio1 {
+                    length,
+                    prg_key: PrgKey::Seed,
                 },
                 DEFAULT_MIN_BATCH_SIZE,
             )
@@ -326,14 +338,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn seed_config_loads_as_prio2() {
+    fn seed_config_loads_as_prio1_of_firefox_s_generation() {
         let cfg = BatchConfig::from_json(
             r#"{"content.blocking_blocked_TESTONLY-0": 2046, "content.blocking_blocked_TESTONLY-1": 441}"#,
         )
         .unwrap();
         assert_eq!(cfg.len(), 2);
         let spec = cfg.get("content.blocking_blocked_TESTONLY-1").unwrap();
-        assert_eq!(spec.spec(), &VdafSpec::Prio2 { length: 441 });
+        assert_eq!(
+            spec.spec(),
+            &VdafSpec::Prio1 {
+                length: 441,
+                prg_key: PrgKey::Seed
+            }
+        );
+        let prio2 = BatchConfig::from_json(r#"{"x": {"vdaf": "prio2", "length": 441}}"#).unwrap();
+        assert_eq!(
+            prio2.get("x").unwrap().spec(),
+            &VdafSpec::Prio2 { length: 441 }
+        );
         assert_eq!(spec.min_batch_size, DEFAULT_MIN_BATCH_SIZE);
         assert!(spec.min_batch_size >= 100, "a privacy-safe default");
     }
@@ -412,10 +435,20 @@ mod tests {
     }
 
     #[test]
-    fn impossible_prio2_length_is_rejected() {
+    fn impossible_lengths_are_rejected() {
         let e = error_of(r#"{"huge": 4294967295}"#);
         assert!(
+            e.contains("\"huge\"") && e.contains("at most 262143"),
+            "{e}"
+        );
+        let e = error_of(r#"{"huge": {"vdaf": "prio2", "length": 4294967295}}"#);
+        assert!(
             e.contains("\"huge\"") && e.contains("invalid VDAF parameters"),
+            "{e}"
+        );
+        let e = error_of(r#"{"p": {"vdaf": "prio1", "length": 4, "prg_key": "batch"}}"#);
+        assert!(
+            e.contains("prg_key") && e.contains("seed_and_batch_id"),
             "{e}"
         );
     }
