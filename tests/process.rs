@@ -1755,3 +1755,85 @@ fn the_seed_system_s_16_byte_shared_secret_serves_prio1_and_the_other_vdafs() {
     );
     assert!(!stderr.contains("BwcH"), "the secret is never printed");
 }
+
+/// A sink file of one ping per libprio report (and one entry for an
+/// unknown batch id, which staging counts).
+fn libprio_pings(file: &common::libprio::LibprioFile, date: &str) -> Vec<u8> {
+    let mut entries: Vec<serde_json::Value> = file
+        .batches
+        .iter()
+        .flat_map(|b| {
+            b.reports
+                .iter()
+                .map(|r| serde_json::json!({"encoding": b.batch_id, "prio": {"a": r.a, "b": r.b}}))
+        })
+        .collect();
+    entries.push(serde_json::json!({"encoding": "bad-id", "prio": {"a": "AA==", "b": "AA=="}}));
+    let mut out = Vec::new();
+    for (i, entry) in entries.into_iter().enumerate() {
+        let id = format!("00000000-0000-4000-8000-{i:012}");
+        let ping = serde_json::json!({"type": "prio", "id": id, "payload": {"prioData": [entry]}});
+        let message = serde_json::json!({
+            "attributeMap": {"document_id": id, "submission_timestamp": format!("{date}T00:00:02.000000Z")},
+            "payload": BASE64.encode(serde_json::to_vec(&ping).unwrap()),
+        });
+        out.extend(serde_json::to_vec(&message).unwrap());
+        out.push(b'\n');
+    }
+    out
+}
+
+#[test]
+fn pings_sealed_by_libprio_of_either_generation_are_published_with_libprio_s_sums() {
+    use common::libprio::{LibprioFile, GENERATIONS};
+    for generation in GENERATIONS {
+        let file = LibprioFile::load(generation);
+        let mut world = World::without_dump(&file.config());
+        // libprio's keys as it exports them (upper-case hex, not clamped)
+        // and its 16-byte shared seed.
+        world.keys = [&file.server_a, &file.server_b]
+            .map(|k| (k.private_key_hex.clone(), k.public_key_hex.clone()));
+        world.shared_secret = file.shared_seed_base64.clone();
+        deliver(&world, &libprio_pings(&file, &world.date));
+        world.stage(&[]);
+        world.run_both_ok(&["process"]);
+        for batch in &file.batches {
+            let what = format!("{generation} {:?}", batch.batch_id);
+            let tampered = |kind: &str| {
+                let n = batch
+                    .reports
+                    .iter()
+                    .filter(|r| r.tampered.as_deref() == Some(kind));
+                n.count() as u64
+            };
+            for role in Role::BOTH {
+                let published = world
+                    .published(role, &batch.batch_id)
+                    .unwrap_or_else(|| panic!("{what} published by {role}"));
+                let total: Vec<u128> = batch.total.iter().map(|&x| x.into()).collect();
+                assert_eq!(aggregate_of(&published), total, "{what} at {role}");
+                assert_eq!(published["reports_aggregated"], batch.accepted, "{what}");
+                assert_eq!(published["reports_total"], batch.reports.len(), "{what}");
+                let rejected = &published["rejected"];
+                let count = |reason: &str| rejected[reason].as_u64().unwrap_or(0);
+                let unopened = tampered("a_ciphertext_byte") + tampered("a_other_batch_id");
+                if role == Role::A {
+                    assert_eq!(
+                        count("undecryptable"),
+                        tampered("a_ciphertext_byte"),
+                        "{what}"
+                    );
+                    assert_eq!(
+                        count("wrong_binding"),
+                        tampered("a_other_batch_id"),
+                        "{what}"
+                    );
+                } else {
+                    assert_eq!(count("peer_rejected"), unopened, "{what}");
+                }
+                let invalid = batch.reports.len() as u64 - batch.accepted - unopened;
+                assert_eq!(count("invalid_proof"), invalid, "{what} at {role}");
+            }
+        }
+    }
+}

@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)] // each test binary uses a subset
 
+pub mod libprio;
 pub mod storage_servers;
 
 use std::path::{Path, PathBuf};

@@ -8,13 +8,15 @@
 //! SNIP: polynomials `f` (its values) and `g` (its values minus one),
 //! given with random values at the first root of unity, and `h = f * g`,
 //! of which each server holds shares. Each server evaluates its shares of
-//! `f`, `g` and `h` at the batch's check point `r`; the two exchange those
-//! shares, and a report is valid when `f(r) * g(r) = h(r)`. libprio's
-//! servers compute that product with the client's Beaver triple over two
-//! exchanges; we exchange the evaluations in one, as the `prio` crate's
-//! Prio2 does with the same proof. Both are zero-knowledge: `f(r)` and
-//! `g(r)` are masked by the client's random values at the first root, and
-//! `h(r)` of a valid report is their product.
+//! `f`, `g` and `h` at the batch's check point `r`. libprio's servers then
+//! multiply `f(r)` and `g(r)` with the client's Beaver triple `ab = c`
+//! over two exchanges and accept when `f(r) g(r) - h(r) + c - ab = 0`. We
+//! exchange the evaluations and the triple's shares in one message, as the
+//! `prio` crate's Prio2 does with the same proof, and accept on exactly
+//! libprio's equation, so both reach the same verdict on every report.
+//! Nothing is revealed: `f(r)` and `g(r)` are masked by the client's random
+//! values at the first root, `h(r)` of a valid report is their product,
+//! and the triple is random, independent of the values.
 //!
 //! The check point is the first value of the PRG keyed (per [`PrgKey`]) by
 //! the servers' shared 16-byte secret: libprio's servers draw one point
@@ -185,8 +187,18 @@ impl Prio1 {
     pub fn checker(&self, shared_secret: &Seed, batch_id: &[u8]) -> Checker {
         let mut prg = Prg::new(&self.prg_key.key(shared_secret, batch_id));
         // libprio draws r from [n + 1, p) with n = length + 1 (the values
-        // and the random one): never a point the values sit on.
-        let r = prg.element_from(self.length as u128 + 2);
+        // and the random one); a root of unity, where the interpolation
+        // would reveal a value, is drawn again (a chance of 2^-68).
+        let big_n = self.points();
+        let r = std::iter::repeat_with(|| prg.element_from(self.length as u128 + 2))
+            .find(|r| r.pow(2 * big_n as u128) != Fp::ONE)
+            .expect("an endless iterator");
+        self.checker_at(r, batch_id)
+    }
+
+    /// The check at a given point: libprio's servers draw points in
+    /// sequence, so the vectors they make name theirs.
+    pub fn checker_at(&self, r: Fp, batch_id: &[u8]) -> Checker {
         let big_n = self.points();
         let f = Evaluator::new(big_n, r);
         let data_weights = (1..=self.length).fold(Fp::ZERO, |acc, i| acc + f.weight(i));
@@ -215,20 +227,27 @@ pub struct Checker {
     data_weights: Fp,
 }
 
-/// One server's shares of `f(r)`, `g(r)` and `h(r)`: what it sends its peer.
+/// One server's shares of `f(r)`, `g(r)`, `h(r)` and of the client's
+/// Beaver triple: what it sends its peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct VerifierShare {
     pub f: Fp,
     pub g: Fp,
     pub h: Fp,
+    pub triple: Triple,
 }
 
-/// Bytes of an encoded [`VerifierShare`]: three elements, 16 bytes each, big-endian.
-pub const VERIFIER_SHARE_LEN: usize = 48;
+/// Bytes of an encoded [`VerifierShare`]: six elements, 16 bytes each, big-endian.
+pub const VERIFIER_SHARE_LEN: usize = 96;
 
 impl VerifierShare {
+    fn elements(&self) -> [Fp; 6] {
+        let t = self.triple;
+        [self.f, self.g, self.h, t.a, t.b, t.c]
+    }
+
     pub fn encode(&self) -> Vec<u8> {
-        [self.f, self.g, self.h]
+        self.elements()
             .iter()
             .flat_map(|x| x.value().to_be_bytes())
             .collect()
@@ -247,13 +266,23 @@ impl VerifierShare {
             f: at(0)?,
             g: at(1)?,
             h: at(2)?,
+            triple: Triple {
+                a: at(3)?,
+                b: at(4)?,
+                c: at(5)?,
+            },
         })
     }
 }
 
-/// Whether the two servers' shares show `f(r) * g(r) = h(r)`.
-pub fn is_valid(a: &VerifierShare, b: &VerifierShare) -> bool {
-    (a.f + b.f) * (a.g + b.g) == a.h + b.h
+/// libprio's verdict on the two servers' shares: `f(r) g(r) - h(r) + c - ab = 0`
+/// (what its servers' Beaver multiplication sums to).
+pub fn is_valid(x: &VerifierShare, y: &VerifierShare) -> bool {
+    let [f, g, h, a, b, c] = {
+        let (x, y) = (x.elements(), y.elements());
+        [0, 1, 2, 3, 4, 5].map(|i| x[i] + y[i])
+    };
+    f * g + c == h + a * b
 }
 
 /// A report one server opened.
@@ -262,8 +291,6 @@ pub struct Opened {
     /// This server's shares of the values: its output share if valid.
     pub data: Vec<Fp>,
     pub share: VerifierShare,
-    /// The client's Beaver triple share (libprio's servers use it).
-    pub triple: Triple,
     /// SHA-256 of the packet's plaintext: the two servers' digests
     /// together name the report for anti-replay (packets carry no nonce).
     pub digest: [u8; 32],
@@ -295,7 +322,6 @@ impl Checker {
         Ok(Opened {
             data,
             share,
-            triple: packet.triple,
             digest: Sha256::digest(&plaintext).into(),
         })
     }
@@ -326,7 +352,15 @@ impl Checker {
             + self
                 .h
                 .eval_sparse(h_points.iter().enumerate().map(|(j, &y)| (2 * j + 1, y)));
-        (data, VerifierShare { f, g, h })
+        (
+            data,
+            VerifierShare {
+                f,
+                g,
+                h,
+                triple: packet.triple,
+            },
+        )
     }
 }
 
@@ -407,6 +441,8 @@ mod tests {
         }));
         assert!(!altered(&|p| p.f0 += Fp::ONE));
         assert!(!altered(&|p| p.h0 += Fp::ONE));
+        // As libprio: a triple that does not multiply fails the check.
+        assert!(!altered(&|p| p.triple.c += Fp::ONE));
         // Sealed to the wrong server, for another batch, or another length.
         let sealed = prio
             .seal(b"x", &[false; 5], [&public[0], &public[1]])
@@ -446,6 +482,11 @@ mod tests {
             f: Fp::ONE,
             g: Fp::new(field::P - 1).unwrap(),
             h: Fp::ZERO,
+            triple: Triple {
+                a: Fp::ONE,
+                b: Fp::new(1 << 86).unwrap(),
+                c: Fp::ZERO,
+            },
         };
         assert_eq!(VerifierShare::decode(&share.encode()), Some(share));
         assert_eq!(VerifierShare::decode(&[0xff; VERIFIER_SHARE_LEN]), None);

@@ -2,8 +2,8 @@
 //! pipeline's VDAFs: what each server keeps between steps, what it sends
 //! its peer, and its sums, all as bytes.
 //!
-//! The peer gets this server's shares of `f(r)`, `g(r)`, `h(r)` and the
-//! SHA-256 of its packet. libprio's packets carry no nonce; the report's
+//! The peer gets this server's shares of `f(r)`, `g(r)`, `h(r)` and of
+//! the client's Beaver triple, and the SHA-256 of its packet. libprio's packets carry no nonce; the report's
 //! nonce, which anti-replay compares, is derived from both servers'
 //! digests, so a copied ping (both packets copied) has the nonce of the
 //! original and a packet paired with another report's has another.
