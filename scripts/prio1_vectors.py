@@ -16,6 +16,17 @@ Modes (run with the venv's python):
   bench LENGTH REPORTS --out FILE
                               time libprio's server work per report (both
                               servers, one core); FILE gets the numbers
+  ours FILE --bin BIN --dir DIR
+                              write random measurements to DIR and encode
+                              them into pings with BIN (prio-processor
+                              encode-shares) for FILE's generation and keys
+  check-pings FILE DIR --expect same
+                              verify those pings with this package (FILE's
+                              keys and seed, fresh servers) and assert every
+                              report valid, total and accepted count right
+  check-pings FILE DIR --expect other
+                              assert this package (the other generation)
+                              opens and rejects them
 
 Besides libprio itself, the script carries a small independent model of the
 libprio packet format (X25519 + AES-128-GCM envelope, msgpack body) and of the
@@ -33,6 +44,7 @@ import os
 import random
 import re
 import secrets
+import subprocess
 import sys
 import time
 from importlib import metadata
@@ -608,17 +620,22 @@ def write_json(obj, path):
 # Re-verification of a file (same package: reproduce; other: must reject)
 
 
-def cmd_check(args):
+def load_vectors(path):
+    """A vector file, its two servers' keys imported into libprio, its seed."""
     lib = Lib()
-    with open(args.file, encoding="utf-8") as f:
+    with open(path, encoding="utf-8") as f:
         doc = json.load(f)
+    keys = [lib.import_keypair(doc[s]["private_key_hex"], doc[s]["public_key_hex"])
+            for s in ("server_a", "server_b")]
+    return doc, keys[0], keys[1], unb64(doc["shared_seed_base64"])
+
+
+def cmd_check(args):
+    doc, keys_a, keys_b, seed = load_vectors(args.file)
     same = args.expect == "same"
     if same:
         check(doc["generation"] == GENERATION and doc["check_point_rule"] == CHECK_POINT_RULE,
               "the file's generation and check point rule are this package's")
-    keys_a = lib.import_keypair(doc["server_a"]["private_key_hex"], doc["server_a"]["public_key_hex"])
-    keys_b = lib.import_keypair(doc["server_b"]["private_key_hex"], doc["server_b"]["public_key_hex"])
-    seed = unb64(doc["shared_seed_base64"])
     n_reports = 0
     for bt in doc["batches"]:
         batch = Batch(keys_a, keys_b, seed, bt["batch_id"].encode("utf-8"), bt["length"])
@@ -646,6 +663,75 @@ def cmd_check(args):
             else "opened but rejected (other PRG generation) all")
     print(f"{LIBRARY}: {what} {n_reports} reports of {args.file} ({doc['library']})",
           file=sys.stderr)
+
+
+# --------------------------------------------------------------------------
+# Our client: prio-processor's pings, checked by libprio
+
+OURS = [
+    # (batch id, length, reports)
+    ("prio-processor_TESTONLY-0", 1, 6),
+    ("prio-processor_TESTONLY-1/ü: «prio» ✓", 5, 6),
+    ("prio-processor_TESTONLY-2", 441, 4),
+    ("prio-processor_TESTONLY-3", 2046, 4),
+]
+
+
+def ours_paths(directory, k):
+    """Batch k's measurements (a JSON array of 0/1 per line) and pings."""
+    return (os.path.join(directory, f"{k}.measurements.ndjson"),
+            os.path.join(directory, f"{k}.pings.ndjson"))
+
+
+def read_ndjson(path):
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def cmd_ours(args):
+    with open(args.file, encoding="utf-8") as f:
+        doc = json.load(f)
+    os.makedirs(args.dir, exist_ok=True)
+    rng = random.Random()
+    for k, (batch_id, length, count) in enumerate(OURS):
+        m_path, p_path = ours_paths(args.dir, k)
+        with open(m_path, "w", encoding="utf-8") as f:
+            f.writelines(json.dumps([int(x) for x in m]) + "\n"
+                         for m in measurements(rng, length, count))
+        config = {batch_id: {"vdaf": "prio1", "length": length, "prg_key": doc["generation"]}}
+        run = subprocess.run(
+            [args.bin, "encode-shares", "--config", json.dumps(config), "--batch-id", batch_id,
+             "--public-key-a", doc["server_a"]["public_key_hex"],
+             "--public-key-b", doc["server_b"]["public_key_hex"],
+             "--input", m_path, "--output", p_path, "--format", "ping"],
+            capture_output=True, text=True)
+        check(run.returncode == 0, f"{args.bin} encode-shares: {run.stderr.strip()}")
+
+
+def cmd_check_pings(args):
+    doc, keys_a, keys_b, seed = load_vectors(args.file)
+    same = args.expect == "same"
+    check((doc["generation"] == GENERATION) == same,
+          f"{args.file} is {'this' if same else 'the other'} package's generation")
+    for k, (batch_id, length, count) in enumerate(OURS):
+        m_path, p_path = ours_paths(args.dir, k)
+        ms, pings = read_ndjson(m_path), read_ndjson(p_path)
+        check(len(ms) == count and len(pings) == count, f"{p_path}: one ping per measurement")
+        batch = Batch(keys_a, keys_b, seed, batch_id.encode("utf-8"), length)
+        for n, ping in enumerate(pings):
+            entries = ping["payload"]["prioData"]
+            check(len(entries) == 1 and entries[0]["encoding"] == batch_id,
+                  f"{p_path}:{n + 1}: one entry, for {batch_id!r}")
+            res = batch.verify(unb64(entries[0]["prio"]["a"]), unb64(entries[0]["prio"]["b"]),
+                               aggregate=same)
+            check(res["opened"] == {"a": True, "b": True},
+                  f"{p_path}:{n + 1}: libprio opens both packets")
+            check(res["valid"] == same, f"{p_path}:{n + 1}: libprio "
+                  + ("accepts the report" if same else "rejects the report (other generation)"))
+        if same:
+            check(batch.total() == [sum(col) for col in zip(*ms)],
+                  f"{batch_id!r}: libprio's total is the sum of the measurements")
+            check(batch.accepted == count, f"{batch_id!r}: accepted count")
 
 
 # --------------------------------------------------------------------------
@@ -708,8 +794,17 @@ def main():
     bn.add_argument("length", type=int)
     bn.add_argument("reports", type=int)
     bn.add_argument("--out", required=True)
+    o = sub.add_parser("ours")
+    o.add_argument("file")
+    o.add_argument("--bin", required=True)
+    o.add_argument("--dir", required=True)
+    cp = sub.add_parser("check-pings")
+    cp.add_argument("file")
+    cp.add_argument("dir")
+    cp.add_argument("--expect", choices=["same", "other"], required=True)
     args = ap.parse_args()
-    {"vectors": cmd_vectors, "check": cmd_check, "bench": cmd_bench}[args.cmd](args)
+    {"vectors": cmd_vectors, "check": cmd_check, "bench": cmd_bench, "ours": cmd_ours,
+     "check-pings": cmd_check_pings}[args.cmd](args)
 
 
 if __name__ == "__main__":
