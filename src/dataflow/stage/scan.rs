@@ -260,11 +260,11 @@ pub(super) fn read_ping(
     Ok(Some(ping.id))
 }
 
-/// The largest envelope `stage` takes for a share of `plaintext_len` bytes:
-/// four times what this version seals, and 4 KiB more, so that Firefox's
-/// libprio v1 shares (about three times ours, as the fixture's are) still
-/// reach the servers, whose verification rejects anything that is not a
-/// share of the batch's VDAF.
+/// The largest envelope `stage` takes for a share of `plaintext_len` bytes
+/// (for prio1, the longest packet): four times that, and 4 KiB more, so
+/// that a client's slightly different encoding still reaches the servers,
+/// whose verification rejects anything that is not a share of the batch's
+/// VDAF.
 fn share_limit(batch_id: &str, plaintext_len: usize) -> usize {
     4 * sealed_len(batch_id, plaintext_len) + 4096
 }

@@ -12,14 +12,17 @@
 //! multiply `f(r)` and `g(r)` with the client's Beaver triple `ab = c`
 //! over two exchanges and accept when `f(r) g(r) - h(r) + c - ab = 0`. We
 //! exchange the evaluations and the triple's shares in one message, as the
-//! `prio` crate's Prio2 does with the same proof, and accept on exactly
-//! libprio's equation, so both reach the same verdict on every report.
+//! `prio` crate's Prio2 does with the same proof, and accept when both
+//! `f(r) g(r) = h(r)` and `ab = c`: libprio's verdict on every report a
+//! client made honestly or damaged, without its hole (libprio's one
+//! equation lets a triple off by `d` cancel an `h` off by `d`, which for
+//! lengths `2^k - 1` forges any value at every check point).
 //! Nothing is revealed: `f(r)` and `g(r)` are masked by the client's random
 //! values at the first root, `h(r)` of a valid report is their product,
 //! and the triple is random, independent of the values.
 //!
 //! The check point is the first value of the PRG keyed (per [`PrgKey`]) by
-//! the servers' shared 16-byte secret: libprio's servers draw one point
+//! a 16-byte seed only the servers know: libprio's servers draw one point
 //! after another across reports, so a report one server could not open
 //! would shift every later point; like the system this one replaces, each
 //! report here is checked on its own, with that first point.
@@ -96,11 +99,17 @@ impl Prio1 {
                 self.length
             ));
         }
-        let big_n = self.points();
         let data: Vec<Fp> = bits
             .iter()
             .map(|&b| if b { Fp::ONE } else { Fp::ZERO })
             .collect();
+        Ok(self.encode_with(batch_id, &data, Fp::ZERO))
+    }
+
+    /// The packets of `data`, with `h` and the triple's `c` both off by
+    /// `skew` (0 for an honest client; tests forge with another).
+    fn encode_with(&self, batch_id: &[u8], data: &[Fp], skew: Fp) -> [Packet; 2] {
+        let big_n = self.points();
         let seed: Seed = rand::random();
         let mut prg = Prg::new(&self.prg_key.key(&seed, batch_id));
         // Beaver triple: (a1 + a2)(b1 + b2) = c1 + c2.
@@ -109,7 +118,7 @@ impl Prio1 {
             [random_element(), random_element()],
         );
         let c2 = random_element();
-        let c1 = (a[0] + a[1]) * (b[0] + b[1]) - c2;
+        let c1 = (a[0] + a[1]) * (b[0] + b[1]) + skew - c2;
         // A's data shares; B's are the PRG's values.
         let data_a: Vec<Fp> = data.iter().map(|&x| x - prg.element()).collect();
         // f: a random value, then the data; g: another, then data - 1.
@@ -117,7 +126,7 @@ impl Prio1 {
         let evals = |first: Fp, shift: Fp| {
             let mut points = vec![Fp::ZERO; big_n];
             points[0] = first;
-            for (p, &x) in points[1..].iter_mut().zip(&data) {
+            for (p, &x) in points[1..].iter_mut().zip(data) {
                 *p = x - shift;
             }
             let mut coeffs = fft(&points, true);
@@ -127,10 +136,10 @@ impl Prio1 {
         let (f, g) = (evals(f0, Fp::ZERO), evals(g0, Fp::ONE));
         let [f0_a, f0_b] = share(f0);
         let [g0_a, g0_b] = share(g0);
-        let [h0_a, h0_b] = share(f0 * g0);
+        let [h0_a, h0_b] = share(f0 * g0 + skew);
         let h_points: Vec<Fp> = (1..2 * big_n)
             .step_by(2)
-            .map(|i| f[i] * g[i] - prg.element())
+            .map(|i| f[i] * g[i] + skew - prg.element())
             .collect();
         let packet = |triple, f0, g0, h0, shares| Packet {
             batch_id: batch_id.to_vec(),
@@ -140,7 +149,7 @@ impl Prio1 {
             h0,
             shares,
         };
-        Ok([
+        [
             packet(
                 Triple {
                     a: a[0],
@@ -166,7 +175,7 @@ impl Prio1 {
                 h0_b,
                 Shares::B { seed },
             ),
-        ])
+        ]
     }
 
     /// Client: `bits` sealed for server A and server B.
@@ -275,14 +284,15 @@ impl VerifierShare {
     }
 }
 
-/// libprio's verdict on the two servers' shares: `f(r) g(r) - h(r) + c - ab = 0`
-/// (what its servers' Beaver multiplication sums to).
+/// The verdict on the two servers' shares: `f(r) g(r) = h(r)` and the
+/// triple multiplies, `ab = c`. libprio checks only their sum,
+/// `f(r) g(r) - h(r) + c - ab = 0`, which a client can meet with both off.
 pub fn is_valid(x: &VerifierShare, y: &VerifierShare) -> bool {
     let [f, g, h, a, b, c] = {
         let (x, y) = (x.elements(), y.elements());
         [0, 1, 2, 3, 4, 5].map(|i| x[i] + y[i])
     };
-    f * g + c == h + a * b
+    f * g == h && a * b == c
 }
 
 /// A report one server opened.
@@ -474,6 +484,31 @@ mod tests {
         // The other generation's server: B expands other shares.
         let old = Prio1::new(5, PrgKey::Seed).unwrap();
         assert_eq!(verify(&old, &seed, b"x", &secrets, &sealed), None);
+    }
+
+    #[test]
+    fn a_triple_off_by_what_h_is_off_does_not_forge_a_value() {
+        // Length 1 has no padding root: the value x = 5 with h and c both
+        // shifted by d = x - x^2 meets libprio's one equation at any point.
+        let seed: Seed = rand::random();
+        let prio = Prio1::new(1, PrgKey::Seed).unwrap();
+        let x = Fp::new(5).unwrap();
+        let [a, b] = prio.encode_with(b"x", &[x], x - x * x);
+        let checker = prio.checker(&seed, b"x");
+        let (share_a, share_b) = (checker.evaluate(&a).1, checker.evaluate(&b).1);
+        let sum = |f: fn(&VerifierShare) -> Fp| f(&share_a) + f(&share_b);
+        let (f, g, h) = (sum(|s| s.f), sum(|s| s.g), sum(|s| s.h));
+        let (ta, tb, tc) = (
+            sum(|s| s.triple.a),
+            sum(|s| s.triple.b),
+            sum(|s| s.triple.c),
+        );
+        assert_eq!(
+            f * g - h + tc - ta * tb,
+            Fp::ZERO,
+            "libprio would accept it"
+        );
+        assert!(!is_valid(&share_a, &share_b));
     }
 
     #[test]

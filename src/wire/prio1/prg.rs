@@ -25,13 +25,6 @@ pub enum PrgKey {
 }
 
 impl PrgKey {
-    pub fn name(self) -> &'static str {
-        match self {
-            PrgKey::Seed => "seed",
-            PrgKey::SeedAndBatchId => "seed_and_batch_id",
-        }
-    }
-
     /// The AES key of a PRG with `seed` for `batch_id`.
     pub fn key(self, seed: &Seed, batch_id: &[u8]) -> Seed {
         match self {

@@ -23,19 +23,29 @@ const DIGEST_LEN: usize = 32;
 const ELEMENT_LEN: usize = 16;
 
 /// A prio1 batch: its parameters and its check, computed at first use.
-#[derive(Debug)]
 pub(super) struct Prio1Vdaf {
     pub prio: Prio1,
     /// The check of the one (verify key, batch id) this batch is used with.
     check: Mutex<Option<(VerifyKey, String, Arc<Checker>)>>,
 }
 
-/// libprio's PRG seed of the check point, from the servers' verify key:
-/// `SHA-256("prio-processor prio1 check seed v1" || verify key)[..16]`.
-fn check_seed(verify_key: &VerifyKey) -> Seed {
+/// Its check derives from the verify key: never printed.
+impl std::fmt::Debug for Prio1Vdaf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prio1Vdaf")
+            .field("prio", &self.prio)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The PRG seed of a batch's check point, from the servers' verify key and
+/// the batch id (so that each batch has its own point whatever `prg_key`):
+/// `SHA-256("prio-processor prio1 check seed v2" || verify key || batch id)[..16]`.
+fn check_seed(verify_key: &VerifyKey, batch_id: &str) -> Seed {
     let digest = Sha256::new()
-        .chain_update(b"prio-processor prio1 check seed v1")
+        .chain_update(b"prio-processor prio1 check seed v2")
         .chain_update(verify_key)
+        .chain_update(batch_id.as_bytes())
         .finalize();
     digest[..16].try_into().expect("16 of 32 bytes")
 }
@@ -55,7 +65,7 @@ impl Prio1Vdaf {
             _ => {
                 let checker = Arc::new(
                     self.prio
-                        .checker(&check_seed(verify_key), batch_id.as_bytes()),
+                        .checker(&check_seed(verify_key, batch_id), batch_id.as_bytes()),
                 );
                 *check = Some((*verify_key, batch_id.to_string(), checker.clone()));
                 checker
