@@ -132,8 +132,18 @@ impl PublicKey {
 
 /// The private keys a server opens shares with: the current one first,
 /// then older ones that clients may still seal to. Key ids are distinct.
-#[derive(Clone, Debug)]
-pub struct KeySet(Vec<(KeyId, PrivateKey)>);
+#[derive(Clone)]
+pub struct KeySet {
+    keys: Vec<(KeyId, PrivateKey)>,
+    /// The same keys as plain X25519 secrets, made once for libprio's packets.
+    x25519: Vec<x25519_dalek::StaticSecret>,
+}
+
+impl std::fmt::Debug for KeySet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(&self.keys).finish()
+    }
+}
 
 impl KeySet {
     /// A key set; empty or with two keys of one key id, an error.
@@ -152,7 +162,11 @@ impl KeySet {
             }
             set.push((id, key));
         }
-        Ok(KeySet(set))
+        let x25519 = set
+            .iter()
+            .map(|(_, k)| x25519_dalek::StaticSecret::from(<[u8; 32]>::from(k.0.to_bytes())))
+            .collect();
+        Ok(KeySet { keys: set, x25519 })
     }
 
     /// Comma-separated hex keys, the current one first.
@@ -166,29 +180,27 @@ impl KeySet {
 
     /// The key clients should seal to now.
     pub fn current(&self) -> &PrivateKey {
-        &self.0[0].1
+        &self.keys[0].1
     }
 
     fn by_id(&self, id: &KeyId) -> Option<&PrivateKey> {
-        self.0.iter().find(|(k, _)| k == id).map(|(_, key)| key)
+        self.keys.iter().find(|(k, _)| k == id).map(|(_, key)| key)
     }
 
     fn keys(&self) -> impl Iterator<Item = &PrivateKey> {
-        self.0.iter().map(|(_, key)| key)
+        self.keys.iter().map(|(_, key)| key)
     }
 
     /// The keys as plain X25519 secrets, current first: libprio's packets
     /// name no key, so each is tried.
-    pub fn x25519(&self) -> Vec<x25519_dalek::StaticSecret> {
-        self.keys()
-            .map(|k| x25519_dalek::StaticSecret::from(<[u8; 32]>::from(k.0.to_bytes())))
-            .collect()
+    pub fn x25519(&self) -> &[x25519_dalek::StaticSecret] {
+        &self.x25519
     }
 }
 
 impl From<PrivateKey> for KeySet {
     fn from(key: PrivateKey) -> Self {
-        KeySet(vec![(key.public_key().key_id(), key)])
+        KeySet::new(vec![key]).expect("one key")
     }
 }
 

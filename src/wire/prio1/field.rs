@@ -81,6 +81,27 @@ impl Fp {
     }
 }
 
+/// Bytes of one element in our own encodings (verifier shares, states,
+/// sums): 16, big-endian.
+pub const FIXED_LEN: usize = 16;
+
+/// Elements in our own fixed-width encoding.
+pub fn encode_fixed(elements: &[Fp]) -> Vec<u8> {
+    elements.iter().flat_map(|x| x.0.to_be_bytes()).collect()
+}
+
+/// Exactly `len` fixed-width elements; `None` for another length or a
+/// value not below p.
+pub fn decode_fixed(bytes: &[u8], len: usize) -> Option<Vec<Fp>> {
+    if bytes.len() != len * FIXED_LEN {
+        return None;
+    }
+    bytes
+        .chunks_exact(FIXED_LEN)
+        .map(|c| Fp::new(u128::from_be_bytes(c.try_into().expect("16 bytes"))))
+        .collect()
+}
+
 impl Add for Fp {
     type Output = Fp;
     fn add(self, o: Fp) -> Fp {

@@ -86,7 +86,7 @@ impl Prio1 {
 
     /// `N`: the points of `f` and `g` (values, plus the random one, rounded
     /// up to a power of two); `h` has `2N`, of which A gets the `N` odd ones.
-    fn points(&self) -> usize {
+    pub(crate) fn points(&self) -> usize {
         (self.length + 1).next_power_of_two()
     }
 
@@ -246,8 +246,8 @@ pub struct VerifierShare {
     pub triple: Triple,
 }
 
-/// Bytes of an encoded [`VerifierShare`]: six elements, 16 bytes each, big-endian.
-pub const VERIFIER_SHARE_LEN: usize = 96;
+/// Bytes of an encoded [`VerifierShare`]: six elements, fixed width.
+pub const VERIFIER_SHARE_LEN: usize = 6 * field::FIXED_LEN;
 
 impl VerifierShare {
     fn elements(&self) -> [Fp; 6] {
@@ -256,30 +256,16 @@ impl VerifierShare {
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        self.elements()
-            .iter()
-            .flat_map(|x| x.value().to_be_bytes())
-            .collect()
+        field::encode_fixed(&self.elements())
     }
 
     pub fn decode(bytes: &[u8]) -> Option<VerifierShare> {
-        if bytes.len() != VERIFIER_SHARE_LEN {
-            return None;
-        }
-        let at = |i: usize| {
-            Fp::new(u128::from_be_bytes(
-                bytes[16 * i..16 * (i + 1)].try_into().expect("16 bytes"),
-            ))
-        };
+        let [f, g, h, a, b, c] = field::decode_fixed(bytes, 6)?.try_into().ok()?;
         Some(VerifierShare {
-            f: at(0)?,
-            g: at(1)?,
-            h: at(2)?,
-            triple: Triple {
-                a: at(3)?,
-                b: at(4)?,
-                c: at(5)?,
-            },
+            f,
+            g,
+            h,
+            triple: Triple { a, b, c },
         })
     }
 }
@@ -328,7 +314,7 @@ impl Checker {
         if packet.batch_id != self.batch_id || packet.role() != role {
             return Err(Rejection::WrongBinding);
         }
-        let (data, share) = self.evaluate(&packet);
+        let (data, share) = self.evaluate(packet);
         Ok(Opened {
             data,
             share,
@@ -338,12 +324,13 @@ impl Checker {
 
     /// A packet's data shares (B's expanded from its seed) and its shares
     /// of `f(r)`, `g(r)`, `h(r)`.
-    pub fn evaluate(&self, packet: &Packet) -> (Vec<Fp>, VerifierShare) {
+    pub fn evaluate(&self, packet: Packet) -> (Vec<Fp>, VerifierShare) {
         let length = self.prio.length;
-        let (data, h_points) = match &packet.shares {
-            Shares::A { data, h_points } => (data.clone(), h_points.clone()),
+        let role = packet.role();
+        let (data, h_points) = match packet.shares {
+            Shares::A { data, h_points } => (data, h_points),
             Shares::B { seed } => {
-                let mut prg = Prg::new(&self.prio.prg_key.key(seed, &self.batch_id));
+                let mut prg = Prg::new(&self.prio.prg_key.key(&seed, &self.batch_id));
                 let data = (0..length).map(|_| prg.element()).collect();
                 let h = (0..self.prio.points()).map(|_| prg.element()).collect();
                 (data, h)
@@ -355,7 +342,7 @@ impl Checker {
                 .f
                 .eval_sparse(data.iter().enumerate().map(|(i, &x)| (i + 1, x)));
         let mut g = f + (packet.g0 - packet.f0) * w0;
-        if packet.role() == Role::A {
+        if role == Role::A {
             g = g - self.data_weights;
         }
         let h = packet.h0 * self.h.weight(0)
@@ -431,11 +418,11 @@ mod tests {
             .encode(b"x", &[true, false, true, true, false])
             .unwrap();
         let checker = prio.checker(&seed, b"x");
-        let (_, share_b) = checker.evaluate(&b);
+        let (_, share_b) = checker.evaluate(b);
         let altered = |change: &dyn Fn(&mut Packet)| {
             let mut a = a.clone();
             change(&mut a);
-            is_valid(&checker.evaluate(&a).1, &share_b)
+            is_valid(&checker.evaluate(a).1, &share_b)
         };
         assert!(altered(&|_| {}), "unaltered");
         // A data share + 1 turns a 0 into 1 or a 1 into 2: h no longer fits.
@@ -495,7 +482,7 @@ mod tests {
         let x = Fp::new(5).unwrap();
         let [a, b] = prio.encode_with(b"x", &[x], x - x * x);
         let checker = prio.checker(&seed, b"x");
-        let (share_a, share_b) = (checker.evaluate(&a).1, checker.evaluate(&b).1);
+        let (share_a, share_b) = (checker.evaluate(a).1, checker.evaluate(b).1);
         let sum = |f: fn(&VerifierShare) -> Fp| f(&share_a) + f(&share_b);
         let (f, g, h) = (sum(|s| s.f), sum(|s| s.g), sum(|s| s.h));
         let (ta, tb, tc) = (

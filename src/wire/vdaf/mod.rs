@@ -434,7 +434,7 @@ impl Vdaf {
             return None;
         };
         Some(
-            v.open(&keys.x25519(), verify_key, batch_id, role, sealed)
+            v.open(keys.x25519(), verify_key, batch_id, role, sealed)
                 .map(|(nonce, state, verifier_share)| Initialized {
                     nonce,
                     state: VerifyState(StateInner::Prio1(state)),

@@ -14,13 +14,11 @@ use sha2::{Digest, Sha256};
 use x25519_dalek::StaticSecret;
 
 use super::{Nonce, VdafUseError, VerifyKey, NONCE_LEN};
-use crate::wire::prio1::field::Fp;
+use crate::wire::prio1::field::{self, Fp};
 use crate::wire::prio1::{is_valid, Checker, Prio1, Seed, VerifierShare, VERIFIER_SHARE_LEN};
 use crate::wire::{Rejection, Role};
 
 const DIGEST_LEN: usize = 32;
-/// Bytes of one element in our encodings of states and sums: 16, big-endian.
-const ELEMENT_LEN: usize = 16;
 
 /// A prio1 batch: its parameters and its check, computed at first use.
 pub(super) struct Prio1Vdaf {
@@ -102,7 +100,7 @@ impl Prio1Vdaf {
         // A str header (at most 5 bytes) and 11 bytes an element.
         let element = 1 + 11;
         let common = 5 + batch_id.len() + 6 * element + 1;
-        let points = (self.prio.length() + 1).next_power_of_two();
+        let points = self.prio.points();
         [
             common + 2 * 5 + (self.prio.length() + points) * element,
             common + 1 + 16,
@@ -175,19 +173,12 @@ impl Prio1State {
     }
 }
 
-pub(super) fn encode_elements(v: &[Fp]) -> Vec<u8> {
-    v.iter().flat_map(|x| x.value().to_be_bytes()).collect()
-}
+pub(super) use field::encode_fixed as encode_elements;
 
 pub(super) fn decode_elements(bytes: &[u8], len: usize) -> Result<Vec<Fp>, VdafUseError> {
-    let bad = || VdafUseError::Codec(prio::codec::CodecError::UnexpectedValue);
-    if bytes.len() != len * ELEMENT_LEN {
-        return Err(bad());
-    }
-    bytes
-        .chunks(ELEMENT_LEN)
-        .map(|c| Fp::new(u128::from_be_bytes(c.try_into().expect("16 bytes"))).ok_or_else(bad))
-        .collect()
+    field::decode_fixed(bytes, len).ok_or(VdafUseError::Codec(
+        prio::codec::CodecError::UnexpectedValue,
+    ))
 }
 
 /// `into += other`, element by element.
