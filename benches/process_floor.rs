@@ -58,7 +58,7 @@ fn main() {
                 verify_key,
             }
         });
-    let read = |raw: &str, role: Role| -> Vec<(String, String, Vec<u8>)> {
+    let read = |raw: &str, role: Role| -> Vec<(String, String, bytes::Bytes)> {
         parts(Path::new(raw))
             .into_iter()
             .flat_map(|(batch, path)| {

@@ -290,8 +290,10 @@ impl World {
             role,
         )
         .unwrap();
-        let mut rows: Vec<(String, Vec<u8>)> =
-            rows.into_iter().map(|r| (r.id, r.payload)).collect();
+        let mut rows: Vec<(String, Vec<u8>)> = rows
+            .into_iter()
+            .map(|r| (r.id, r.payload.to_vec()))
+            .collect();
         edit(&mut rows);
         let ids: Vec<([u8; 16], bytes::Bytes)> = rows
             .into_iter()

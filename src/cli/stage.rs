@@ -164,7 +164,6 @@ fn stage_date(args: StageArgs) -> anyhow::Result<StageCounts> {
         spill_dir: spill_dir.clone(),
         progress: progress.clone(),
     };
-    tune_process();
     let started = std::time::Instant::now();
     let result = run_stage(job, &args.cluster.cluster());
     progress.finish();
@@ -176,41 +175,6 @@ fn stage_date(args: StageArgs) -> anyhow::Result<StageCounts> {
     }
     Ok(counters)
 }
-
-/// Process settings that staging needs on Linux with glibc; called before
-/// workers start.
-///
-/// Staging allocates and frees buffers of megabytes per input file and part
-/// (file contents, shares read back for a part). By default glibc's malloc
-/// serves such buffers with fresh `mmap`s and hands freed memory back to the
-/// kernel, so every file and part pays a page fault per 4 KiB again, which
-/// costs more than the copies themselves and grows with worker threads. A
-/// fixed 32 MiB mmap threshold and a 64 MiB trim threshold make worker
-/// arenas reuse that memory instead; peak RSS is unchanged (it is bounded
-/// by what is live anyway).
-///
-/// A worker merges its sort runs with all of them open, one file per ~130k
-/// entries, which passes the usual soft limit of 1024 open files at about
-/// 130M entries per worker; the soft limit is raised to the hard one, which
-/// needs no privilege.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn tune_process() {
-    // SAFETY: mallopt only sets allocator parameters; getrlimit and setrlimit
-    // only read and write the struct passed.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 64 << 20);
-        let mut files = std::mem::zeroed::<libc::rlimit>();
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut files) == 0 && files.rlim_cur < files.rlim_max
-        {
-            files.rlim_cur = files.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &files);
-        }
-    }
-}
-
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn tune_process() {}
 
 fn print_summary(c: &StageCounts, layout: &StagedLayout, elapsed: std::time::Duration) {
     println!(

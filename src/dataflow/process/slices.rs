@@ -23,8 +23,7 @@ use crate::wire::protocol::{StatusCounts, Step};
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ReportRow {
     pub id: String,
-    #[serde(with = "serde_bytes")]
-    pub payload: Vec<u8>,
+    pub payload: bytes::Bytes,
     pub repeated: bool,
 }
 
