@@ -76,8 +76,9 @@ impl Fp {
         if bytes.is_empty() || digits.len() > MAX_BYTES {
             return None;
         }
-        let v = digits.iter().fold(0u128, |v, &b| (v << 8) | b as u128);
-        Fp::new(v)
+        let mut word = [0u8; 16];
+        word[16 - digits.len()..].copy_from_slice(digits);
+        Fp::new(u128::from_be_bytes(word))
     }
 }
 
@@ -150,8 +151,13 @@ impl Mul for Fp {
         // q * C < 2^109 = y1 * 2^87 + y0, so x = r - y0 + y1 * C (mod p).
         let y = q * C;
         let (y1, y0) = (y >> 87, y & LOW_87);
+        // t < 2^87 + 2^41 + p < 3p: two subtractions at most. (Written as a
+        // loop, LLVM turns this into a 128-bit division.)
         let mut t = r + y1 * C + (P - y0);
-        while t >= P {
+        if t >= P {
+            t -= P;
+        }
+        if t >= P {
             t -= P;
         }
         Fp(t)
