@@ -532,10 +532,27 @@ fn a_server_killed_mid_run_and_restarted_publishes_the_same_answer() {
     }
     a.kill().unwrap();
     a.wait().unwrap();
+    // What a kill mid-write leaves: staging files (`name#N`), which listings
+    // skip, in a's own bucket and in what a sends b.
+    let half_written = [
+        world
+            .private(Role::A)
+            .join(format!("{DATE}/processed/batch_id=x/aggregate.parquet#1")),
+        world.inbox(Role::B).join(format!(
+            "{DATE}/intermediate/external/verify2/batch_id=n/part-00000.parquet#4242"
+        )),
+    ];
+    for path in &half_written {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, b"").unwrap();
+    }
     let [a, b] = world.run_both("process", &[], &["--workers", "2"]);
     let a = ok(a);
     ok(b);
     assert!(String::from_utf8_lossy(&a.stderr).contains("verify1: already done"));
+    for path in &half_written {
+        assert!(!path.exists(), "{} is still there", path.display());
+    }
     for batch in ["x", "n"] {
         for role in Role::BOTH {
             let published = world.published(role, batch).unwrap();

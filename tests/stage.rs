@@ -549,6 +549,54 @@ fn per_server_outputs_use_the_raw_layout() {
     assert!(!a.join(format!("{DATE}/raw/server_id=b")).exists());
 }
 
+/// A killed run leaves staging files (`name#N`, which listings skip) in the
+/// output and its spill directory; the next run removes both, but not the
+/// spill directory of a run still alive.
+#[test]
+fn a_rerun_removes_what_killed_runs_left() {
+    let dir = tempfile::tempdir().unwrap();
+    let dump = dir.path().join("dump");
+    generated_dump(&dump, 8);
+    let (out, spills) = (dir.path().join("out"), dir.path().join("spill"));
+    let half_written = [
+        format!("submission_date={DATE}/server_id=a/batch_id=x/part-00000.parquet#1"),
+        format!("submission_date={DATE}/server_id=b/batch_id=y/part-00003.parquet#12345"),
+        format!("submission_date={DATE}/_SUMMARY.json#2"),
+    ];
+    for name in &half_written {
+        let path = out.join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, b"").unwrap();
+    }
+    let dead = {
+        let mut child = Command::new("true").spawn().unwrap();
+        child.wait().unwrap();
+        child.id()
+    };
+    let dead_spill = spills.join(format!("prio-processor-stage-{dead}-0"));
+    let live_spill = spills.join(format!("prio-processor-stage-{}-0", std::process::id()));
+    for spill in [&dead_spill, &live_spill] {
+        std::fs::create_dir_all(spill).unwrap();
+        std::fs::write(spill.join("shares-0"), vec![0; 4096]).unwrap();
+    }
+    stage(
+        &dump.join("sink"),
+        &out,
+        &["--spill-dir", spills.to_str().unwrap()],
+    );
+    for name in &half_written {
+        assert!(!out.join(name).exists(), "{name} is still there");
+    }
+    assert!(
+        !dead_spill.exists(),
+        "the killed run's spill directory is still there"
+    );
+    assert!(
+        live_spill.join("shares-0").exists(),
+        "a live run's spill files were removed"
+    );
+}
+
 #[test]
 fn unreadable_files_fail_with_their_name_unless_skipped() {
     let dir = tempfile::tempdir().unwrap();
@@ -588,6 +636,67 @@ fn unreadable_files_fail_with_their_name_unless_skipped() {
         c["pings_read"] - c["duplicates_dropped"],
         expected["pings"].as_u64().unwrap(),
         "nothing valid is lost"
+    );
+}
+
+/// A file the staging user may not read fails the run with its name, and
+/// with `--skip-unreadable` is counted and skipped. (As root, which reads
+/// every file, stage runs as `nobody` here.)
+#[test]
+fn a_file_the_run_may_not_read_is_skipped_when_asked() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    let dump = dir.path().join("dump");
+    let expected = generated_dump(&dump, 24);
+    let secret = write_sink_file(&dump.join("sink"), "secret.ndjson", b"{}\n");
+    for path in common::files_below(dir.path()) {
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let mut dirs = vec![dir.path().to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o777)).unwrap();
+        dirs.extend(
+            std::fs::read_dir(&d)
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .filter(|p| p.is_dir()),
+        );
+    }
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o000)).unwrap();
+    let stage_as_user = |out: &str, extra: &[&str]| {
+        let mut cmd = bin();
+        cmd.args(["stage", "--date", DATE, "--input"])
+            .arg(dump.join("sink"))
+            .arg("--output")
+            .arg(dir.path().join(out))
+            .args(extra);
+        // SAFETY: geteuid only reads the process's user id.
+        if unsafe { libc::geteuid() } == 0 {
+            cmd.uid(65534).gid(65534);
+        }
+        cmd.output().unwrap()
+    };
+    let failed = stage_as_user("failed", &[]);
+    assert_eq!(failed.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&failed.stderr);
+    assert!(
+        stderr.contains("secret.ndjson") && stderr.contains("denied"),
+        "{stderr}"
+    );
+
+    let skipped = stage_as_user("out", &["--skip-unreadable"]);
+    assert!(
+        skipped.status.success(),
+        "{}",
+        String::from_utf8_lossy(&skipped.stderr)
+    );
+    let c = counters(&dir.path().join("out"));
+    assert_eq!(c["files_unreadable"], 1);
+    assert_eq!(
+        c["pings_read"] - c["duplicates_dropped"],
+        expected["pings"].as_u64().unwrap(),
+        "nothing readable is lost"
     );
 }
 

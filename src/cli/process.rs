@@ -212,6 +212,11 @@ fn run_server(args: ServerArgs, steps: &[Step]) -> anyhow::Result<(u8, RunReport
         buckets.record_timings(&done.passes)?;
     }
     let code = if steps.contains(&Step::Publish) {
+        // The date is done: nothing of this server writes there any more.
+        let removed = buckets.remove_debris()?;
+        if removed > 0 {
+            tracing::info!("removed {removed} half-written files that killed runs left");
+        }
         let code = report(args.server_id, &done.outcomes);
         println!("output: {}", buckets.processed().url());
         code

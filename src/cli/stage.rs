@@ -69,7 +69,8 @@ pub struct StageArgs {
     /// such a run fails, since it usually means a wrong --date, input or DATA_CONFIG.
     #[arg(long)]
     pub allow_empty: bool,
-    /// Local directory for spill files (default: the system temp dir).
+    /// Local directory for spill files (default: the system temp dir). Spill
+    /// directories that killed runs on this machine left there are removed.
     #[arg(long, value_name = "DIR")]
     pub spill_dir: Option<PathBuf>,
     #[command(flatten)]
@@ -139,8 +140,9 @@ fn stage_date(args: StageArgs) -> anyhow::Result<StageCounts> {
         _ => bail!("give --output, or both --output-a and --output-b"),
     };
     let spill_root = args.spill_dir.clone().unwrap_or_else(std::env::temp_dir);
+    remove_dead_spills(&spill_root);
     let spill_dir = spill_root.join(format!(
-        "prio-processor-stage-{}-{}",
+        "{SPILL_PREFIX}{}-{}",
         std::process::id(),
         args.cluster.process
     ));
@@ -174,6 +176,36 @@ fn stage_date(args: StageArgs) -> anyhow::Result<StageCounts> {
         print_summary(&counters, &layout, started.elapsed());
     }
     Ok(counters)
+}
+
+/// A spill directory's name: this prefix, then the staging process's pid.
+const SPILL_PREFIX: &str = "prio-processor-stage-";
+
+/// Removes the spill directories of stage runs whose process is gone
+/// (killed: a run that ends removes its own), which can be as large as
+/// their input. Where there is no `/proc` to tell, nothing is removed.
+fn remove_dead_spills(root: &std::path::Path) {
+    let alive = |pid: u32| {
+        !std::path::Path::new("/proc/self").exists()
+            || std::path::Path::new(&format!("/proc/{pid}")).exists()
+    };
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let pid = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(SPILL_PREFIX))
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok());
+        if pid.is_some_and(|pid| !alive(pid)) && std::fs::remove_dir_all(entry.path()).is_ok() {
+            tracing::info!(
+                "removed {} (a killed run's spill files)",
+                entry.path().display()
+            );
+        }
+    }
 }
 
 fn print_summary(c: &StageCounts, layout: &StagedLayout, elapsed: std::time::Duration) {

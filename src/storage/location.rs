@@ -347,6 +347,44 @@ impl Location {
         }
     }
 
+    /// Removes the staging files (`name#digits`, object_store's and
+    /// [`ObjectWriter`]'s) that writers killed mid-write left below this
+    /// location; returns how many. Listings skip such files, so nothing else
+    /// ever would. Only local directories have them: elsewhere an unfinished
+    /// upload is no object (buckets expire unfinished multipart uploads by
+    /// lifecycle rule). Call it only while nothing writes below here.
+    pub fn remove_debris(&self) -> Result<usize, StorageError> {
+        let Some(files) = &self.files else {
+            return Ok(0);
+        };
+        let root = files
+            .path_to_filesystem(&self.prefix)
+            .map_err(|e| self.error("", e))?;
+        let fail = |source| StorageError::Write {
+            url: self.url.clone(),
+            source,
+        };
+        let mut removed = 0;
+        let mut dirs = vec![root];
+        while let Some(dir) = dirs.pop() {
+            let entries = match std::fs::read_dir(&dir) {
+                Ok(entries) => entries,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(fail(e)),
+            };
+            for entry in entries {
+                let entry = entry.map_err(fail)?;
+                if entry.file_type().map_err(fail)?.is_dir() {
+                    dirs.push(entry.path());
+                } else if is_staging_name(&entry.file_name().to_string_lossy()) {
+                    std::fs::remove_file(entry.path()).map_err(fail)?;
+                    removed += 1;
+                }
+            }
+        }
+        Ok(removed)
+    }
+
     /// Deletes every object below `rel`; returns how many.
     pub fn delete_all(&self, rel: &str) -> Result<usize, StorageError> {
         let below = self.child(rel);
@@ -356,6 +394,13 @@ impl Location {
         }
         Ok(objects.len())
     }
+}
+
+/// `name#digits`: a local writer's staging file, not an object.
+fn is_staging_name(name: &str) -> bool {
+    name.rsplit_once('#').is_some_and(|(stem, digits)| {
+        !stem.is_empty() && !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())
+    })
 }
 
 /// Streams one object, so a large object never sits whole in memory: the
@@ -426,6 +471,16 @@ impl std::io::Write for ObjectWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn staging_names_end_in_a_hash_and_digits() {
+        for name in ["part-00000.parquet#1", "_SUCCESS#12345", "a#b#7"] {
+            assert!(is_staging_name(name), "{name}");
+        }
+        for name in ["part-00000.parquet", "notes#v2", "x#", "#1", "a#1b"] {
+            assert!(!is_staging_name(name), "{name}");
+        }
+    }
 
     #[test]
     fn local_paths_and_file_urls_round_trip() {

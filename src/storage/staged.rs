@@ -340,6 +340,8 @@ impl StagedLayout {
         }
         for m in &self.markers {
             m.delete_all("")?;
+            // And what a killed run left half-written, which listings skip.
+            m.remove_debris()?;
         }
         Ok(())
     }

@@ -10,6 +10,7 @@ use super::counts::StageCounts;
 use super::{finish, push_to, shared_sorter, InputFile, StageJob};
 use crate::dataflow::{on_disk, route_hash, Error, Exchange, Merge};
 use crate::storage::input::{read_records, RawPing};
+use crate::storage::location::StorageError;
 use crate::storage::spill::{RecordSpill, ShareSpill, SortedRecords, Spilled};
 use crate::wire::envelope::sealed_len;
 use crate::wire::ping::{decode_base64, parse_ping, PingRejection};
@@ -114,7 +115,18 @@ pub(super) fn scan(
     let mut data = Vec::new();
     for (file_index, file) in mine() {
         let url = format!("{}/{}", job.input.url(), file.rel);
-        job.input.read_into(&file.rel, &mut data)?;
+        match job.input.read_into(&file.rel, &mut data) {
+            Ok(()) => {}
+            // A file this run may not read, or one gone since the listing, is
+            // that file's problem; any other storage error is the run's.
+            Err(e @ (StorageError::Denied { .. } | StorageError::NotFound { .. }))
+                if job.skip_unreadable =>
+            {
+                skip_file(job, local, file, &e);
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        }
         // Records are decoded and spilled as they are read, but they count
         // once the whole file was readable: an unreadable file is skipped
         // whole (its spilled shares stay unused), never in part.
@@ -145,9 +157,7 @@ pub(super) fn scan(
             if !job.skip_unreadable {
                 return Err(e.into());
             }
-            tracing::warn!("skipping unreadable file: {e}");
-            local.files_unreadable += 1;
-            job.progress.advance(file.size, 0);
+            skip_file(job, local, file, &e);
             continue;
         }
         local.files_read += 1;
@@ -166,6 +176,18 @@ pub(super) fn scan(
     let losers = losing_copies(finish(&ids)?);
     let mine = return_losers(worker, job, losers, readers.to_vec(), local)?;
     Ok((read, mine))
+}
+
+/// Counts a file that `--skip-unreadable` skips.
+fn skip_file(
+    job: &StageJob,
+    local: &mut StageCounts,
+    file: &InputFile,
+    reason: &dyn std::fmt::Display,
+) {
+    tracing::warn!("skipping unreadable file: {reason}");
+    local.files_unreadable += 1;
+    job.progress.advance(file.size, 0);
 }
 
 /// Sends the orders of copies that lost back to the workers that read them,

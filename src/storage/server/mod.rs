@@ -190,6 +190,15 @@ impl ServerBuckets {
             .child(&format!("{}/intermediate/external/{step}", self.date))
     }
 
+    /// Removes the staging files that killed runs left half-written in this
+    /// server's date, in its own bucket and in what it sends the peer (only
+    /// this server writes either); returns how many. For the end of a run:
+    /// nothing of this server may be writing.
+    pub fn remove_debris(&self) -> Result<usize, StorageError> {
+        Ok(self.private.child(&self.date).remove_debris()?
+            + self.outbox.child(&self.date).remove_debris()?)
+    }
+
     /// Where the published results are.
     pub fn processed(&self) -> Location {
         self.private.child(&format!("{}/processed", self.date))
