@@ -7,6 +7,7 @@
 
 pub mod cli;
 pub mod dataflow;
+pub mod fuzzing;
 pub mod report;
 pub mod simulate;
 pub mod storage;

@@ -422,6 +422,32 @@ fn hostile_avro_files_are_unreadable_files_not_an_abort() {
     assert!(c["pings_read"] > 0, "the good files are still read: {c:?}");
 }
 
+/// The Parquet files the fuzzers found panicking the parquet crate (its
+/// regression inputs for `input_file` whose selector byte says Parquet) are
+/// unreadable files to stage, skipped with `--skip-unreadable`.
+#[test]
+fn parquet_files_that_panic_the_decoder_are_unreadable_files() {
+    let regressions = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/regressions/input_file");
+    let dir = tempfile::tempdir().unwrap();
+    let dump = dir.path().join("dump");
+    generated_dump(&dump, 12);
+    let parquet = dump.join("parquet");
+    let mut planted = 0;
+    for entry in std::fs::read_dir(regressions).unwrap() {
+        let input = std::fs::read(entry.unwrap().path()).unwrap();
+        if let Some((1, file)) = input.split_first() {
+            std::fs::write(parquet.join(format!("found-{planted}.parquet")), file).unwrap();
+            planted += 1;
+        }
+    }
+    assert!(planted > 0);
+    let out = dir.path().join("out");
+    stage(&parquet, &out, &["--skip-unreadable"]);
+    let c = counters(&out);
+    assert_eq!(c["files_unreadable"], planted, "{c:?}");
+    assert!(c["pings_read"] > 0, "the good files are still read: {c:?}");
+}
+
 #[test]
 fn an_endless_line_is_one_rejected_record_and_the_rest_of_the_file_is_read() {
     let dir = tempfile::tempdir().unwrap();

@@ -9,6 +9,7 @@ use arrow::array::{Array, AsArray};
 use arrow::datatypes::TimestampMicrosecondType;
 use bytes::Bytes;
 
+use super::contain_decoder_panic;
 use crate::wire::ping::{parse_sink_line, PingRejection};
 
 /// Input formats `stage` reads.
@@ -254,9 +255,10 @@ pub fn read_records(
         }
         InputFormat::Avro => {
             limit_avro_allocations();
-            let reader =
-                apache_avro::Reader::new(data.as_slice()).map_err(|e| unreadable(e.to_string()))?;
-            for value in reader {
+            let mut reader = contain_decoder_panic(|| apache_avro::Reader::new(data.as_slice()))
+                .map_err(unreadable)?
+                .map_err(|e| unreadable(e.to_string()))?;
+            while let Some(value) = contain_decoder_panic(|| reader.next()).map_err(unreadable)? {
                 let value = value.map_err(|e| unreadable(e.to_string()))?;
                 let AvroValue::Record(fields) = value else {
                     return Err(unreadable("records expected".into()));
@@ -291,10 +293,13 @@ fn read_parquet(
     unreadable: &impl Fn(String) -> UnreadableFile,
     emit: &mut impl FnMut(Result<RawPing, PingRejection>),
 ) -> Result<(), UnreadableFile> {
-    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
-        .and_then(|b| b.build())
-        .map_err(|e| unreadable(e.to_string()))?;
-    for batch in reader {
+    let mut reader = contain_decoder_panic(|| {
+        parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+            .and_then(|b| b.build())
+    })
+    .map_err(unreadable)?
+    .map_err(|e| unreadable(e.to_string()))?;
+    while let Some(batch) = contain_decoder_panic(|| reader.next()).map_err(unreadable)? {
         let batch = batch.map_err(|e| unreadable(e.to_string()))?;
         let payload = batch
             .column_by_name("payload")

@@ -17,6 +17,22 @@ pub mod tables;
 use std::io::Write;
 use std::path::Path;
 
+/// Runs a third-party decoder (parquet, apache-avro) on outside bytes and
+/// turns a panic of its into an error that says so: hostile files find such
+/// bugs (the fuzzers found two in parquet 60.1: a division by zero and an
+/// `expect` on a dictionary page that never came), and one bad file must
+/// never take the run down. Our own code is never run inside.
+pub fn contain_decoder_panic<T>(decode: impl FnOnce() -> T) -> Result<T, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(decode)).map_err(|panic| {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        format!("the decoder failed on this file ({what})")
+    })
+}
+
 /// Writes `path` atomically: a reader sees the old file or the whole new one.
 pub fn write_atomic(
     path: &Path,

@@ -14,6 +14,7 @@ use parquet::file::writer::SerializedFileWriter;
 use std::io::Write;
 
 use super::batch_dir::batch_dir;
+use super::contain_decoder_panic;
 use super::location::{Location, StorageError};
 use super::tables::{malformed, random_columns};
 use crate::wire::ping::encode_base64;
@@ -177,7 +178,8 @@ pub fn decode_staged(
     role: Role,
 ) -> Result<Vec<StagedRow>, StorageError> {
     match format {
-        StagedFormat::Parquet => read_parquet_part(url, data, role),
+        StagedFormat::Parquet => contain_decoder_panic(|| read_parquet_part(url, data, role))
+            .map_err(|message| malformed(url, message))?,
         StagedFormat::Ndjson => data
             .split(|&b| b == b'\n')
             .filter(|l| !l.is_empty())

@@ -11,6 +11,7 @@ use parquet::basic::Compression;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
 
+use super::contain_decoder_panic;
 use super::location::StorageError;
 
 /// A record batch as one in-memory Parquet file.
@@ -48,11 +49,14 @@ pub fn malformed(url: &str, message: impl std::fmt::Display) -> StorageError {
 
 /// Every record batch of the Parquet object at `url`.
 pub fn record_batches(url: &str, data: Bytes) -> Result<Vec<RecordBatch>, StorageError> {
-    parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(data)
-        .and_then(|b| b.build())
-        .map_err(|e| malformed(url, e))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| malformed(url, e))
+    contain_decoder_panic(|| {
+        parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(data)
+            .and_then(|b| b.build())
+            .map_err(|e| malformed(url, e))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| malformed(url, e))
+    })
+    .map_err(|message| malformed(url, message))?
 }
 
 fn column<'a>(
