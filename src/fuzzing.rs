@@ -37,8 +37,14 @@ pub const TARGETS: [(&str, Target); 8] = [
     ("input_file", input_file),
 ];
 
-/// Runs target `name` on `data`.
+/// Runs target `name` on `data`. The first call puts back Rust's default
+/// panic hook: libFuzzer's aborts on every panic, even one that
+/// [`crate::storage::contain_decoder_panic`] catches (a third-party decoder's
+/// bug, which the caller already turns into an error); a panic nobody
+/// catches still reaches libFuzzer.
 pub fn run(name: &str, data: &[u8]) {
+    static DEFAULT_HOOK: std::sync::Once = std::sync::Once::new();
+    DEFAULT_HOOK.call_once(|| drop(std::panic::take_hook()));
     let (_, target) = TARGETS
         .iter()
         .find(|(n, _)| *n == name)
@@ -101,9 +107,9 @@ pub fn report_share(data: &[u8]) {
 /// verifier share finishing a real report's verification, a stored state,
 /// and an aggregate share summed and unsharded.
 pub fn peer_message(data: &[u8]) {
-    let (selector, rest) = split(data);
+    let (kind, rest) = split(data);
     let fixture = fixture();
-    match selector % 6 {
+    match kind % 6 {
         0 => {
             let _ = decode_message("fuzz", Bytes::copy_from_slice(rest));
         }
@@ -120,7 +126,7 @@ pub fn peer_message(data: &[u8]) {
             let (selector, rest) = split(rest);
             let index = selector as usize % fixture.states.len();
             let (batch_id, vdaf) = fixture.batch(index as u8);
-            if data[0] % 6 == 4 {
+            if kind % 6 == 4 {
                 let _ = vdaf.verify_finish(batch_id, Role::A, &fixture.states[index], rest);
                 let _ = vdaf.decode_state(Role::A, rest);
             } else if let Ok(share) = vdaf.decode_aggregate(rest) {

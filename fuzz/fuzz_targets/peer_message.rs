@@ -1,2 +1,2 @@
 #![no_main]
-libfuzzer_sys::fuzz_target!(|data: &[u8]| prio_processor::fuzzing::peer_message(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| prio_processor::fuzzing::run("peer_message", data));

@@ -1,2 +1,2 @@
 #![no_main]
-libfuzzer_sys::fuzz_target!(|data: &[u8]| prio_processor::fuzzing::ping(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| prio_processor::fuzzing::run("ping", data));

@@ -1,2 +1,2 @@
 #![no_main]
-libfuzzer_sys::fuzz_target!(|data: &[u8]| prio_processor::fuzzing::sink_line(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| prio_processor::fuzzing::run("sink_line", data));

@@ -62,7 +62,8 @@ pub struct StageArgs {
     /// Key for report ids (base64, at least 16 bytes).
     #[arg(long, env = "STAGING_SECRET", hide_env_values = true)]
     pub staging_secret: String,
-    /// Count files that cannot be read at all (corrupt Parquet, truncated gzip) and go on.
+    /// Count files that cannot be read at all (corrupt Parquet, truncated gzip, a local file
+    /// this user may not read, a file deleted since the listing) and go on.
     #[arg(long)]
     pub skip_unreadable: bool,
     /// Mark the date staged (_SUCCESS) even when no report was staged; without it,

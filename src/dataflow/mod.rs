@@ -224,7 +224,9 @@ where
     let guards = timely::execute(config, move |worker| {
         let index = worker.index();
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(worker, &job)))
-            .unwrap_or_else(|panic| Err(Error::WorkerPanicked(panic_message(&panic))));
+            .unwrap_or_else(|panic| {
+                Err(Error::WorkerPanicked(crate::storage::panic_message(&panic)))
+            });
         let failed = result.is_err();
         let sender = report
             .lock()
@@ -260,14 +262,6 @@ where
         .next()
         .map(|(_, value)| value)
         .ok_or_else(|| Error::Cluster("no workers ran".into()))
-}
-
-fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
-    panic
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "panic".into())
 }
 
 /// A hash that is the same in every process and run, for routing records to workers.

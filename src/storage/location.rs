@@ -158,7 +158,8 @@ impl Location {
         self.child(rel).prefix
     }
 
-    fn object_url(&self, rel: &str) -> String {
+    /// The URL of the object at `rel` (`""` is this location itself).
+    pub fn object_url(&self, rel: &str) -> String {
         if rel.is_empty() {
             self.url.clone()
         } else {
@@ -347,6 +348,11 @@ impl Location {
         }
     }
 
+    /// Whether this is a directory on the local filesystem.
+    pub fn is_local_files(&self) -> bool {
+        self.files.is_some()
+    }
+
     /// Removes the staging files (`name#digits`, object_store's and
     /// [`ObjectWriter`]'s) that writers killed mid-write left below this
     /// location; returns how many. Listings skip such files, so nothing else
@@ -396,11 +402,12 @@ impl Location {
     }
 }
 
-/// `name#digits`: a local writer's staging file, not an object.
+/// `name#digits`: a local writer's staging file, not an object. The rule is
+/// object_store's (digits after the first `#`), so that exactly what its
+/// listings hide is removed.
 fn is_staging_name(name: &str) -> bool {
-    name.rsplit_once('#').is_some_and(|(stem, digits)| {
-        !stem.is_empty() && !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())
-    })
+    name.split_once('#')
+        .is_some_and(|(_, digits)| !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// Streams one object, so a large object never sits whole in memory: the
@@ -474,10 +481,10 @@ mod tests {
 
     #[test]
     fn staging_names_end_in_a_hash_and_digits() {
-        for name in ["part-00000.parquet#1", "_SUCCESS#12345", "a#b#7"] {
+        for name in ["part-00000.parquet#1", "_SUCCESS#12345", "#1"] {
             assert!(is_staging_name(name), "{name}");
         }
-        for name in ["part-00000.parquet", "notes#v2", "x#", "#1", "a#1b"] {
+        for name in ["part-00000.parquet", "notes#v2", "x#", "a#b#7", "a#1b"] {
             assert!(!is_staging_name(name), "{name}");
         }
     }

@@ -229,23 +229,30 @@ fn read_parquet_part(url: &str, data: Bytes, role: Role) -> Result<Vec<StagedRow
         let expected = usize::try_from(group.metadata().num_rows())
             .map_err(|_| malformed(url, "a row group with a negative row count"))?;
         let read = |column: usize| -> Result<Vec<ByteArray>, StorageError> {
+            let name = schema.column(column).path().string();
             let ColumnReader::ByteArrayColumnReader(mut reader) =
                 group.get_column_reader(column).map_err(bad)?
             else {
-                return Err(malformed(url, format!("column {column} is not binary")));
+                return Err(malformed(url, format!("column {name:?} is not binary")));
             };
-            let mut values = Vec::new();
-            while values.len() < expected {
-                let want = READ_BATCH.min(expected - values.len());
-                let (records, _, _) = reader
-                    .read_records(want, None, None, &mut values)
+            // A column written as nullable (as other writers do) holds no nulls here.
+            let nullable = schema.column(column).max_def_level() > 0;
+            let (mut values, mut levels, mut records) = (Vec::new(), Vec::new(), 0);
+            while records < expected {
+                let want = READ_BATCH.min(expected - records);
+                let (read, _, _) = reader
+                    .read_records(want, nullable.then_some(&mut levels), None, &mut values)
                     .map_err(bad)?;
-                if records == 0 {
+                if read == 0 {
                     break;
                 }
+                records += read;
             }
-            if values.len() != expected {
-                return Err(malformed(url, format!("column {column} is short")));
+            if records != expected || values.len() != expected {
+                return Err(malformed(
+                    url,
+                    format!("column {name:?} is short or has nulls"),
+                ));
             }
             Ok(values)
         };
@@ -428,5 +435,40 @@ mod tests {
         ]);
         let err = decode_staged("p", StagedFormat::Parquet, numbers, Role::A).unwrap_err();
         assert!(err.to_string().contains("is not binary"), "{err}");
+
+        // Columns declared nullable read when they hold no null, and are refused when they do.
+        let nullable = |columns: Vec<(&str, ArrayRef)>| {
+            let batch = RecordBatch::try_from_iter_with_nullable(
+                columns.into_iter().map(|(n, a)| (n, a, true)),
+            )
+            .unwrap();
+            let mut out = Vec::new();
+            let mut writer =
+                parquet::arrow::ArrowWriter::try_new(&mut out, batch.schema(), None).unwrap();
+            writer.write(&batch).unwrap();
+            writer.close().unwrap();
+            Bytes::from(out)
+        };
+        let payloads: ArrayRef = Arc::new(BinaryArray::from(vec![&b"one"[..], b"two"]));
+        let part = nullable(vec![
+            ("server_id", text(&["a", "a"])),
+            ("id", text(&["01", "02"])),
+            ("payload", payloads.clone()),
+        ]);
+        let rows = decode_staged("p", StagedFormat::Parquet, part, Role::A).unwrap();
+        let rows: Vec<(&str, &[u8])> = rows.iter().map(|r| (&*r.id, &r.payload[..])).collect();
+        assert_eq!(rows, [("01", &b"one"[..]), ("02", b"two")]);
+        let with_null: ArrayRef = Arc::new(BinaryArray::from(vec![Some(&b"one"[..]), None]));
+        let part = nullable(vec![
+            ("server_id", text(&["a", "a"])),
+            ("id", text(&["01", "02"])),
+            ("payload", with_null),
+        ]);
+        let err = decode_staged("p", StagedFormat::Parquet, part, Role::A).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("\"payload\" is short or has nulls"),
+            "{err}"
+        );
     }
 }

@@ -114,13 +114,19 @@ pub(super) fn scan(
     // One buffer for every file this worker reads.
     let mut data = Vec::new();
     for (file_index, file) in mine() {
-        let url = format!("{}/{}", job.input.url(), file.rel);
+        let url = job.input.object_url(&file.rel);
         match job.input.read_into(&file.rel, &mut data) {
             Ok(()) => {}
-            // A file this run may not read, or one gone since the listing, is
-            // that file's problem; any other storage error is the run's.
-            Err(e @ (StorageError::Denied { .. } | StorageError::NotFound { .. }))
-                if job.skip_unreadable =>
+            // A local file this run may not read, or one gone since the
+            // listing, is that file's problem. Any other storage error is the
+            // run's, and so is a cloud store's refusal: an expired credential
+            // would otherwise skip every file after it.
+            Err(e @ StorageError::NotFound { .. }) if job.skip_unreadable => {
+                skip_file(job, local, file, &e);
+                continue;
+            }
+            Err(e @ StorageError::Denied { .. })
+                if job.skip_unreadable && job.input.is_local_files() =>
             {
                 skip_file(job, local, file, &e);
                 continue;

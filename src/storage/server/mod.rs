@@ -190,13 +190,19 @@ impl ServerBuckets {
             .child(&format!("{}/intermediate/external/{step}", self.date))
     }
 
-    /// Removes the staging files that killed runs left half-written in this
-    /// server's date, in its own bucket and in what it sends the peer (only
-    /// this server writes either); returns how many. For the end of a run:
-    /// nothing of this server may be writing.
+    /// Removes the staging files that killed runs left half-written in what
+    /// this server's steps write for the date (its intermediate and
+    /// processed objects, and what it sends the peer; `raw/` is stage's and
+    /// stays); returns how many. For the end of a run: nothing of this
+    /// server may be writing.
     pub fn remove_debris(&self) -> Result<usize, StorageError> {
-        Ok(self.private.child(&self.date).remove_debris()?
-            + self.outbox.child(&self.date).remove_debris()?)
+        let own = ["intermediate", "processed"]
+            .map(|d| self.private.child(&format!("{}/{d}", self.date)));
+        let mut removed = self.outbox.child(&self.date).remove_debris()?;
+        for location in own {
+            removed += location.remove_debris()?;
+        }
+        Ok(removed)
     }
 
     /// Where the published results are.
