@@ -568,6 +568,111 @@ fn a_server_killed_mid_run_and_restarted_publishes_the_same_answer() {
     }
 }
 
+/// Fault injection: each cycle starts both servers on the same staged date,
+/// kills one of them or both with SIGKILL after a random delay, restarts what
+/// it killed (the survivor keeps waiting for its peer), and requires both to
+/// end with the known answers, every report counted once, and no half-written
+/// object left. A half-written object that a reader took for a whole one
+/// would fail the rerun (every object is checked as it is decoded).
+/// `FAULT_CYCLES` (default 8) and `FAULT_SEED` (printed) choose the cycles;
+/// `scripts/fault-cycles` runs hundreds.
+#[test]
+fn servers_killed_at_random_points_end_with_the_known_answers() {
+    use rand::{RngExt, SeedableRng};
+    use std::os::unix::process::ExitStatusExt;
+    let seed = common::fault_seed();
+    let mut rng = rand::rngs::ChaCha20Rng::seed_from_u64(seed);
+    let (world, expected) = World::new(
+        r#"{"x": 32, "n": {"vdaf": "sum", "max_measurement": 50}, "h": {"vdaf": "histogram", "length": 4}}"#,
+        40,
+        &[],
+    );
+    let staged = world.path("staged");
+    for role in Role::BOTH {
+        common::copy_tree(&world.private(role), &staged.join(role.as_str()));
+    }
+    let reset = || {
+        for role in Role::BOTH {
+            let _ = std::fs::remove_dir_all(world.path(&format!("server-{role}")));
+            common::copy_tree(&staged.join(role.as_str()), &world.private(role));
+        }
+    };
+    let check = |cycle: &str| {
+        for batch in ["x", "n", "h"] {
+            for role in Role::BOTH {
+                let published = world.published(role, batch).unwrap_or_else(|| {
+                    panic!("{cycle}: {batch} not published at {role} (FAULT_SEED={seed})")
+                });
+                assert_eq!(
+                    (&published["aggregate"], &published["reports_aggregated"]),
+                    (
+                        &expected["batches"][batch]["aggregate"],
+                        &expected["batches"][batch]["reports"]
+                    ),
+                    "{cycle}: {batch} at {role} (FAULT_SEED={seed})"
+                );
+            }
+        }
+        let debris = common::half_written_files(&world.path(""));
+        assert!(
+            debris.is_empty(),
+            "{cycle}: left {debris:?} (FAULT_SEED={seed})"
+        );
+    };
+    let workers = |rng: &mut rand::rngs::ChaCha20Rng| if rng.random() { "2" } else { "1" };
+
+    // An uninterrupted run gives the span the kills are spread over.
+    let started = std::time::Instant::now();
+    let [a, b] = world.run_both("process", &[], &[]);
+    ok(a);
+    ok(b);
+    let span = started.elapsed();
+    check("uninterrupted");
+
+    // Kills that found the server still running (not all do).
+    let mut interrupted = 0;
+    for cycle in 0..common::fault_cycles(8) {
+        reset();
+        let args = [
+            ["--workers", workers(&mut rng)],
+            ["--workers", workers(&mut rng)],
+        ];
+        let mut servers = [
+            world.spawn(Role::A, "process", &args[0]),
+            world.spawn(Role::B, "process", &args[1]),
+        ];
+        let delay = span.mul_f64(rng.random_range(0.0..1.2));
+        let victims: &[usize] = match rng.random_range(0..3) {
+            0 => &[0],
+            1 => &[1],
+            _ => &[0, 1],
+        };
+        std::thread::sleep(delay);
+        for &v in victims {
+            servers[v].kill().unwrap();
+            let status = servers[v].wait().unwrap();
+            interrupted += usize::from(status.signal() == Some(libc::SIGKILL));
+            servers[v] = world.spawn(Role::BOTH[v], "process", &args[v]);
+        }
+        let killed: Vec<Role> = victims.iter().map(|&v| Role::BOTH[v]).collect();
+        let what = format!("cycle {cycle}: killed {killed:?} after {delay:?}");
+        for server in servers {
+            let out = server.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "{what} (FAULT_SEED={seed}): the rerun failed:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        check(&what);
+    }
+    eprintln!("{interrupted} kills interrupted a running server");
+    assert!(
+        interrupted > 0,
+        "no kill found a server running (FAULT_SEED={seed})"
+    );
+}
+
 #[test]
 fn a_server_run_as_a_two_process_cluster_publishes_the_same_answer() {
     let (world, expected) = World::new(

@@ -623,6 +623,69 @@ fn a_rerun_removes_what_killed_runs_left() {
     );
 }
 
+/// Fault injection: staging runs killed with SIGKILL after a random delay,
+/// each followed by a rerun, end with output byte-identical to an
+/// uninterrupted run's, no half-written file and no spill directory left.
+/// `FAULT_CYCLES` (default 6) and `FAULT_SEED` (printed) choose the cycles;
+/// `scripts/fault-cycles` runs hundreds.
+#[test]
+fn staging_runs_killed_at_random_points_rerun_to_the_same_output() {
+    use rand::{RngExt, SeedableRng};
+    use std::os::unix::process::ExitStatusExt;
+    let seed = common::fault_seed();
+    let mut rng = rand::rngs::ChaCha20Rng::seed_from_u64(seed);
+    let dir = tempfile::tempdir().unwrap();
+    let dump = dir.path().join("dump");
+    generated_dump(&dump, 300);
+    let spills = dir.path().join("spill");
+    let args = |workers: &str| {
+        let mut c = bin();
+        c.args(["stage", "--date", DATE, "--partition-size", "20KB"])
+            .args(["--workers", workers, "--input"])
+            .arg(dump.join("sink"))
+            .arg("--spill-dir")
+            .arg(&spills);
+        c
+    };
+    let reference = dir.path().join("reference");
+    let started = std::time::Instant::now();
+    run(args("2").arg("--output").arg(&reference));
+    let span = started.elapsed();
+    let want = tree(&reference);
+    let out = dir.path().join("out");
+    // Kills that found the run still going (not all do).
+    let mut interrupted = 0;
+    for cycle in 0..common::fault_cycles(6) {
+        let workers = if rng.random() { "2" } else { "1" };
+        let delay = span.mul_f64(rng.random_range(0.0..1.2));
+        let mut killed = args(workers)
+            .arg("--output")
+            .arg(&out)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(delay);
+        killed.kill().unwrap();
+        let status = killed.wait().unwrap();
+        interrupted += usize::from(status.signal() == Some(libc::SIGKILL));
+        run(args(workers).arg("--output").arg(&out));
+        let what =
+            format!("cycle {cycle}: {workers} workers killed after {delay:?} (FAULT_SEED={seed})");
+        assert!(tree(&out) == want, "{what}: the rerun's output differs");
+        let debris = common::half_written_files(&out);
+        assert!(debris.is_empty(), "{what}: left {debris:?}");
+        let spilled: Vec<_> = std::fs::read_dir(&spills)
+            .map_or(Vec::new(), |d| d.map(|e| e.unwrap().path()).collect());
+        assert!(spilled.is_empty(), "{what}: left {spilled:?}");
+    }
+    eprintln!("{interrupted} kills interrupted a running stage");
+    assert!(
+        interrupted > 0,
+        "no kill found stage running (FAULT_SEED={seed})"
+    );
+}
+
 #[test]
 fn unreadable_files_fail_with_their_name_unless_skipped() {
     let dir = tempfile::tempdir().unwrap();

@@ -360,6 +360,24 @@ impl Location {
     /// upload is no object (buckets expire unfinished multipart uploads by
     /// lifecycle rule). Call it only while nothing writes below here.
     pub fn remove_debris(&self) -> Result<usize, StorageError> {
+        self.remove_staging_files(true, |_| true)
+    }
+
+    /// Removes the staging files of the object `name` directly here (as
+    /// [`Location::remove_debris`], for one object of a directory others write in).
+    pub fn remove_debris_of(&self, name: &str) -> Result<usize, StorageError> {
+        self.remove_staging_files(false, |file| {
+            file.split_once('#')
+                .is_some_and(|(object, _)| object == name)
+        })
+    }
+
+    /// Removes staging files here (and below, when `below`) whose names pass `select`.
+    fn remove_staging_files(
+        &self,
+        below: bool,
+        select: impl Fn(&str) -> bool,
+    ) -> Result<usize, StorageError> {
         let Some(files) = &self.files else {
             return Ok(0);
         };
@@ -380,9 +398,13 @@ impl Location {
             };
             for entry in entries {
                 let entry = entry.map_err(fail)?;
+                let name = entry.file_name();
+                let name = name.to_string_lossy();
                 if entry.file_type().map_err(fail)?.is_dir() {
-                    dirs.push(entry.path());
-                } else if is_staging_name(&entry.file_name().to_string_lossy()) {
+                    if below {
+                        dirs.push(entry.path());
+                    }
+                } else if is_staging_name(&name) && select(&name) {
                     std::fs::remove_file(entry.path()).map_err(fail)?;
                     removed += 1;
                 }

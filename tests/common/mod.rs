@@ -93,3 +93,44 @@ pub fn integrate_green(
     );
     stdout
 }
+
+/// Copies every file below `from` to the same place below `to`.
+pub fn copy_tree(from: &Path, to: &Path) {
+    for file in files_below(from) {
+        let target = to.join(file.strip_prefix(from).unwrap());
+        std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+        std::fs::copy(&file, &target).unwrap();
+    }
+}
+
+/// Files below `dir` named as a killed writer leaves them on local disk:
+/// `NAME#DIGITS`, written before the rename that publishes `NAME`.
+pub fn half_written_files(dir: &Path) -> Vec<PathBuf> {
+    files_below(dir)
+        .into_iter()
+        .filter(|p| {
+            let name = p.file_name().unwrap().to_string_lossy();
+            name.rsplit_once('#')
+                .is_some_and(|(_, n)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .collect()
+}
+
+/// The seed of a randomised test: `FAULT_SEED` when set (to replay a
+/// failure), else a fresh one, printed so that a failure can be replayed.
+pub fn fault_seed() -> u64 {
+    let seed = std::env::var("FAULT_SEED")
+        .ok()
+        .map(|s| s.parse().expect("FAULT_SEED is a whole number"))
+        .unwrap_or_else(rand::random);
+    eprintln!("FAULT_SEED={seed}");
+    seed
+}
+
+/// How many kill cycles a fault test runs: `FAULT_CYCLES`, else `default`.
+pub fn fault_cycles(default: usize) -> usize {
+    std::env::var("FAULT_CYCLES")
+        .ok()
+        .map(|s| s.parse().expect("FAULT_CYCLES is a whole number"))
+        .unwrap_or(default)
+}

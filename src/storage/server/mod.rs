@@ -192,8 +192,8 @@ impl ServerBuckets {
 
     /// Removes the staging files that killed runs left half-written in what
     /// this server's steps write for the date (its intermediate and
-    /// processed objects, and what it sends the peer; `raw/` is stage's and
-    /// stays); returns how many. For the end of a run: nothing of this
+    /// processed objects, what it sends the peer, and the ownership marker of
+    /// its buckets; `raw/` is stage's and stays); returns how many. For the end of a run: nothing of this
     /// server may be writing.
     pub fn remove_debris(&self) -> Result<usize, StorageError> {
         let own = ["intermediate", "processed"]
@@ -201,6 +201,9 @@ impl ServerBuckets {
         let mut removed = self.outbox.child(&self.date).remove_debris()?;
         for location in own {
             removed += location.remove_debris()?;
+        }
+        for bucket in [&self.private, &self.inbox] {
+            removed += bucket.remove_debris_of(signed::OWNER)?;
         }
         Ok(removed)
     }

@@ -15,7 +15,7 @@ use crate::wire::Role;
 
 /// The marker at the root of a server's private bucket and inbox: which
 /// server the bucket belongs to, written at first use.
-const OWNER: &str = "_OWNER.json";
+pub(super) const OWNER: &str = "_OWNER.json";
 
 /// What [`OWNER`] holds.
 #[derive(Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
