@@ -222,6 +222,160 @@ fn s3s_fs_refuses_wrong_credentials_with_a_hint() {
     assert!(!text.contains("wrong"), "the secret must not leak: {text}");
 }
 
+/// A store that goes away mid-run. Stopped for two seconds once server a
+/// has finished verify1 (so every later step of both servers meets it), it
+/// is waited for: the run ends with the known answers. Stopped for good at
+/// the same point, both servers fail with exit 1 and an error that names the
+/// store and says what to do; once it is back, a rerun of both servers
+/// completes with the known answers.
+#[test]
+fn s3s_fs_restarted_mid_run_is_waited_for_and_a_lasting_outage_fails_clearly() {
+    let Some(mut server) = StorageServer::start(Backend::S3sFs) else {
+        return;
+    };
+    let bin = env!("CARGO_BIN_EXE_prio-processor");
+    let output = |args: &[&str]| Command::new(bin).args(args).output().unwrap().stdout;
+    let keys: [serde_json::Value; 2] =
+        [(), ()].map(|()| serde_json::from_slice(&output(&["keygen"])).unwrap());
+    let secret = |name: &str| {
+        let seed = String::from_utf8(output(&["shared-seed"])).unwrap();
+        (name.to_string(), seed.trim().to_string())
+    };
+    let config = r#"{"x": {"vdaf": "count", "min_batch_size": 1}, "s": {"vdaf": "sum", "max_measurement": 9, "min_batch_size": 1}}"#;
+    let mut env = server.env();
+    env.extend([secret("SHARED_SECRET"), secret("STAGING_SECRET")]);
+    env.push(("DATA_CONFIG".into(), config.into()));
+    // A lasting outage fails within seconds, not object_store's 3 minutes.
+    env.push(("STORAGE_RETRY_TIMEOUT".into(), "6".into()));
+    for (role, key) in ["A", "B"].iter().zip(&keys) {
+        for (var, field) in [
+            ("PRIVATE_KEY_HEX", "private_key"),
+            ("PRIVATE_SIGNING_KEY_HEX", "signing_private_key"),
+        ] {
+            env.push((format!("{var}_{role}"), key[field].as_str().unwrap().into()));
+        }
+    }
+    let work = tempfile::tempdir().unwrap();
+    let root = server.url("r");
+    let verified = server.location("r/server-a/private/2019-06-26/intermediate/internal/verify1");
+    let integrate = || {
+        Command::new(bin)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .args([
+                "integrate",
+                "--pings",
+                "60",
+                "--storage",
+                &root,
+                "--work-dir",
+            ])
+            .arg(work.path())
+            .envs(env.iter().cloned())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let wait_for_verify1 = |run: &mut std::process::Child| {
+        let started = std::time::Instant::now();
+        while !verified.exists("_SUCCESS").unwrap() {
+            assert!(
+                run.try_wait().unwrap().is_none(),
+                "integrate ended before verify1"
+            );
+            assert!(started.elapsed().as_secs() < 120, "verify1 did not finish");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    };
+
+    let mut run = integrate();
+    wait_for_verify1(&mut run);
+    server.stop();
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    server.restart();
+    let out = run.wait_with_output().unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert_eq!(stdout.matches("  yes  ").count(), 2, "{stdout}");
+    assert!(
+        stderr.contains("backing off"),
+        "no request was retried:\n{stderr}"
+    );
+
+    // The first run's marker must not count for the second.
+    server.location("").delete_all("r").unwrap();
+    let mut run = integrate();
+    wait_for_verify1(&mut run);
+    server.stop();
+    let out = run.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("s3://prio-test/r/server-")
+            && stderr.contains("the storage service did not answer")
+            && stderr.contains("then rerun"),
+        "{stderr}"
+    );
+
+    server.restart();
+    let expected: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(work.path().join("dump/expected.json")).unwrap())
+            .unwrap();
+    let servers = ["a", "b"].map(|role| {
+        let i = usize::from(role == "b");
+        let bucket = |role: &str, name: &str| server.url(&format!("r/server-{role}/{name}"));
+        let peer = ["a", "b"][1 - i];
+        Command::new(bin)
+            .args(["process", "--date", "2019-06-26"])
+            .envs(env.iter().cloned())
+            .env("SERVER_ID", role)
+            .env("PRIVATE_KEY_HEX", keys[i]["private_key"].as_str().unwrap())
+            .env(
+                "PRIVATE_SIGNING_KEY_HEX",
+                keys[i]["signing_private_key"].as_str().unwrap(),
+            )
+            .env(
+                "PUBLIC_SIGNING_KEY_HEX_EXTERNAL",
+                keys[1 - i]["signing_public_key"].as_str().unwrap(),
+            )
+            .env("BUCKET_INTERNAL_PRIVATE", bucket(role, "private"))
+            .env("BUCKET_INTERNAL_SHARED", bucket(role, "inbox"))
+            .env("BUCKET_EXTERNAL_SHARED", bucket(peer, "inbox"))
+            .env("RETRY_DELAY", "0.2")
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    });
+    for (role, child) in ["a", "b"].iter().zip(servers) {
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "rerun of {role}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for batch in ["x", "s"] {
+            let published = server
+                .location(&format!(
+                    "r/server-{role}/private/2019-06-26/processed/batch_id={batch}"
+                ))
+                .get("aggregate.json")
+                .unwrap();
+            let published: serde_json::Value = serde_json::from_slice(&published).unwrap();
+            assert_eq!(
+                (&published["aggregate"], &published["reports_aggregated"]),
+                (
+                    &expected["batches"][batch]["aggregate"],
+                    &expected["batches"][batch]["reports"]
+                ),
+                "{batch} at {role} after the rerun"
+            );
+        }
+    }
+}
+
 #[test]
 fn azurite_conformance() {
     if let Some(server) = StorageServer::start(Backend::Azurite) {

@@ -236,12 +236,7 @@ pub fn run(args: IntegrateArgs) -> anyhow::Result<u8> {
             )
         })
         .collect::<anyhow::Result<_>>()?;
-    for (role, server) in Role::BOTH.iter().zip(servers) {
-        let out = server.wait_with_output()?;
-        if !out.status.success() {
-            bail!("server {role} failed (exit {:?})", out.status.code());
-        }
-    }
+    wait_for_servers(servers)?;
 
     eprintln!("[4/4] checking the published aggregates against the plaintext totals");
     let code = print_summary(&config, &expected, &buckets)?;
@@ -252,6 +247,33 @@ pub fn run(args: IntegrateArgs) -> anyhow::Result<u8> {
         .collect();
     write_report(&servers, &[date], &work.join("report.html"))?;
     Ok(code)
+}
+
+/// Waits for both servers. When one fails, the other is stopped: it would
+/// wait for its peer's messages until its retry limit.
+fn wait_for_servers(mut servers: Vec<std::process::Child>) -> anyhow::Result<()> {
+    let mut running = [true, true];
+    while running.contains(&true) {
+        for (i, server) in servers.iter_mut().enumerate() {
+            if !running[i] {
+                continue;
+            }
+            let Some(status) = server.try_wait()? else {
+                continue;
+            };
+            running[i] = false;
+            if !status.success() {
+                let other = &mut servers[1 - i];
+                if running[1 - i] {
+                    let _ = other.kill();
+                    let _ = other.wait();
+                }
+                bail!("server {} failed (exit {:?})", Role::BOTH[i], status.code());
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    Ok(())
 }
 
 /// An aggregate as the summary shows it: whole when short, else its first

@@ -34,7 +34,9 @@ pub use crate::exit;
         client's proof together and publish only the sum.",
     after_help = "Exit codes: 0 success, 1 failure, 2 usage error, 3 results did not match, 4 most of a batch's reports rejected for one reason.\n\
         Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=debug) for more, --log-format json for \
-        one JSON object a line.\n\n\
+        one JSON object a line.\n\
+        Cloud requests are retried with backoff up to STORAGE_RETRY_LIMIT times (30) within \
+        STORAGE_RETRY_TIMEOUT seconds (180).\n\n\
         Quick start:\n  prio-processor integrate        # the whole system on ./data/work\n  \
         prio-processor keygen           # a server key pair"
 )]
@@ -145,10 +147,26 @@ pub fn main() -> ExitCode {
     match result {
         Ok(code) => ExitCode::from(code),
         Err(err) => {
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", error_text(&err));
             ExitCode::from(exit::FAILURE)
         }
     }
+}
+
+/// An error and its causes, each cause once: many errors (ours, object_store's)
+/// already show their cause, which the chain would repeat.
+fn error_text(err: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in err.chain() {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            if !text.is_empty() {
+                text.push_str(": ");
+            }
+            text.push_str(&cause);
+        }
+    }
+    text
 }
 
 /// Process settings that staging and the servers need on Linux with glibc;

@@ -45,6 +45,15 @@ pub enum StorageError {
         url: String,
         reason: crate::wire::signing::Mismatch,
     },
+    #[error(
+        "{url}: the storage service did not answer ({source}); requests are retried with \
+         backoff up to STORAGE_RETRY_LIMIT times within STORAGE_RETRY_TIMEOUT seconds. Check \
+         that it is up and reachable, then rerun: finished steps are kept"
+    )]
+    Unavailable {
+        url: String,
+        source: object_store::Error,
+    },
     #[error("{url}: {source}")]
     Other {
         url: String,
@@ -75,6 +84,100 @@ pub struct Location {
     /// `file://`: where objects sit on the local filesystem, so that
     /// [`ObjectWriter`] can write them straight to their files.
     files: Option<Arc<LocalFileSystem>>,
+}
+
+/// Retries of one cloud request: within 3 minutes (object_store's default),
+/// at most 30 times. object_store's own limit of 10 retries, with its jittered
+/// backoff, can give up after two seconds of a store that restarts.
+const DEFAULT_RETRY_LIMIT: usize = 30;
+const DEFAULT_RETRY_TIMEOUT_SECS: f64 = 180.0;
+
+/// How cloud requests are retried, from `STORAGE_RETRY_LIMIT` and
+/// `STORAGE_RETRY_TIMEOUT` (seconds): a store that restarts or drops
+/// connections is waited for with exponential backoff (from 100 ms, doubling,
+/// at most 15 s apart), then the call fails as [`StorageError::Unavailable`].
+fn retry_config() -> Result<object_store::RetryConfig, String> {
+    fn setting<T: std::str::FromStr>(name: &str, default: T) -> Result<T, String> {
+        match std::env::var(name) {
+            Ok(text) => text
+                .trim()
+                .parse()
+                .map_err(|_| format!("{name}={text:?} is not a number")),
+            Err(_) => Ok(default),
+        }
+    }
+    let timeout: f64 = setting("STORAGE_RETRY_TIMEOUT", DEFAULT_RETRY_TIMEOUT_SECS)?;
+    let retry_timeout = std::time::Duration::try_from_secs_f64(timeout)
+        .map_err(|_| format!("STORAGE_RETRY_TIMEOUT={timeout} is not a number of seconds"))?;
+    Ok(object_store::RetryConfig {
+        max_retries: setting("STORAGE_RETRY_LIMIT", DEFAULT_RETRY_LIMIT)?,
+        retry_timeout,
+        backoff: object_store::BackoffConfig::default(),
+    })
+}
+
+/// The store and prefix of `url`, as `object_store::parse_url_opts` makes
+/// them (`options` are config keys, any case; others are ignored), with `retry`.
+fn open_store(
+    url: &url::Url,
+    options: impl IntoIterator<Item = (String, String)>,
+    retry: object_store::RetryConfig,
+) -> Result<(Box<dyn ObjectStore>, Path), object_store::Error> {
+    use object_store::{aws, azure, gcp, ObjectStoreScheme};
+    let (scheme, prefix) = ObjectStoreScheme::parse(url)?;
+    let options: Vec<(String, String)> = options
+        .into_iter()
+        .map(|(key, value)| (key.to_ascii_lowercase(), value))
+        .collect();
+    macro_rules! cloud {
+        ($builder:ty) => {{
+            let builder = options.iter().fold(
+                <$builder>::new().with_url(url.as_str()).with_retry(retry),
+                |builder, (key, value)| match key.parse() {
+                    Ok(key) => builder.with_config(key, value),
+                    Err(_) => builder,
+                },
+            );
+            Box::new(builder.build()?) as Box<dyn ObjectStore>
+        }};
+    }
+    let store = match scheme {
+        ObjectStoreScheme::Local => Box::new(LocalFileSystem::new()) as Box<dyn ObjectStore>,
+        ObjectStoreScheme::Memory => Box::new(object_store::memory::InMemory::new()),
+        ObjectStoreScheme::AmazonS3 => cloud!(aws::AmazonS3Builder),
+        ObjectStoreScheme::GoogleCloudStorage => cloud!(gcp::GoogleCloudStorageBuilder),
+        ObjectStoreScheme::MicrosoftAzure => cloud!(azure::MicrosoftAzureBuilder),
+        other => {
+            return Err(object_store::Error::Generic {
+                store: "prio-processor",
+                source: format!("{other:?} URLs are not supported").into(),
+            })
+        }
+    };
+    Ok((store, prefix))
+}
+
+/// Times a conditional create cut off without an answer is sent again.
+const CREATE_RETRIES: usize = 3;
+
+/// Whether `error` is a request that never got an answer (connection refused
+/// or reset, timeout) after object_store's retries: the store is down or unreachable.
+fn is_transport_failure(error: &object_store::Error) -> bool {
+    use object_store::client::{HttpError, HttpErrorKind};
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = cause {
+        if let Some(http) = e.downcast_ref::<HttpError>() {
+            return matches!(
+                http.kind(),
+                HttpErrorKind::Connect
+                    | HttpErrorKind::Request
+                    | HttpErrorKind::Timeout
+                    | HttpErrorKind::Interrupted
+            );
+        }
+        cause = e.source();
+    }
+    false
 }
 
 /// The variable that holds credentials for a URL's scheme, for error messages.
@@ -111,7 +214,8 @@ impl Location {
             let path = std::path::absolute(text).map_err(|e| bad(e.to_string()))?;
             url::Url::from_directory_path(&path).map_err(|_| bad("not an absolute path".into()))?
         };
-        let (store, prefix) = object_store::parse_url_opts(&url, std::env::vars().chain(options))
+        let retry = retry_config().map_err(bad)?;
+        let (store, prefix) = open_store(&url, std::env::vars().chain(options), retry)
             .map_err(|e| bad(format!("{e} ({})", credential_hint(text))))?;
         Ok(Location {
             store: Arc::from(store),
@@ -176,6 +280,7 @@ impl Location {
                 hint: credential_hint(&url),
                 url,
             },
+            source if is_transport_failure(&source) => StorageError::Unavailable { url, source },
             source => StorageError::Other { url, source },
         }
     }
@@ -271,8 +376,20 @@ impl Location {
         same: impl Fn(&Bytes, &Bytes) -> bool,
     ) -> Result<(), StorageError> {
         let path = self.path(rel);
-        let options = object_store::PutOptions::from(object_store::PutMode::Create);
-        match self.block_on(self.store.put_opts(&path, data.clone().into(), options)) {
+        let create = || {
+            let options = object_store::PutOptions::from(object_store::PutMode::Create);
+            self.block_on(self.store.put_opts(&path, data.clone().into(), options))
+        };
+        // object_store does not repeat a create cut off mid-request (it may
+        // have landed); the comparison below makes repeating it safe.
+        let mut outcome = create();
+        for _ in 0..CREATE_RETRIES {
+            match &outcome {
+                Err(e) if is_transport_failure(e) => outcome = create(),
+                _ => break,
+            }
+        }
+        match outcome {
             Ok(_) => Ok(()),
             Err(object_store::Error::AlreadyExists { .. }) if same(&self.get(rel)?, &data) => {
                 Ok(())

@@ -33,7 +33,7 @@ pub struct StorageServer {
     pub backend: Backend,
     child: Child,
     endpoint: String,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl StorageServer {
@@ -41,35 +41,10 @@ impl StorageServer {
     /// (after saying why) when the server is not installed here.
     pub fn start(backend: Backend) -> Option<StorageServer> {
         let dir = tempfile::tempdir().unwrap();
-        let mut cmd = match backend {
-            Backend::Moto => {
-                let mut cmd = Command::new("python3");
-                cmd.args(["-m", "moto.server", "-H", "127.0.0.1", "-p", "0"]);
-                cmd
-            }
-            Backend::S3sFs => {
-                std::fs::create_dir(dir.path().join(BUCKET)).unwrap();
-                let mut cmd = Command::new("s3s-fs");
-                cmd.args(["--host", "127.0.0.1", "--port", "0"])
-                    .args(["--access-key", S3S_ACCESS_KEY])
-                    .args(["--secret-key", S3S_SECRET_KEY])
-                    .arg(dir.path())
-                    .env("RUST_LOG", "info");
-                cmd
-            }
-            Backend::Azurite => {
-                let mut cmd = Command::new("azurite-blob");
-                cmd.args(["--blobHost", "127.0.0.1", "--blobPort", "0"])
-                    .args(["--inMemoryPersistence", "--disableTelemetry"]);
-                cmd
-            }
-        };
-        cmd.current_dir(dir.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0);
-        let child = match cmd.spawn() {
+        if backend == Backend::S3sFs {
+            std::fs::create_dir(dir.path().join(BUCKET)).unwrap();
+        }
+        let child = match command(backend, dir.path(), 0).spawn() {
             Ok(child) => child,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return skip(&format!(
@@ -83,7 +58,7 @@ impl StorageServer {
             backend,
             child,
             endpoint: String::new(),
-            _dir: dir,
+            dir,
         };
         server.endpoint = match read_listening_url(&mut server.child, backend) {
             Ok(url) => url,
@@ -97,6 +72,32 @@ impl StorageServer {
         server.wait_until_answering();
         server.create_bucket()?;
         Some(server)
+    }
+
+    /// Kills the server (its whole process group): the store stops answering.
+    pub fn stop(&mut self) {
+        // SAFETY: killpg only sends a signal to the group this test started.
+        unsafe {
+            libc::killpg(self.child.id() as libc::pid_t, libc::SIGKILL);
+        }
+        let _ = self.child.wait();
+    }
+
+    /// Starts the stopped server again on the same port, with the objects
+    /// it stored (s3s-fs keeps them on disk; the others hold them in memory).
+    pub fn restart(&mut self) {
+        assert_eq!(
+            self.backend,
+            Backend::S3sFs,
+            "only s3s-fs keeps its objects"
+        );
+        let port: u16 = self.endpoint.rsplit(':').next().unwrap().parse().unwrap();
+        self.child = command(self.backend, self.dir.path(), port)
+            .spawn()
+            .unwrap();
+        let url = read_listening_url(&mut self.child, self.backend).unwrap();
+        assert_eq!(url, self.endpoint, "restarted on another address");
+        self.wait_until_answering();
     }
 
     /// The `(variable, value)` pairs a child process needs for this server.
@@ -206,12 +207,42 @@ impl StorageServer {
 
 impl Drop for StorageServer {
     fn drop(&mut self) {
-        // SAFETY: killpg only sends a signal to the group this test started.
-        unsafe {
-            libc::killpg(self.child.id() as libc::pid_t, libc::SIGKILL);
-        }
-        let _ = self.child.wait();
+        self.stop();
     }
+}
+
+/// The command that runs `backend` on 127.0.0.1 (`port` 0: any free port)
+/// with its data in `dir`, in a process group of its own.
+fn command(backend: Backend, dir: &std::path::Path, port: u16) -> Command {
+    let port = port.to_string();
+    let mut cmd = match backend {
+        Backend::Moto => {
+            let mut cmd = Command::new("python3");
+            cmd.args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port]);
+            cmd
+        }
+        Backend::S3sFs => {
+            let mut cmd = Command::new("s3s-fs");
+            cmd.args(["--host", "127.0.0.1", "--port", &port])
+                .args(["--access-key", S3S_ACCESS_KEY])
+                .args(["--secret-key", S3S_SECRET_KEY])
+                .arg(dir)
+                .env("RUST_LOG", "info");
+            cmd
+        }
+        Backend::Azurite => {
+            let mut cmd = Command::new("azurite-blob");
+            cmd.args(["--blobHost", "127.0.0.1", "--blobPort", &port])
+                .args(["--inMemoryPersistence", "--disableTelemetry"]);
+            cmd
+        }
+    };
+    cmd.current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    cmd
 }
 
 fn skip<T>(why: &str) -> Option<T> {
