@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use prio_processor::dataflow::spread_by_size;
-use prio_processor::storage::input::{read_records, InputFormat};
+use prio_processor::storage::input::{read_records, InputBytes, InputFormat};
 use prio_processor::wire::ping::{decode_base64, parse_ping};
 
 fn ndjson_files(dir: &Path, out: &mut Vec<PathBuf>) {
@@ -33,15 +33,20 @@ fn decode(files: &[PathBuf]) -> (u64, u64, u64) {
             .and_then(|mut file| file.read_to_end(&mut data))
             .expect("readable file");
         bytes += data.len() as u64;
-        read_records(&f.to_string_lossy(), InputFormat::Ndjson, &mut data, |r| {
-            if let Ok(ping) = r.and_then(|raw| parse_ping(&raw.body)) {
-                pings += 1;
-                for e in &ping.entries {
-                    let shares = (decode_base64(&e.share_a), decode_base64(&e.share_b));
-                    entries += u64::from(shares.0.is_some() && shares.1.is_some());
+        read_records(
+            &f.to_string_lossy(),
+            InputFormat::Ndjson,
+            InputBytes::Whole(&mut data),
+            |r| {
+                if let Ok(ping) = r.and_then(|raw| parse_ping(&raw.body)) {
+                    pings += 1;
+                    for e in &ping.entries {
+                        let shares = (decode_base64(&e.share_a), decode_base64(&e.share_b));
+                        entries += u64::from(shares.0.is_some() && shares.1.is_some());
+                    }
                 }
-            }
-        })
+            },
+        )
         .expect("readable dump");
     }
     (pings, entries, bytes)

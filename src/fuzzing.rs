@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 
 use bytes::Bytes;
 
-use crate::storage::input::{read_records, InputFormat};
+use crate::storage::input::{read_records, InputBytes, InputFormat};
 use crate::storage::messages::{decode_message, AggregateMessage, HelloMessage};
 use crate::storage::published::decode_published;
 use crate::storage::staged::{decode_staged, StagedFormat};
@@ -152,7 +152,7 @@ pub fn input_file(data: &[u8]) {
     let (selector, rest) = split(data);
     let format = InputFormat::ALL[selector as usize % InputFormat::ALL.len()];
     let mut buffer = rest.to_vec();
-    let _ = read_records("fuzz", format, &mut buffer, |record| {
+    let _ = read_records("fuzz", format, InputBytes::Whole(&mut buffer), |record| {
         if let Ok(record) = record {
             let _ = parse_ping(&record.body);
         }

@@ -171,6 +171,20 @@ fn for_each_line(
     }
 }
 
+/// Reads until `buf` is full or the stream ends; returns how much it read.
+fn read_up_to(stream: &mut dyn Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match stream.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
 fn is_gzip(bytes: &[u8]) -> bool {
     bytes.starts_with(&[0x1f, 0x8b])
 }
@@ -188,19 +202,44 @@ fn date_of_micros(micros: i64) -> Option<String> {
     chrono::DateTime::from_timestamp_micros(micros).map(|t| t.format("%Y-%m-%d").to_string())
 }
 
+/// An input file's bytes, as [`read_records`] takes them.
+pub enum InputBytes<'a> {
+    /// Read front to back: NDJSON (plain or gzip) and Avro are decoded as
+    /// they are read, so memory holds a buffer and one record, whatever the
+    /// file's size.
+    Stream(&'a mut dyn Read),
+    /// The whole file, lent: Parquet's footer comes first, so it is read
+    /// whole; the buffer comes back for the next file.
+    Whole(&'a mut Vec<u8>),
+}
+
+impl InputFormat {
+    /// Whether [`read_records`] wants this format's files whole.
+    pub fn is_read_whole(self) -> bool {
+        self == InputFormat::Parquet
+    }
+}
+
 /// Reads every record of one input object, calling `emit` for each in order.
-/// `data` holds the object's bytes. The Parquet reader is lent that buffer
-/// rather than a copy of the whole file, and gives it back for the next file.
 pub fn read_records(
     path: &str,
     format: InputFormat,
-    data: &mut Vec<u8>,
+    bytes: InputBytes<'_>,
     mut emit: impl FnMut(Result<RawPing, PingRejection>),
 ) -> Result<(), UnreadableFile> {
     let unreadable = |message: String| UnreadableFile {
         path: path.to_string(),
         format,
         message,
+    };
+    let mut whole: &[u8];
+    let (stream, data): (&mut dyn Read, _) = match bytes {
+        InputBytes::Stream(stream) => (stream, None),
+        InputBytes::Whole(data) if !format.is_read_whole() => {
+            whole = data.as_slice();
+            (&mut whole, None)
+        }
+        InputBytes::Whole(data) => (&mut std::io::empty(), Some(data)),
     };
     match format {
         InputFormat::Ndjson => {
@@ -222,10 +261,13 @@ pub fn read_records(
                     })
                 }));
             };
-            if is_gzip(data) {
+            let mut head = [0u8; 2];
+            let head_len =
+                read_up_to(stream, &mut head).map_err(|e| unreadable(format!("reading: {e}")))?;
+            let text = head[..head_len].chain(stream);
+            if is_gzip(&head[..head_len]) {
                 // Decompressed as it is read: memory holds one line, whatever the ratio.
-                let text = flate2::read::MultiGzDecoder::new(data.as_slice())
-                    .take(MAX_FILE_TEXT_BYTES + 1);
+                let text = flate2::read::MultiGzDecoder::new(text).take(MAX_FILE_TEXT_BYTES + 1);
                 let mut text = std::io::BufReader::with_capacity(1 << 20, text);
                 for_each_line(&mut text, &mut each_line)
                     .map_err(|e| unreadable(format!("gzip: {e}")))?;
@@ -236,17 +278,22 @@ pub fn read_records(
                     )));
                 }
             } else {
-                // Already in memory: lines are borrowed, not copied.
-                for line in data.split(|&b| b == b'\n') {
-                    each_line(if line.len() > MAX_LINE_BYTES {
-                        Err(PingRejection::TooLarge)
-                    } else {
-                        Ok(line)
-                    });
-                }
+                let text = std::io::BufReader::with_capacity(1 << 20, text);
+                for_each_line(text, &mut each_line)
+                    .map_err(|e| unreadable(format!("reading: {e}")))?;
             }
         }
         InputFormat::Parquet => {
+            let mut read = Vec::new();
+            let data = match data {
+                Some(data) => data,
+                None => {
+                    stream
+                        .read_to_end(&mut read)
+                        .map_err(|e| unreadable(format!("reading: {e}")))?;
+                    &mut read
+                }
+            };
             let file = Bytes::from(std::mem::take(data));
             let outcome = read_parquet(file.clone(), &unreadable, &mut emit);
             // Unique again once the reader is gone: the buffer comes back uncopied.
@@ -255,7 +302,8 @@ pub fn read_records(
         }
         InputFormat::Avro => {
             limit_avro_allocations();
-            let mut reader = contain_decoder_panic(|| apache_avro::Reader::new(data.as_slice()))
+            let stream = std::io::BufReader::with_capacity(1 << 20, stream);
+            let mut reader = contain_decoder_panic(|| apache_avro::Reader::new(stream))
                 .map_err(unreadable)?
                 .map_err(|e| unreadable(e.to_string()))?;
             while let Some(value) = contain_decoder_panic(|| reader.next()).map_err(unreadable)? {
@@ -364,6 +412,41 @@ mod tests {
         );
     }
 
+    /// A reader that hands out one byte per call, the worst a store can do.
+    struct Trickle<'a>(&'a [u8]);
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = self.0.len().min(buf.len()).min(1);
+            buf[..n].copy_from_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn ndjson_read_as_a_stream_gives_the_records_of_the_whole_file() {
+        use crate::wire::ping::SinkMessage;
+        let line = |n: u8| {
+            let message = SinkMessage::wrap(&[b'{', b'0' + n, b'}'], "id", "2019-06-26T01:00:00Z");
+            serde_json::to_vec(&message).unwrap()
+        };
+        let text = [line(1), b"\nnot json\n\n".to_vec(), line(2)].concat();
+        let records = |format: InputFormat, bytes: InputBytes| {
+            let mut out = Vec::new();
+            read_records("f", format, bytes, |r| out.push(r)).unwrap();
+            out
+        };
+        let whole = records(InputFormat::Ndjson, InputBytes::Whole(&mut text.clone()));
+        assert_eq!(whole.len(), 3);
+        assert_eq!(whole[0].as_ref().unwrap().submission_date, "2019-06-26");
+        assert!(whole[1].is_err());
+        for file in [text.clone(), gzip(&text)] {
+            let streamed = records(InputFormat::Ndjson, InputBytes::Stream(&mut Trickle(&file)));
+            assert_eq!(streamed, whole);
+        }
+    }
+
     #[test]
     fn a_record_that_decompresses_past_the_limit_is_too_large() {
         let bomb = gzip(&vec![b' '; MAX_RECORD_BYTES as usize + 1]);
@@ -410,9 +493,12 @@ mod tests {
         let mut data = file.clone();
         let buffer = data.as_ptr();
         let mut read = Vec::new();
-        read_records("part.parquet", InputFormat::Parquet, &mut data, |r| {
-            read.push(r.unwrap())
-        })
+        read_records(
+            "part.parquet",
+            InputFormat::Parquet,
+            InputBytes::Whole(&mut data),
+            |r| read.push(r.unwrap()),
+        )
         .unwrap();
         let bodies: Vec<&[u8]> = read.iter().map(|r| r.body.as_slice()).collect();
         assert_eq!(bodies, [&br#"{"id":"raw"}"#[..], br#"{"id":"gzip"}"#]);

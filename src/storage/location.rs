@@ -93,24 +93,40 @@ const DEFAULT_RETRY_LIMIT: usize = 30;
 const DEFAULT_RETRY_TIMEOUT_SECS: f64 = 180.0;
 
 /// How cloud requests are retried, from `STORAGE_RETRY_LIMIT` and
-/// `STORAGE_RETRY_TIMEOUT` (seconds): a store that restarts or drops
-/// connections is waited for with exponential backoff (from 100 ms, doubling,
-/// at most 15 s apart), then the call fails as [`StorageError::Unavailable`].
-fn retry_config() -> Result<object_store::RetryConfig, String> {
-    fn setting<T: std::str::FromStr>(name: &str, default: T) -> Result<T, String> {
-        match std::env::var(name) {
-            Ok(text) => text
-                .trim()
+/// `STORAGE_RETRY_TIMEOUT` (seconds) among `options` (any case; the last
+/// wins): a store that restarts or drops connections is waited for with
+/// exponential backoff (from 100 ms, jittered, at most 15 s apart), then the
+/// call fails as [`StorageError::Unavailable`].
+fn retry_config(options: &[(String, String)]) -> Result<object_store::RetryConfig, String> {
+    let setting = |name: &str| {
+        options
+            .iter()
+            .rev()
+            .find(|(key, _)| key.eq_ignore_ascii_case(name))
+            .map(|(_, value)| value.trim().to_string())
+    };
+    fn parsed<T: std::str::FromStr>(
+        name: &str,
+        text: Option<String>,
+        default: T,
+    ) -> Result<T, String> {
+        match text {
+            Some(text) => text
                 .parse()
                 .map_err(|_| format!("{name}={text:?} is not a number")),
-            Err(_) => Ok(default),
+            None => Ok(default),
         }
     }
-    let timeout: f64 = setting("STORAGE_RETRY_TIMEOUT", DEFAULT_RETRY_TIMEOUT_SECS)?;
+    let (timeout_name, limit_name) = ("STORAGE_RETRY_TIMEOUT", "STORAGE_RETRY_LIMIT");
+    let timeout: f64 = parsed(
+        timeout_name,
+        setting(timeout_name),
+        DEFAULT_RETRY_TIMEOUT_SECS,
+    )?;
     let retry_timeout = std::time::Duration::try_from_secs_f64(timeout)
-        .map_err(|_| format!("STORAGE_RETRY_TIMEOUT={timeout} is not a number of seconds"))?;
+        .map_err(|_| format!("{timeout_name}={timeout} is not a number of seconds"))?;
     Ok(object_store::RetryConfig {
-        max_retries: setting("STORAGE_RETRY_LIMIT", DEFAULT_RETRY_LIMIT)?,
+        max_retries: parsed(limit_name, setting(limit_name), DEFAULT_RETRY_LIMIT)?,
         retry_timeout,
         backoff: object_store::BackoffConfig::default(),
     })
@@ -214,8 +230,9 @@ impl Location {
             let path = std::path::absolute(text).map_err(|e| bad(e.to_string()))?;
             url::Url::from_directory_path(&path).map_err(|_| bad("not an absolute path".into()))?
         };
-        let retry = retry_config().map_err(bad)?;
-        let (store, prefix) = open_store(&url, std::env::vars().chain(options), retry)
+        let options: Vec<(String, String)> = std::env::vars().chain(options).collect();
+        let retry = retry_config(&options).map_err(bad)?;
+        let (store, prefix) = open_store(&url, options, retry)
             .map_err(|e| bad(format!("{e} ({})", credential_hint(text))))?;
         Ok(Location {
             store: Arc::from(store),
@@ -338,20 +355,61 @@ impl Location {
             buffer.reserve_exact(file.metadata()?.len() as usize);
             file.read_to_end(buffer)
         });
-        read.map(|_| ()).map_err(|source| {
-            let url = self.object_url(rel);
-            match source.kind() {
-                // A directory is not an object, as in object_store.
-                std::io::ErrorKind::NotFound | std::io::ErrorKind::IsADirectory => {
-                    StorageError::NotFound { url }
-                }
-                std::io::ErrorKind::PermissionDenied => StorageError::Denied {
-                    hint: credential_hint(&url),
-                    url,
-                },
-                _ => StorageError::Read { url, source },
+        // A directory is not an object, as in object_store.
+        read.map(|_| ())
+            .map_err(|source| self.io_error(rel, source))
+    }
+
+    /// Opens an object to read front to back, a buffer at a time: a local
+    /// file where it is, a cloud object as the stream of its body.
+    pub fn open(&self, rel: &str) -> Result<ObjectRead, StorageError> {
+        let url = self.object_url(rel);
+        let source = match &self.files {
+            Some(files) => {
+                let path = files
+                    .path_to_filesystem(&self.path(rel))
+                    .map_err(|e| self.error(rel, e))?;
+                let file = std::fs::File::open(&path).and_then(|file| {
+                    // A directory is not an object, as in object_store.
+                    if file.metadata()?.is_dir() {
+                        return Err(std::io::ErrorKind::NotFound.into());
+                    }
+                    Ok(file)
+                });
+                ObjectSource::File(file.map_err(|e| self.io_error(rel, e))?)
             }
+            None => {
+                let path = self.path(rel);
+                let body = self
+                    .block_on(self.store.get(&path))
+                    .map_err(|e| self.error(rel, e))?
+                    .into_stream();
+                ObjectSource::Stream {
+                    body,
+                    chunk: Bytes::new(),
+                }
+            }
+        };
+        Ok(ObjectRead {
+            source,
+            url,
+            failure: None,
         })
+    }
+
+    /// A local file's I/O error as the storage error it means.
+    fn io_error(&self, rel: &str, source: std::io::Error) -> StorageError {
+        let url = self.object_url(rel);
+        match source.kind() {
+            std::io::ErrorKind::NotFound | std::io::ErrorKind::IsADirectory => {
+                StorageError::NotFound { url }
+            }
+            std::io::ErrorKind::PermissionDenied => StorageError::Denied {
+                hint: credential_hint(&url),
+                url,
+            },
+            _ => StorageError::Read { url, source },
+        }
     }
 
     /// Writes a whole object in one put: readers see the old object or the new one, never part.
@@ -549,6 +607,73 @@ fn is_staging_name(name: &str) -> bool {
         .is_some_and(|(_, digits)| !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
 }
 
+/// An object being read front to back ([`Location::open`]). Reading it
+/// gives `std::io::Error`s, but a failure of the store itself is kept, so
+/// that the caller can tell a file that does not decode from a store that
+/// stopped answering ([`ObjectRead::failure`]).
+pub struct ObjectRead {
+    source: ObjectSource,
+    url: String,
+    failure: Option<StorageError>,
+}
+
+enum ObjectSource {
+    File(std::fs::File),
+    Stream {
+        body: futures::stream::BoxStream<'static, object_store::Result<Bytes>>,
+        /// What is left of the body's last chunk.
+        chunk: Bytes,
+    },
+}
+
+impl ObjectRead {
+    /// The storage failure that cut reading short, if any.
+    pub fn failure(&mut self) -> Option<StorageError> {
+        self.failure.take()
+    }
+}
+
+impl Read for ObjectRead {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let read = match &mut self.source {
+            ObjectSource::File(file) => file.read(buf).map_err(|source| StorageError::Read {
+                url: self.url.clone(),
+                source,
+            }),
+            ObjectSource::Stream { body, chunk } => loop {
+                if !chunk.is_empty() {
+                    let n = buf.len().min(chunk.len());
+                    buf[..n].copy_from_slice(&chunk.split_to(n));
+                    break Ok(n);
+                }
+                match runtime().block_on(body.try_next()) {
+                    Ok(Some(next)) => *chunk = next,
+                    Ok(None) => break Ok(0),
+                    Err(source) => {
+                        let error = if is_transport_failure(&source) {
+                            StorageError::Unavailable {
+                                url: self.url.clone(),
+                                source,
+                            }
+                        } else {
+                            StorageError::Other {
+                                url: self.url.clone(),
+                                source,
+                            }
+                        };
+                        break Err(error);
+                    }
+                }
+            },
+        };
+        read.map_err(|failure| {
+            let message = failure.to_string();
+            self.failure = Some(failure);
+            std::io::Error::other(message)
+        })
+    }
+}
+
 /// Streams one object, so a large object never sits whole in memory: the
 /// bytes go out in chunks (a multipart upload once the object outgrows one
 /// chunk), and the object appears whole on [`ObjectWriter::finish`], never
@@ -695,8 +820,17 @@ mod tests {
         assert_eq!(loc.get("m/x").unwrap(), Bytes::from_static(b"same"));
     }
 
-    /// A one-request HTTP server on loopback: answers `status`, returns the request line.
+    /// A one-request HTTP server on loopback: answers `status` with no body,
+    /// returns the request line.
     fn answer_once(status: &'static str) -> (String, std::thread::JoinHandle<String>) {
+        answer_once_with(status, "Content-Length: 0\r\n\r\n")
+    }
+
+    /// [`answer_once`], sending `rest` (headers, blank line, body) after the status line.
+    fn answer_once_with(
+        status: &'static str,
+        rest: &'static str,
+    ) -> (String, std::thread::JoinHandle<String>) {
         use std::io::{BufRead, Write};
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
@@ -711,12 +845,55 @@ mod tests {
             }
             write!(
                 reader.get_mut(),
-                "HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                "HTTP/1.1 {status}\r\nConnection: close\r\n{rest}"
             )
             .unwrap();
             request_line.trim_end().to_string()
         });
         (base, handle)
+    }
+
+    /// A loopback GCS location whose one request gets `rest` after a 200.
+    fn gcs_answering(rest: &'static str) -> Location {
+        let (base, _) = answer_once_with("200 OK", rest);
+        let key = serde_json::json!({
+            "private_key": "", "private_key_id": "", "client_email": "",
+            "disable_oauth": true, "gcs_base_url": base,
+        });
+        Location::parse_with(
+            "gs://bucket/p",
+            [
+                ("google_service_account_key".to_string(), key.to_string()),
+                // The one answer is all there is: retrying would wait for nothing.
+                ("storage_retry_timeout".to_string(), "0.3".to_string()),
+            ],
+        )
+        .unwrap()
+    }
+
+    /// A body cut off by the store is the store's failure, kept for the
+    /// caller, not the end of a shorter file.
+    #[test]
+    fn an_object_read_as_a_stream_tells_a_cut_off_body_from_its_end() {
+        use std::io::Read;
+        let headers = "ETag: \"1\"\r\nLast-Modified: Wed, 26 Jun 2019 00:00:00 GMT\r\n";
+        let whole = gcs_answering(Box::leak(
+            format!("{headers}Content-Length: 5\r\n\r\nhello").into_boxed_str(),
+        ));
+        let mut object = whole.open("x").unwrap();
+        let mut text = String::new();
+        object.read_to_string(&mut text).unwrap();
+        assert_eq!(text, "hello");
+        assert!(object.failure().is_none());
+
+        let cut = gcs_answering(Box::leak(
+            format!("{headers}Content-Length: 1000\r\n\r\nhello").into_boxed_str(),
+        ));
+        let mut object = cut.open("x").unwrap();
+        let mut read = Vec::new();
+        assert!(object.read_to_end(&mut read).is_err());
+        let failure = object.failure().expect("the store's failure is kept");
+        assert!(failure.to_string().contains("gs://bucket/p/x"), "{failure}");
     }
 
     #[test]

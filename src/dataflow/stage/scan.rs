@@ -9,8 +9,8 @@ use timely::worker::Worker;
 use super::counts::StageCounts;
 use super::{finish, push_to, shared_sorter, InputFile, StageJob};
 use crate::dataflow::{on_disk, route_hash, Error, Exchange, Merge};
-use crate::storage::input::{read_records, RawPing};
-use crate::storage::location::StorageError;
+use crate::storage::input::{read_records, InputBytes, RawPing};
+use crate::storage::location::{ObjectRead, StorageError};
 use crate::storage::spill::{RecordSpill, ShareSpill, SortedRecords, Spilled};
 use crate::wire::envelope::sealed_len;
 use crate::wire::ping::{decode_base64, parse_ping, PingRejection};
@@ -115,8 +115,14 @@ pub(super) fn scan(
     let mut data = Vec::new();
     for (file_index, file) in mine() {
         let url = job.input.object_url(&file.rel);
-        match job.input.read_into(&file.rel, &mut data) {
-            Ok(()) => {}
+        // Parquet is read whole; the other formats as they are decoded.
+        let fetched = if file.format.is_read_whole() {
+            job.input.read_into(&file.rel, &mut data).map(|()| None)
+        } else {
+            job.input.open(&file.rel).map(Some)
+        };
+        let mut object = match fetched {
+            Ok(object) => object,
             // A local file this run may not read, or one gone since the
             // listing, is that file's problem. Any other storage error is the
             // run's, and so is a cloud store's refusal: an expired credential
@@ -132,7 +138,7 @@ pub(super) fn scan(
                 continue;
             }
             Err(e) => return Err(e.into()),
-        }
+        };
         // Records are decoded and spilled as they are read, but they count
         // once the whole file was readable: an unreadable file is skipped
         // whole (its spilled shares stay unused), never in part.
@@ -141,7 +147,11 @@ pub(super) fn scan(
         let mut counted = StageCounts::default();
         let mut record_index = 0u32;
         let mut spill_error = None;
-        let outcome = read_records(&url, file.format, &mut data, |record| {
+        let bytes = match &mut object {
+            Some(object) => InputBytes::Stream(object),
+            None => InputBytes::Whole(&mut data),
+        };
+        let outcome = read_records(&url, file.format, bytes, |record| {
             let order = Order {
                 file: file_index as u32,
                 record: record_index,
@@ -158,6 +168,10 @@ pub(super) fn scan(
         });
         if let Some(e) = spill_error {
             return Err(Error::Spill(e));
+        }
+        // A store that stopped answering mid-file fails the run: the file is fine.
+        if let Some(e) = object.as_mut().and_then(ObjectRead::failure) {
+            return Err(e.into());
         }
         if let Err(e) = outcome {
             if !job.skip_unreadable {
