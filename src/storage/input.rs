@@ -208,15 +208,58 @@ pub enum InputBytes<'a> {
     /// they are read, so memory holds a buffer and one record, whatever the
     /// file's size.
     Stream(&'a mut dyn Read),
-    /// The whole file, lent: Parquet's footer comes first, so it is read
-    /// whole; the buffer comes back for the next file.
+    /// The whole file, lent; the buffer comes back for the next file.
     Whole(&'a mut Vec<u8>),
+    /// A local file: Parquet reads its footer, then one row group at a
+    /// time, where they are; the other formats read it as a stream.
+    File(std::fs::File),
 }
 
 impl InputFormat {
-    /// Whether [`read_records`] wants this format's files whole.
-    pub fn is_read_whole(self) -> bool {
+    /// Whether [`read_records`] reads this format out of order (Parquet's
+    /// footer comes first): from a [`InputBytes::File`], or else whole.
+    pub fn needs_random_access(self) -> bool {
         self == InputFormat::Parquet
+    }
+}
+
+/// A local Parquet file as Parquet's reader takes it, refusing ranges
+/// past the file's end before allocating for them (the footer is hostile
+/// too, and `File`'s own reader reserves whatever length it is asked for).
+struct LocalParquet {
+    file: std::fs::File,
+    len: u64,
+}
+
+impl parquet::file::reader::Length for LocalParquet {
+    fn len(&self) -> u64 {
+        self.len
+    }
+}
+
+impl parquet::file::reader::ChunkReader for LocalParquet {
+    type T = <std::fs::File as parquet::file::reader::ChunkReader>::T;
+
+    fn get_read(&self, start: u64) -> parquet::errors::Result<Self::T> {
+        self.check(start, 0)?;
+        self.file.get_read(start)
+    }
+
+    fn get_bytes(&self, start: u64, length: usize) -> parquet::errors::Result<Bytes> {
+        self.check(start, length)?;
+        self.file.get_bytes(start, length)
+    }
+}
+
+impl LocalParquet {
+    fn check(&self, start: u64, length: usize) -> parquet::errors::Result<()> {
+        match start.checked_add(length as u64) {
+            Some(end) if end <= self.len => Ok(()),
+            _ => Err(parquet::errors::ParquetError::EOF(format!(
+                "{length} bytes at {start} lie past the end of the file ({} bytes)",
+                self.len
+            ))),
+        }
     }
 }
 
@@ -232,14 +275,24 @@ pub fn read_records(
         format,
         message,
     };
-    let mut whole: &[u8];
-    let (stream, data): (&mut dyn Read, _) = match bytes {
-        InputBytes::Stream(stream) => (stream, None),
-        InputBytes::Whole(data) if !format.is_read_whole() => {
+    // Parquet takes the file or the buffer; the other formats read a stream.
+    let (mut whole, mut local): (&[u8], _);
+    let mut nothing = std::io::empty();
+    let (stream, data, file): (&mut dyn Read, _, _) = match bytes {
+        _ if format.needs_random_access() => match bytes {
+            InputBytes::Stream(stream) => (stream, None, None),
+            InputBytes::Whole(data) => (&mut nothing, Some(data), None),
+            InputBytes::File(file) => (&mut nothing, None, Some(file)),
+        },
+        InputBytes::Stream(stream) => (stream, None, None),
+        InputBytes::Whole(data) => {
             whole = data.as_slice();
-            (&mut whole, None)
+            (&mut whole, None, None)
         }
-        InputBytes::Whole(data) => (&mut std::io::empty(), Some(data)),
+        InputBytes::File(file) => {
+            local = file;
+            (&mut local, None, None)
+        }
     };
     match format {
         InputFormat::Ndjson => {
@@ -284,6 +337,13 @@ pub fn read_records(
             }
         }
         InputFormat::Parquet => {
+            if let Some(file) = file {
+                let len = file
+                    .metadata()
+                    .map_err(|e| unreadable(format!("reading: {e}")))?
+                    .len();
+                return read_parquet(LocalParquet { file, len }, &unreadable, &mut emit);
+            }
             let mut read = Vec::new();
             let data = match data {
                 Some(data) => data,
@@ -335,15 +395,19 @@ pub fn read_records(
     Ok(())
 }
 
+/// Rows decoded at a time from a Parquet input: a ping is up to a few
+/// hundred KB, so Arrow's default of 1024 rows would hold hundreds of MB.
+const PARQUET_BATCH_ROWS: usize = 64;
+
 /// The records of a Parquet export of the decoded-payload table.
-fn read_parquet(
-    file: Bytes,
+fn read_parquet<T: parquet::file::reader::ChunkReader + 'static>(
+    file: T,
     unreadable: &impl Fn(String) -> UnreadableFile,
     emit: &mut impl FnMut(Result<RawPing, PingRejection>),
 ) -> Result<(), UnreadableFile> {
     let mut reader = contain_decoder_panic(|| {
         parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
-            .and_then(|b| b.build())
+            .and_then(|b| b.with_batch_size(PARQUET_BATCH_ROWS).build())
     })
     .map_err(unreadable)?
     .map_err(|e| unreadable(e.to_string()))?;
@@ -445,6 +509,19 @@ mod tests {
             let streamed = records(InputFormat::Ndjson, InputBytes::Stream(&mut Trickle(&file)));
             assert_eq!(streamed, whole);
         }
+    }
+
+    #[test]
+    fn a_local_parquet_file_refuses_ranges_past_its_end_before_reading() {
+        use parquet::file::reader::ChunkReader;
+        let mut file = tempfile::tempfile().unwrap();
+        std::io::Write::write_all(&mut file, b"0123456789").unwrap();
+        let local = LocalParquet { file, len: 10 };
+        assert_eq!(&local.get_bytes(2, 3).unwrap()[..], b"234");
+        // A footer may claim any length: it is refused, not allocated.
+        assert!(local.get_bytes(5, usize::MAX).is_err());
+        assert!(local.get_bytes(8, 3).is_err());
+        assert!(local.get_read(11).is_err());
     }
 
     #[test]

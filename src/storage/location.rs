@@ -627,6 +627,22 @@ enum ObjectSource {
 }
 
 impl ObjectRead {
+    /// The local file being read, as a handle of its own (for readers that
+    /// seek, such as Parquet's); `None` for a cloud object.
+    pub fn local_file(&self) -> Result<Option<std::fs::File>, StorageError> {
+        match &self.source {
+            ObjectSource::File(file) => {
+                file.try_clone()
+                    .map(Some)
+                    .map_err(|source| StorageError::Read {
+                        url: self.url.clone(),
+                        source,
+                    })
+            }
+            ObjectSource::Stream { .. } => Ok(None),
+        }
+    }
+
     /// The storage failure that cut reading short, if any.
     pub fn failure(&mut self) -> Option<StorageError> {
         self.failure.take()

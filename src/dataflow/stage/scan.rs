@@ -115,8 +115,9 @@ pub(super) fn scan(
     let mut data = Vec::new();
     for (file_index, file) in mine() {
         let url = job.input.object_url(&file.rel);
-        // Parquet is read whole; the other formats as they are decoded.
-        let fetched = if file.format.is_read_whole() {
+        // Parquet from a cloud store is read whole; everything else is read
+        // as it is decoded (a local Parquet file a row group at a time).
+        let fetched = if file.format.needs_random_access() && !job.input.is_local_files() {
             job.input.read_into(&file.rel, &mut data).map(|()| None)
         } else {
             job.input.open(&file.rel).map(Some)
@@ -147,9 +148,14 @@ pub(super) fn scan(
         let mut counted = StageCounts::default();
         let mut record_index = 0u32;
         let mut spill_error = None;
-        let bytes = match &mut object {
-            Some(object) => InputBytes::Stream(object),
-            None => InputBytes::Whole(&mut data),
+        let local_file = match &object {
+            Some(object) if file.format.needs_random_access() => object.local_file()?,
+            _ => None,
+        };
+        let bytes = match (local_file, &mut object) {
+            (Some(local), _) => InputBytes::File(local),
+            (None, Some(object)) => InputBytes::Stream(object),
+            (None, None) => InputBytes::Whole(&mut data),
         };
         let outcome = read_records(&url, file.format, bytes, |record| {
             let order = Order {
