@@ -218,6 +218,45 @@ impl World {
             .unwrap()
     }
 
+    /// Runs `process` with server a as a cluster of `processes` processes of
+    /// `workers` workers each, launched through the spec users copy
+    /// (jobs/process-server.sh), and server b with `b_args`; all must succeed.
+    fn process_with_a_as_cluster(&self, processes: usize, workers: usize, b_args: &[&str]) {
+        let hostfile = common::hostfile(&self.path(""), processes);
+        let bin_dir = Path::new(env!("CARGO_BIN_EXE_prio-processor"))
+            .parent()
+            .unwrap();
+        let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap());
+        let mut children: Vec<Child> = (0..processes)
+            .map(|i| {
+                let server = self.server(Role::A, "process", &[]);
+                Command::new("bash")
+                    .arg("jobs/process-server.sh")
+                    .current_dir(env!("CARGO_MANIFEST_DIR"))
+                    .env_clear()
+                    .envs(server.get_envs().filter_map(|(k, v)| Some((k, v?))))
+                    .env("PATH", &path)
+                    .env("DATE", &self.date)
+                    .env("HOSTFILE", &hostfile)
+                    .env("PROCESS", i.to_string())
+                    .env("WORKERS", workers.to_string())
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        children.push(self.spawn(Role::B, "process", b_args));
+        // Wait for all before judging any, so none is left running.
+        let outputs: Vec<Output> = children
+            .into_iter()
+            .map(|child| child.wait_with_output().unwrap())
+            .collect();
+        for out in outputs {
+            ok(out);
+        }
+    }
+
     /// Runs both servers through `steps`, one step at a time, each to success.
     fn run_both_ok(&self, steps: &[&str]) {
         for step in steps {
@@ -681,34 +720,7 @@ fn a_server_run_as_a_two_process_cluster_publishes_the_same_answer() {
         &[],
     );
     // Server a runs through the launch spec users copy, jobs/process-server.sh.
-    let hostfile = common::hostfile(&world.path(""), 2);
-    let bin_dir = Path::new(env!("CARGO_BIN_EXE_prio-processor"))
-        .parent()
-        .unwrap();
-    let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap());
-    let cluster = |i: &str| {
-        let server = world.server(Role::A, "process", &[]);
-        let mut job = Command::new("bash");
-        job.arg("jobs/process-server.sh")
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .env_clear()
-            .envs(server.get_envs().filter_map(|(k, v)| Some((k, v?))))
-            .env("PATH", &path)
-            .env("DATE", DATE)
-            .env("HOSTFILE", &hostfile)
-            .env("PROCESS", i)
-            .env("WORKERS", "1")
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped());
-        job.spawn().unwrap()
-    };
-    let (a0, a1) = (cluster("0"), cluster("1"));
-    let b = world.spawn(Role::B, "process", &["--workers", "2"]);
-    // Wait for all three before judging any, so none is left running.
-    let outputs = [a0, a1, b].map(|child| child.wait_with_output().unwrap());
-    for out in outputs {
-        ok(out);
-    }
+    world.process_with_a_as_cluster(2, 1, &["--workers", "2"]);
     for batch in ["x", "h"] {
         for role in Role::BOTH {
             let published = world.published(role, batch).unwrap();
@@ -1227,12 +1239,11 @@ fn replayed_shares_under_new_ping_ids_count_once_within_a_date_and_within_the_wi
     assert_known_answer_with_replays(&world, &day1, 4);
 
     // The next day, copies of day 1's pings: within the default window.
-    // Server a runs two workers, b one: the nonce shards and the parts are
-    // spread otherwise at each, and they still decide alike.
+    // Server a runs as two processes of two workers, b as one worker: the
+    // nonce shards and the parts are spread otherwise at each, across
+    // processes at a, and they still decide alike.
     let day2 = day(&mut world, "2019-06-27", "2", 3);
-    let [a, b] = world.run_both("process", &["--workers", "2"], &[]);
-    ok(a);
-    ok(b);
+    world.process_with_a_as_cluster(2, 2, &[]);
     assert_known_answer_with_replays(&world, &day2, 3);
 
     // Two days on with a window of one day, copies of day 1 count as reports.
