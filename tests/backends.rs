@@ -6,6 +6,7 @@
 
 mod common;
 
+use std::io::Read;
 use std::process::Command;
 
 use bytes::Bytes;
@@ -48,15 +49,23 @@ fn conformance(loc: &Location) {
     assert_eq!(loc.child("batch_id=x").list().unwrap().len(), 2);
     assert!(loc.child("nothing-here").list().unwrap().is_empty());
 
-    // Reading into a reused buffer replaces what it held.
-    let mut buffer = b"left over from another object".to_vec();
-    loc.read_into("batch_id=x/part-00000.parquet", &mut buffer)
+    // Read whole, read as a stream, and read in ranges (as Parquet's reader does).
+    assert_eq!(loc.get("batch_id=x/part-00000.parquet").unwrap(), big);
+    let mut streamed = Vec::new();
+    let mut object = loc.open("batch_id=x/part-00000.parquet").unwrap();
+    object.read_to_end(&mut streamed).unwrap();
+    assert!(object.failure().is_none());
+    assert_eq!(streamed, big);
+    let ranges = loc.ranges("batch_id=x/part-00000.parquet", big.len() as u64);
+    let mut tail = Vec::new();
+    ranges
+        .read_from(1000)
+        .unwrap()
+        .read_to_end(&mut tail)
         .unwrap();
-    assert_eq!(buffer, big);
-    loc.read_into("top.json", &mut buffer).unwrap();
-    assert_eq!(buffer, b"{}");
+    assert_eq!(tail, big[1000..]);
     assert!(matches!(
-        loc.read_into("batch_id=x/missing", &mut buffer),
+        loc.open("batch_id=x/missing"),
         Err(StorageError::NotFound { .. })
     ));
 
@@ -222,6 +231,92 @@ fn s3s_fs_refuses_wrong_credentials_with_a_hint() {
     assert!(!text.contains("wrong"), "the secret must not leak: {text}");
 }
 
+/// Parquet inputs on a store are read in ranges (footer, then row groups),
+/// and stage exactly what the same files on local disk stage.
+#[test]
+fn s3s_fs_parquet_inputs_are_read_in_ranges_and_staged_as_from_local_disk() {
+    let Some(server) = StorageServer::start(Backend::S3sFs) else {
+        return;
+    };
+    let bin = env!("CARGO_BIN_EXE_prio-processor");
+    let work = tempfile::tempdir().unwrap();
+    let config = r#"{"x": {"vdaf": "count"}, "s": {"vdaf": "sum", "max_measurement": 9}}"#;
+    let key = |_| {
+        let out = Command::new(bin).arg("keygen").output().unwrap().stdout;
+        let key: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        key["public_key"].as_str().unwrap().to_string()
+    };
+    let dump = work.path().join("dump");
+    let generated = Command::new(bin)
+        .args(["generate", "--config", config, "--pings", "40", "--output"])
+        .arg(&dump)
+        .env("PUBLIC_KEY_HEX_A", key(()))
+        .env("PUBLIC_KEY_HEX_B", key(()))
+        .output()
+        .unwrap();
+    assert!(generated.status.success());
+    let local = dump.join("parquet");
+    let remote = server.location("parquet-input");
+    for file in common::files_below(&local) {
+        let rel = file
+            .strip_prefix(&local)
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_string();
+        remote
+            .put(&rel, Bytes::from(std::fs::read(&file).unwrap()))
+            .unwrap();
+    }
+    let stage = |input: &str, output: &std::path::Path| {
+        let out = Command::new(bin)
+            .args([
+                "stage",
+                "--date",
+                "2019-06-26",
+                "--config",
+                config,
+                "--input",
+                input,
+            ])
+            .arg("--output")
+            .arg(output)
+            .env(
+                "STAGING_SECRET",
+                "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",
+            )
+            .envs(server.env())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let (from_disk, from_store) = (
+        work.path().join("from-disk"),
+        work.path().join("from-store"),
+    );
+    stage(local.to_str().unwrap(), &from_disk);
+    stage(&server.url("parquet-input"), &from_store);
+    let parts = |dir: &std::path::Path| {
+        common::files_below(dir)
+            .into_iter()
+            .filter(|f| f.to_string_lossy().contains("part-"))
+            .map(|f| {
+                (
+                    f.strip_prefix(dir).unwrap().to_path_buf(),
+                    std::fs::read(&f).unwrap(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let staged = parts(&from_disk);
+    assert!(!staged.is_empty());
+    assert!(staged == parts(&from_store), "the parts differ");
+}
+
 /// A store that goes away mid-run. Stopped for two seconds once server a
 /// has finished verify1 (so every later step of both servers meets it), it
 /// is waited for: the run ends with the known answers. Stopped for good at
@@ -271,6 +366,8 @@ fn s3s_fs_restarted_mid_run_is_waited_for_and_a_lasting_outage_fails_clearly() {
             ])
             .arg(work.path())
             .envs(env.iter().cloned())
+            // The retries are seen in object_store's info lines.
+            .env("RUST_LOG", "info")
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()

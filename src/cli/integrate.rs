@@ -83,7 +83,7 @@ fn key_from_env<K>(
     }
 }
 
-/// Runs this binary with `args` and `envs`, failing with its stderr.
+/// Starts this binary with `args` and `envs`; its stderr is shown.
 fn run_self(
     what: &str,
     args: &[&str],
@@ -91,8 +91,9 @@ fn run_self(
 ) -> anyhow::Result<std::process::Child> {
     let exe = std::env::current_exe().context("locating this binary")?;
     let mut cmd = Command::new(exe);
+    // Their summaries are not needed (the checks read the buckets); their logs are shown.
     cmd.args(args)
-        .stdout(Stdio::piped())
+        .stdout(Stdio::null())
         .stderr(Stdio::inherit());
     for var in [
         "SERVER_ID",
@@ -182,7 +183,7 @@ pub fn run(args: IntegrateArgs) -> anyhow::Result<u8> {
     let buckets = Role::BOTH.map(|role| ServerBuckets::under_root(&root, role, &date));
     let workers = args.workers.to_string();
     eprintln!("[2/4] staging into each server's private bucket");
-    let stage = run_self(
+    let mut stage = run_self(
         "stage",
         &[
             "stage",
@@ -202,9 +203,9 @@ pub fn run(args: IntegrateArgs) -> anyhow::Result<u8> {
             ("DATA_CONFIG", args.config.clone()),
         ],
     )?;
-    let staged = stage.wait_with_output()?;
-    if !staged.status.success() {
-        bail!("stage failed (exit {:?})", staged.status.code());
+    let staged = stage.wait()?;
+    if !staged.success() {
+        bail!("stage failed (exit {:?})", staged.code());
     }
 
     eprintln!("[3/4] running server A and server B as separate processes");

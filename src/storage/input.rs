@@ -10,7 +10,9 @@ use arrow::datatypes::TimestampMicrosecondType;
 use bytes::Bytes;
 
 use super::contain_decoder_panic;
+use super::location::{ObjectRanges, ObjectRead};
 use crate::wire::ping::{parse_sink_line, PingRejection};
+use parquet::errors::ParquetError;
 
 /// Input formats `stage` reads.
 #[derive(
@@ -210,56 +212,66 @@ pub enum InputBytes<'a> {
     Stream(&'a mut dyn Read),
     /// The whole file, lent; the buffer comes back for the next file.
     Whole(&'a mut Vec<u8>),
-    /// A local file: Parquet reads its footer, then one row group at a
-    /// time, where they are; the other formats read it as a stream.
-    File(std::fs::File),
+    /// A file read in ranges: Parquet reads its footer, then a row group
+    /// at a time, where they are; the other formats read it front to back.
+    Ranges(ObjectRanges),
 }
 
 impl InputFormat {
     /// Whether [`read_records`] reads this format out of order (Parquet's
-    /// footer comes first): from a [`InputBytes::File`], or else whole.
+    /// footer comes first): in [`InputBytes::Ranges`], or else whole.
     pub fn needs_random_access(self) -> bool {
         self == InputFormat::Parquet
     }
 }
 
-/// A local Parquet file as Parquet's reader takes it, refusing ranges
-/// past the file's end before allocating for them (the footer is hostile
-/// too, and `File`'s own reader reserves whatever length it is asked for).
-struct LocalParquet {
-    file: std::fs::File,
-    len: u64,
-}
-
-impl parquet::file::reader::Length for LocalParquet {
+/// An input file read in ranges is what Parquet's reader takes. A range
+/// past the object's end is refused before anything is read or allocated
+/// for it: the footer that names the ranges is hostile too.
+impl parquet::file::reader::Length for ObjectRanges {
     fn len(&self) -> u64 {
-        self.len
+        ObjectRanges::len(self)
     }
 }
 
-impl parquet::file::reader::ChunkReader for LocalParquet {
-    type T = <std::fs::File as parquet::file::reader::ChunkReader>::T;
+impl parquet::file::reader::ChunkReader for ObjectRanges {
+    /// Buffered: Parquet reads page headers a few bytes at a time.
+    type T = std::io::BufReader<ObjectRead>;
 
     fn get_read(&self, start: u64) -> parquet::errors::Result<Self::T> {
-        self.check(start, 0)?;
-        self.file.get_read(start)
+        within(self, start, 0)?;
+        let object = self
+            .read_from(start)
+            .map_err(|e| ParquetError::External(e.into()))?;
+        Ok(std::io::BufReader::new(object))
     }
 
     fn get_bytes(&self, start: u64, length: usize) -> parquet::errors::Result<Bytes> {
-        self.check(start, length)?;
-        self.file.get_bytes(start, length)
+        within(self, start, length)?;
+        let mut bytes = Vec::with_capacity(length);
+        self.read(start..start + length as u64)
+            .map_err(|e| ParquetError::External(e.into()))?
+            .take(length as u64)
+            .read_to_end(&mut bytes)
+            .map_err(|e| ParquetError::External(e.into()))?;
+        if bytes.len() != length {
+            return Err(ParquetError::EOF(format!(
+                "{length} bytes at {start} expected, {} read",
+                bytes.len()
+            )));
+        }
+        Ok(bytes.into())
     }
 }
 
-impl LocalParquet {
-    fn check(&self, start: u64, length: usize) -> parquet::errors::Result<()> {
-        match start.checked_add(length as u64) {
-            Some(end) if end <= self.len => Ok(()),
-            _ => Err(parquet::errors::ParquetError::EOF(format!(
-                "{length} bytes at {start} lie past the end of the file ({} bytes)",
-                self.len
-            ))),
-        }
+/// Whether `length` bytes at `start` lie within `object`.
+fn within(object: &ObjectRanges, start: u64, length: usize) -> parquet::errors::Result<()> {
+    match start.checked_add(length as u64) {
+        Some(end) if end <= object.len() => Ok(()),
+        _ => Err(ParquetError::EOF(format!(
+            "{length} bytes at {start} lie past the end of the file ({} bytes)",
+            object.len()
+        ))),
     }
 }
 
@@ -276,22 +288,22 @@ pub fn read_records(
         message,
     };
     // Parquet takes the file or the buffer; the other formats read a stream.
-    let (mut whole, mut local): (&[u8], _);
+    let (mut whole, mut from_start): (&[u8], ObjectRead);
     let mut nothing = std::io::empty();
-    let (stream, data, file): (&mut dyn Read, _, _) = match bytes {
+    let (stream, data, ranges): (&mut dyn Read, _, _) = match bytes {
         _ if format.needs_random_access() => match bytes {
             InputBytes::Stream(stream) => (stream, None, None),
             InputBytes::Whole(data) => (&mut nothing, Some(data), None),
-            InputBytes::File(file) => (&mut nothing, None, Some(file)),
+            InputBytes::Ranges(ranges) => (&mut nothing, None, Some(ranges)),
         },
         InputBytes::Stream(stream) => (stream, None, None),
         InputBytes::Whole(data) => {
             whole = data.as_slice();
             (&mut whole, None, None)
         }
-        InputBytes::File(file) => {
-            local = file;
-            (&mut local, None, None)
+        InputBytes::Ranges(ranges) => {
+            from_start = ranges.read_from(0).map_err(|e| unreadable(e.to_string()))?;
+            (&mut from_start, None, None)
         }
     };
     match format {
@@ -337,12 +349,8 @@ pub fn read_records(
             }
         }
         InputFormat::Parquet => {
-            if let Some(file) = file {
-                let len = file
-                    .metadata()
-                    .map_err(|e| unreadable(format!("reading: {e}")))?
-                    .len();
-                return read_parquet(LocalParquet { file, len }, &unreadable, &mut emit);
+            if let Some(ranges) = ranges {
+                return read_parquet(ranges, &unreadable, &mut emit);
             }
             let mut read = Vec::new();
             let data = match data {
@@ -504,7 +512,9 @@ mod tests {
         let whole = records(InputFormat::Ndjson, InputBytes::Whole(&mut text.clone()));
         assert_eq!(whole.len(), 3);
         assert_eq!(whole[0].as_ref().unwrap().submission_date, "2019-06-26");
+        assert_eq!(whole[0].as_ref().unwrap().body, b"{1}");
         assert!(whole[1].is_err());
+        assert_eq!(whole[2].as_ref().unwrap().body, b"{2}");
         for file in [text.clone(), gzip(&text)] {
             let streamed = records(InputFormat::Ndjson, InputBytes::Stream(&mut Trickle(&file)));
             assert_eq!(streamed, whole);
@@ -512,11 +522,12 @@ mod tests {
     }
 
     #[test]
-    fn a_local_parquet_file_refuses_ranges_past_its_end_before_reading() {
+    fn a_file_read_in_ranges_refuses_ranges_past_its_end_before_reading() {
         use parquet::file::reader::ChunkReader;
-        let mut file = tempfile::tempfile().unwrap();
-        std::io::Write::write_all(&mut file, b"0123456789").unwrap();
-        let local = LocalParquet { file, len: 10 };
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("f"), b"0123456789").unwrap();
+        let location = crate::storage::location::Location::parse(dir.path().to_str().unwrap());
+        let local = location.unwrap().ranges("f", 10);
         assert_eq!(&local.get_bytes(2, 3).unwrap()[..], b"234");
         // A footer may claim any length: it is refused, not allocated.
         assert!(local.get_bytes(5, usize::MAX).is_err());

@@ -176,24 +176,33 @@ fn open_store(
 /// Times a conditional create cut off without an answer is sent again.
 const CREATE_RETRIES: usize = 3;
 
-/// Whether `error` is a request that never got an answer (connection refused
-/// or reset, timeout) after object_store's retries: the store is down or unreachable.
-fn is_transport_failure(error: &object_store::Error) -> bool {
-    use object_store::client::{HttpError, HttpErrorKind};
+/// The kind of HTTP failure behind `error`, if it is one.
+fn http_failure(error: &object_store::Error) -> Option<object_store::client::HttpErrorKind> {
     let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
     while let Some(e) = cause {
-        if let Some(http) = e.downcast_ref::<HttpError>() {
-            return matches!(
-                http.kind(),
-                HttpErrorKind::Connect
-                    | HttpErrorKind::Request
-                    | HttpErrorKind::Timeout
-                    | HttpErrorKind::Interrupted
-            );
+        if let Some(http) = e.downcast_ref::<object_store::client::HttpError>() {
+            return Some(http.kind());
         }
         cause = e.source();
     }
-    false
+    None
+}
+
+/// Whether `error` is a request that never got an answer (connection refused
+/// or reset, timeout) after object_store's retries: the store is down or unreachable.
+fn is_transport_failure(error: &object_store::Error) -> bool {
+    use object_store::client::HttpErrorKind::*;
+    matches!(
+        http_failure(error),
+        Some(Connect | Request | Timeout | Interrupted)
+    )
+}
+
+/// Whether `error` is a request cut off after it was sent, which
+/// object_store repeats only when it is idempotent.
+fn is_cut_off(error: &object_store::Error) -> bool {
+    use object_store::client::HttpErrorKind::*;
+    matches!(http_failure(error), Some(Timeout | Interrupted))
 }
 
 /// The variable that holds credentials for a URL's scheme, for error messages.
@@ -327,74 +336,100 @@ impl Location {
     /// its size: object_store's local reader zeroes its buffer first, which
     /// for parts of megabytes costs more in page faults than the read.
     pub fn get(&self, rel: &str) -> Result<Bytes, StorageError> {
-        if self.files.is_some() {
-            let mut buffer = Vec::new();
-            self.read_into(rel, &mut buffer)?;
-            return Ok(buffer.into());
-        }
-        let path = self.path(rel);
-        self.block_on(async { self.store.get(&path).await?.bytes().await })
-            .map_err(|e| self.error(rel, e))
-    }
-
-    /// Reads a whole object into `buffer` (cleared first), so that a caller
-    /// reading many objects keeps one allocation instead of faulting in a
-    /// fresh one per object. Local files are read straight into it.
-    pub fn read_into(&self, rel: &str, buffer: &mut Vec<u8>) -> Result<(), StorageError> {
-        buffer.clear();
         let Some(files) = &self.files else {
-            buffer.extend_from_slice(&self.get(rel)?);
-            return Ok(());
+            let path = self.path(rel);
+            return self
+                .block_on(async { self.store.get(&path).await?.bytes().await })
+                .map_err(|e| self.error(rel, e));
         };
         let path = files
             .path_to_filesystem(&self.path(rel))
             .map_err(|e| self.error(rel, e))?;
-        let read = std::fs::File::open(path).and_then(|mut file| {
-            // Exactly the object's size: growing by doubling would keep a
-            // buffer twice the largest object.
-            buffer.reserve_exact(file.metadata()?.len() as usize);
-            file.read_to_end(buffer)
-        });
-        // A directory is not an object, as in object_store.
-        read.map(|_| ())
-            .map_err(|source| self.io_error(rel, source))
+        let mut buffer = Vec::new();
+        std::fs::File::open(path)
+            .and_then(|mut file| {
+                // Exactly the object's size: growing by doubling would hold
+                // twice the largest object.
+                buffer.reserve_exact(file.metadata()?.len() as usize);
+                file.read_to_end(&mut buffer)
+            })
+            // A directory is not an object, as in object_store.
+            .map_err(|source| self.io_error(rel, source))?;
+        Ok(buffer.into())
     }
 
     /// Opens an object to read front to back, a buffer at a time: a local
-    /// file where it is, a cloud object as the stream of its body.
+    /// file where it is, a cloud object a range request at a time.
     pub fn open(&self, rel: &str) -> Result<ObjectRead, StorageError> {
+        let end = match self.files {
+            Some(_) => None,
+            None => Some(self.size(rel)?.ok_or_else(|| StorageError::NotFound {
+                url: self.object_url(rel),
+            })?),
+        };
+        self.open_at(rel, 0, end, FailureSlot::default())
+    }
+
+    /// An object of `len` bytes to read in ranges, as readers that seek
+    /// (Parquet's) do: each range is a read of its own, so the object is
+    /// never held whole.
+    pub fn ranges(&self, rel: &str, len: u64) -> ObjectRanges {
+        ObjectRanges {
+            location: self.clone(),
+            rel: rel.to_string(),
+            len,
+            failure: FailureSlot::default(),
+        }
+    }
+
+    /// [`Location::open`] from byte `start` to `end` (a cloud object's
+    /// size; a local file is read to its end), keeping failures in `failure`.
+    fn open_at(
+        &self,
+        rel: &str,
+        start: u64,
+        end: Option<u64>,
+        failure: FailureSlot,
+    ) -> Result<ObjectRead, StorageError> {
+        use std::io::Seek;
         let url = self.object_url(rel);
-        let source = match &self.files {
-            Some(files) => {
+        let source = match (&self.files, end) {
+            (Some(files), _) => {
                 let path = files
                     .path_to_filesystem(&self.path(rel))
                     .map_err(|e| self.error(rel, e))?;
-                let file = std::fs::File::open(&path).and_then(|file| {
+                let file = std::fs::File::open(&path).and_then(|mut file| {
                     // A directory is not an object, as in object_store.
                     if file.metadata()?.is_dir() {
                         return Err(std::io::ErrorKind::NotFound.into());
                     }
+                    file.seek(std::io::SeekFrom::Start(start))?;
                     Ok(file)
                 });
                 ObjectSource::File(file.map_err(|e| self.io_error(rel, e))?)
             }
-            None => {
-                let path = self.path(rel);
-                let body = self
-                    .block_on(self.store.get(&path))
-                    .map_err(|e| self.error(rel, e))?
-                    .into_stream();
-                ObjectSource::Stream {
-                    body,
-                    chunk: Bytes::new(),
-                }
-            }
+            (None, end) => ObjectSource::Remote {
+                location: self.clone(),
+                rel: rel.to_string(),
+                next: start,
+                end: end.unwrap_or(start),
+                chunk: Bytes::new(),
+            },
         };
         Ok(ObjectRead {
             source,
             url,
-            failure: None,
+            failure,
         })
+    }
+
+    /// One range of an object, in one request.
+    fn get_range(&self, rel: &str, range: std::ops::Range<u64>) -> Result<Bytes, StorageError> {
+        let path = self.path(rel);
+        let options = object_store::GetOptions::default()
+            .with_range(Some(object_store::GetRange::Bounded(range)));
+        self.block_on(async { self.store.get_opts(&path, options).await?.bytes().await })
+            .map_err(|e| self.error(rel, e))
     }
 
     /// A local file's I/O error as the storage error it means.
@@ -439,11 +474,12 @@ impl Location {
             self.block_on(self.store.put_opts(&path, data.clone().into(), options))
         };
         // object_store does not repeat a create cut off mid-request (it may
-        // have landed); the comparison below makes repeating it safe.
+        // have landed); the comparison below makes repeating it safe. It has
+        // retried one that never connected already.
         let mut outcome = create();
         for _ in 0..CREATE_RETRIES {
             match &outcome {
-                Err(e) if is_transport_failure(e) => outcome = create(),
+                Err(e) if is_cut_off(e) => outcome = create(),
                 _ => break,
             }
         }
@@ -614,38 +650,93 @@ fn is_staging_name(name: &str) -> bool {
 pub struct ObjectRead {
     source: ObjectSource,
     url: String,
-    failure: Option<StorageError>,
+    failure: FailureSlot,
+}
+
+/// Where reads of one object keep the storage failure that cut them short.
+type FailureSlot = Arc<std::sync::Mutex<Option<StorageError>>>;
+
+/// Takes the failure kept in `slot`.
+fn take_failure(slot: &FailureSlot) -> Option<StorageError> {
+    slot.lock().unwrap_or_else(|e| e.into_inner()).take()
+}
+
+/// An object read in ranges ([`Location::ranges`]); every read keeps a
+/// storage failure for [`ObjectRanges::failure`], as [`ObjectRead`] does;
+/// clones share it.
+#[derive(Clone)]
+pub struct ObjectRanges {
+    location: Location,
+    rel: String,
+    len: u64,
+    failure: FailureSlot,
+}
+
+impl ObjectRanges {
+    /// The object's size, as listed.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether the object is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The object from byte `start` on, read front to back. A failure to
+    /// open is kept too; the caller gets its text.
+    pub fn read_from(&self, start: u64) -> Result<ObjectRead, StorageError> {
+        self.read(start..self.len)
+    }
+
+    /// Bytes `range` of the object, read front to back (a local file may
+    /// read on past its end: take what the range needs).
+    pub fn read(&self, range: std::ops::Range<u64>) -> Result<ObjectRead, StorageError> {
+        self.location
+            .open_at(
+                &self.rel,
+                range.start,
+                Some(range.end),
+                self.failure.clone(),
+            )
+            .map_err(|failure| {
+                let text = StorageError::Read {
+                    url: self.location.object_url(&self.rel),
+                    source: std::io::Error::other(failure.to_string()),
+                };
+                *self.failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(failure);
+                text
+            })
+    }
+
+    /// The storage failure that cut a read short, if any.
+    pub fn failure(&self) -> Option<StorageError> {
+        take_failure(&self.failure)
+    }
 }
 
 enum ObjectSource {
     File(std::fs::File),
-    Stream {
-        body: futures::stream::BoxStream<'static, object_store::Result<Bytes>>,
-        /// What is left of the body's last chunk.
+    /// A cloud object from `next` to `end`, fetched a range at a time. Each
+    /// range is one request with its own retries, read whole, so a slow
+    /// reader never holds a request open past the client's timeout.
+    Remote {
+        location: Location,
+        rel: String,
+        next: u64,
+        end: u64,
+        /// What is left of the last range.
         chunk: Bytes,
     },
 }
 
-impl ObjectRead {
-    /// The local file being read, as a handle of its own (for readers that
-    /// seek, such as Parquet's); `None` for a cloud object.
-    pub fn local_file(&self) -> Result<Option<std::fs::File>, StorageError> {
-        match &self.source {
-            ObjectSource::File(file) => {
-                file.try_clone()
-                    .map(Some)
-                    .map_err(|source| StorageError::Read {
-                        url: self.url.clone(),
-                        source,
-                    })
-            }
-            ObjectSource::Stream { .. } => Ok(None),
-        }
-    }
+/// Bytes fetched per request when a cloud object is read front to back.
+const REMOTE_RANGE: u64 = 8 << 20;
 
+impl ObjectRead {
     /// The storage failure that cut reading short, if any.
     pub fn failure(&mut self) -> Option<StorageError> {
-        self.failure.take()
+        take_failure(&self.failure)
     }
 }
 
@@ -656,35 +747,45 @@ impl Read for ObjectRead {
                 url: self.url.clone(),
                 source,
             }),
-            ObjectSource::Stream { body, chunk } => loop {
+            ObjectSource::Remote {
+                location,
+                rel,
+                next,
+                end,
+                chunk,
+            } => loop {
                 if !chunk.is_empty() {
                     let n = buf.len().min(chunk.len());
                     buf[..n].copy_from_slice(&chunk.split_to(n));
                     break Ok(n);
                 }
-                match runtime().block_on(body.try_next()) {
-                    Ok(Some(next)) => *chunk = next,
-                    Ok(None) => break Ok(0),
-                    Err(source) => {
-                        let error = if is_transport_failure(&source) {
-                            StorageError::Unavailable {
-                                url: self.url.clone(),
-                                source,
-                            }
-                        } else {
-                            StorageError::Other {
-                                url: self.url.clone(),
-                                source,
-                            }
-                        };
-                        break Err(error);
+                if *next >= *end {
+                    break Ok(0);
+                }
+                let range = *next..(*next + REMOTE_RANGE).min(*end);
+                match location.get_range(rel, range.clone()) {
+                    Ok(bytes) if bytes.len() as u64 == range.end - range.start => {
+                        *next = range.end;
+                        *chunk = bytes;
                     }
+                    Ok(bytes) => {
+                        break Err(StorageError::Read {
+                            url: self.url.clone(),
+                            source: std::io::Error::other(format!(
+                                "{} bytes at {} asked for, {} came: the object changed while it was read",
+                                range.end - range.start,
+                                range.start,
+                                bytes.len()
+                            )),
+                        })
+                    }
+                    Err(e) => break Err(e),
                 }
             },
         };
         read.map_err(|failure| {
             let message = failure.to_string();
-            self.failure = Some(failure);
+            *self.failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(failure);
             std::io::Error::other(message)
         })
     }
@@ -788,13 +889,8 @@ mod tests {
             loc.get("missing"),
             Err(StorageError::NotFound { .. })
         ));
-        let mut buffer = vec![9; 100];
-        loc.read_into("a/b/c.txt", &mut buffer).unwrap();
-        assert_eq!(buffer, b"hello");
-        assert!(matches!(
-            loc.read_into("missing", &mut buffer),
-            Err(StorageError::NotFound { .. })
-        ));
+        assert_eq!(loc.get("a/b/c.txt").unwrap(), Bytes::from_static(b"hello"));
+        assert!(matches!(loc.get("a"), Err(StorageError::NotFound { .. })));
         // Streamed objects, below and above one upload chunk.
         for size in [10, ObjectWriter::CHUNK * 2 + 17] {
             let data: Vec<u8> = (0..size).map(|i| (i % 253) as u8).collect();
@@ -869,9 +965,9 @@ mod tests {
         (base, handle)
     }
 
-    /// A loopback GCS location whose one request gets `rest` after a 200.
-    fn gcs_answering(rest: &'static str) -> Location {
-        let (base, _) = answer_once_with("200 OK", rest);
+    /// A loopback GCS location whose one request gets `status` and `rest`.
+    fn gcs_answering(status: &'static str, rest: &'static str) -> Location {
+        let (base, _) = answer_once_with(status, rest);
         let key = serde_json::json!({
             "private_key": "", "private_key_id": "", "client_email": "",
             "disable_oauth": true, "gcs_base_url": base,
@@ -887,28 +983,29 @@ mod tests {
         .unwrap()
     }
 
-    /// A body cut off by the store is the store's failure, kept for the
+    /// A range cut off by the store is the store's failure, kept for the
     /// caller, not the end of a shorter file.
     #[test]
-    fn an_object_read_as_a_stream_tells_a_cut_off_body_from_its_end() {
+    fn an_object_read_in_ranges_tells_a_cut_off_body_from_its_end() {
         use std::io::Read;
         let headers = "ETag: \"1\"\r\nLast-Modified: Wed, 26 Jun 2019 00:00:00 GMT\r\n";
-        let whole = gcs_answering(Box::leak(
-            format!("{headers}Content-Length: 5\r\n\r\nhello").into_boxed_str(),
-        ));
-        let mut object = whole.open("x").unwrap();
+        let answer = |length: u64, body: &str| {
+            let rest = format!(
+                "{headers}Content-Range: bytes 0-{}/{length}\r\nContent-Length: {length}\r\n\r\n{body}",
+                length - 1
+            );
+            gcs_answering("206 Partial Content", Box::leak(rest.into_boxed_str()))
+        };
+        let mut object = answer(5, "hello").ranges("x", 5).read_from(0).unwrap();
         let mut text = String::new();
         object.read_to_string(&mut text).unwrap();
         assert_eq!(text, "hello");
         assert!(object.failure().is_none());
 
-        let cut = gcs_answering(Box::leak(
-            format!("{headers}Content-Length: 1000\r\n\r\nhello").into_boxed_str(),
-        ));
-        let mut object = cut.open("x").unwrap();
+        let cut = answer(1000, "hello").ranges("x", 1000);
         let mut read = Vec::new();
-        assert!(object.read_to_end(&mut read).is_err());
-        let failure = object.failure().expect("the store's failure is kept");
+        assert!(cut.read_from(0).unwrap().read_to_end(&mut read).is_err());
+        let failure = cut.failure().expect("the store's failure is kept");
         assert!(failure.to_string().contains("gs://bucket/p/x"), "{failure}");
     }
 

@@ -10,7 +10,7 @@ use super::counts::StageCounts;
 use super::{finish, push_to, shared_sorter, InputFile, StageJob};
 use crate::dataflow::{on_disk, route_hash, Error, Exchange, Merge};
 use crate::storage::input::{read_records, InputBytes, RawPing};
-use crate::storage::location::{ObjectRead, StorageError};
+use crate::storage::location::{ObjectRanges, ObjectRead, StorageError};
 use crate::storage::spill::{RecordSpill, ShareSpill, SortedRecords, Spilled};
 use crate::wire::envelope::sealed_len;
 use crate::wire::ping::{decode_base64, parse_ping, PingRejection};
@@ -111,34 +111,21 @@ pub(super) fn scan(
     };
     job.progress.phase("staging");
     job.progress.expect(mine().map(|(_, f)| f.size).sum());
-    // One buffer for every file this worker reads.
-    let mut data = Vec::new();
     for (file_index, file) in mine() {
         let url = job.input.object_url(&file.rel);
-        // Parquet from a cloud store is read whole; everything else is read
-        // as it is decoded (a local Parquet file a row group at a time).
-        let fetched = if file.format.needs_random_access() && !job.input.is_local_files() {
-            job.input.read_into(&file.rel, &mut data).map(|()| None)
+        // Parquet is read in ranges (its footer first); the other formats
+        // front to back, as they are decoded.
+        let mut source = if file.format.needs_random_access() {
+            Source::Ranges(job.input.ranges(&file.rel, file.size))
         } else {
-            job.input.open(&file.rel).map(Some)
-        };
-        let mut object = match fetched {
-            Ok(object) => object,
-            // A local file this run may not read, or one gone since the
-            // listing, is that file's problem. Any other storage error is the
-            // run's, and so is a cloud store's refusal: an expired credential
-            // would otherwise skip every file after it.
-            Err(e @ StorageError::NotFound { .. }) if job.skip_unreadable => {
-                skip_file(job, local, file, &e);
-                continue;
+            match job.input.open(&file.rel) {
+                Ok(object) => Source::Stream(object),
+                Err(e) if skippable(job, &e) => {
+                    skip_file(job, local, file, &e);
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
             }
-            Err(e @ StorageError::Denied { .. })
-                if job.skip_unreadable && job.input.is_local_files() =>
-            {
-                skip_file(job, local, file, &e);
-                continue;
-            }
-            Err(e) => return Err(e.into()),
         };
         // Records are decoded and spilled as they are read, but they count
         // once the whole file was readable: an unreadable file is skipped
@@ -148,14 +135,9 @@ pub(super) fn scan(
         let mut counted = StageCounts::default();
         let mut record_index = 0u32;
         let mut spill_error = None;
-        let local_file = match &object {
-            Some(object) if file.format.needs_random_access() => object.local_file()?,
-            _ => None,
-        };
-        let bytes = match (local_file, &mut object) {
-            (Some(local), _) => InputBytes::File(local),
-            (None, Some(object)) => InputBytes::Stream(object),
-            (None, None) => InputBytes::Whole(&mut data),
+        let bytes = match &mut source {
+            Source::Stream(object) => InputBytes::Stream(object),
+            Source::Ranges(ranges) => InputBytes::Ranges(ranges.clone()),
         };
         let outcome = read_records(&url, file.format, bytes, |record| {
             let order = Order {
@@ -175,9 +157,18 @@ pub(super) fn scan(
         if let Some(e) = spill_error {
             return Err(Error::Spill(e));
         }
-        // A store that stopped answering mid-file fails the run: the file is fine.
-        if let Some(e) = object.as_mut().and_then(ObjectRead::failure) {
-            return Err(e.into());
+        // A storage failure while reading is not the file's: a store that
+        // stopped answering fails the run.
+        let failure = match &mut source {
+            Source::Stream(object) => object.failure(),
+            Source::Ranges(ranges) => ranges.failure(),
+        };
+        if let Some(e) = failure {
+            if !skippable(job, &e) {
+                return Err(e.into());
+            }
+            skip_file(job, local, file, &e);
+            continue;
         }
         if let Err(e) = outcome {
             if !job.skip_unreadable {
@@ -202,6 +193,26 @@ pub(super) fn scan(
     let losers = losing_copies(finish(&ids)?);
     let mine = return_losers(worker, job, losers, readers.to_vec(), local)?;
     Ok((read, mine))
+}
+
+/// How an input file is read.
+enum Source {
+    Stream(ObjectRead),
+    Ranges(ObjectRanges),
+}
+
+/// Whether `--skip-unreadable` skips a file over this storage error. A
+/// local file this run may not read, or one gone since the listing, is that
+/// file's problem. Any other storage error is the run's, and so is a cloud
+/// store's refusal: an expired credential would otherwise skip every file
+/// after it.
+fn skippable(job: &StageJob, error: &StorageError) -> bool {
+    job.skip_unreadable
+        && match error {
+            StorageError::NotFound { .. } => true,
+            StorageError::Denied { .. } => job.input.is_local_files(),
+            _ => false,
+        }
 }
 
 /// Counts a file that `--skip-unreadable` skips.
