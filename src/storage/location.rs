@@ -10,58 +10,16 @@ use std::io::Read;
 use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
+
+pub use super::error::StorageError;
+use super::error::{credential_hint, is_cut_off, is_transport_failure};
+pub use super::object_io::{ObjectRanges, ObjectRead, ObjectWriter};
 use futures::TryStreamExt;
 use object_store::local::LocalFileSystem;
 use object_store::path::{Path, PathPart};
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 
-/// A storage failure, naming the object it concerns and what to do about it.
-#[derive(Debug, thiserror::Error)]
-pub enum StorageError {
-    #[error("cannot open storage location {url:?}: {message}")]
-    BadUrl { url: String, message: String },
-    #[error("{url}: not found")]
-    NotFound { url: String },
-    #[error("{url}: access denied; check the credentials for this bucket ({hint})")]
-    Denied { url: String, hint: &'static str },
-    #[error(
-        "{url} already exists with different content; it was written by an earlier run \
-         from other inputs. Reset both servers for this date (prio-processor cleanup) and rerun"
-    )]
-    Conflict { url: String },
-    #[error("{url}: writing failed: {source}")]
-    Write { url: String, source: std::io::Error },
-    #[error("{url}: reading failed: {source}")]
-    Read { url: String, source: std::io::Error },
-    #[error("{url}: malformed: {message}")]
-    Malformed { url: String, message: String },
-    #[error("{url}: {message}")]
-    NotOwn { url: String, message: String },
-    #[error(
-        "{url}: refused: {reason}. Only what the peer signed for this date, step and object is \
-         read; check PUBLIC_SIGNING_KEY_HEX_EXTERNAL, and that nothing else writes to this inbox"
-    )]
-    Refused {
-        url: String,
-        reason: crate::wire::signing::Mismatch,
-    },
-    #[error(
-        "{url}: the storage service did not answer ({source}); requests are retried with \
-         backoff up to STORAGE_RETRY_LIMIT times within STORAGE_RETRY_TIMEOUT seconds. Check \
-         that it is up and reachable, then rerun: finished steps are kept"
-    )]
-    Unavailable {
-        url: String,
-        source: object_store::Error,
-    },
-    #[error("{url}: {source}")]
-    Other {
-        url: String,
-        source: object_store::Error,
-    },
-}
-
-fn runtime() -> &'static tokio::runtime::Runtime {
+pub(super) fn runtime() -> &'static tokio::runtime::Runtime {
     static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
     RUNTIME.get_or_init(|| {
         tokio::runtime::Builder::new_multi_thread()
@@ -76,14 +34,14 @@ fn runtime() -> &'static tokio::runtime::Runtime {
 /// A directory-like prefix in some object store.
 #[derive(Clone, Debug)]
 pub struct Location {
-    store: Arc<dyn ObjectStore>,
+    pub(super) store: Arc<dyn ObjectStore>,
     prefix: Path,
     url: String,
     /// `file://` or `memory://`: calls need no runtime.
     local: bool,
     /// `file://`: where objects sit on the local filesystem, so that
     /// [`ObjectWriter`] can write them straight to their files.
-    files: Option<Arc<LocalFileSystem>>,
+    pub(super) files: Option<Arc<LocalFileSystem>>,
 }
 
 /// Retries of one cloud request: within 3 minutes (object_store's default),
@@ -176,45 +134,6 @@ fn open_store(
 /// Times a conditional create cut off without an answer is sent again.
 const CREATE_RETRIES: usize = 3;
 
-/// The kind of HTTP failure behind `error`, if it is one.
-fn http_failure(error: &object_store::Error) -> Option<object_store::client::HttpErrorKind> {
-    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
-    while let Some(e) = cause {
-        if let Some(http) = e.downcast_ref::<object_store::client::HttpError>() {
-            return Some(http.kind());
-        }
-        cause = e.source();
-    }
-    None
-}
-
-/// Whether `error` is a request that never got an answer (connection refused
-/// or reset, timeout) after object_store's retries: the store is down or unreachable.
-fn is_transport_failure(error: &object_store::Error) -> bool {
-    use object_store::client::HttpErrorKind::*;
-    matches!(
-        http_failure(error),
-        Some(Connect | Request | Timeout | Interrupted)
-    )
-}
-
-/// Whether `error` is a request cut off after it was sent, which
-/// object_store repeats only when it is idempotent.
-fn is_cut_off(error: &object_store::Error) -> bool {
-    use object_store::client::HttpErrorKind::*;
-    matches!(http_failure(error), Some(Timeout | Interrupted))
-}
-
-/// The variable that holds credentials for a URL's scheme, for error messages.
-fn credential_hint(url: &str) -> &'static str {
-    match url.split("://").next() {
-        Some("s3" | "s3a") => "set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, and AWS_ENDPOINT_URL for S3-compatible stores",
-        Some("gs") => "set GOOGLE_APPLICATION_CREDENTIALS",
-        Some("az" | "azure" | "abfs" | "abfss" | "adl") => "set AZURE_STORAGE_ACCOUNT_NAME and AZURE_STORAGE_ACCOUNT_KEY",
-        _ => "check file permissions",
-    }
-}
-
 impl Location {
     /// Resolves a URL or a local path. Cloud credentials come from the
     /// environment (`AWS_*`, `GOOGLE_*`, `AZURE_*`), as each SDK documents.
@@ -272,7 +191,7 @@ impl Location {
 
     /// Runs one store call to completion: inline for local stores, on the
     /// shared runtime for cloud stores (their HTTP clients need tokio).
-    fn block_on<F: std::future::Future>(&self, call: F) -> F::Output {
+    pub(super) fn block_on<F: std::future::Future>(&self, call: F) -> F::Output {
         if self.local {
             futures::executor::block_on(call)
         } else {
@@ -284,7 +203,7 @@ impl Location {
         &self.url
     }
 
-    fn path(&self, rel: &str) -> Path {
+    pub(super) fn path(&self, rel: &str) -> Path {
         self.child(rel).prefix
     }
 
@@ -297,7 +216,7 @@ impl Location {
         }
     }
 
-    fn error(&self, rel: &str, source: object_store::Error) -> StorageError {
+    pub(super) fn error(&self, rel: &str, source: object_store::Error) -> StorageError {
         let url = self.object_url(rel);
         match source {
             object_store::Error::NotFound { .. } => StorageError::NotFound { url },
@@ -358,82 +277,8 @@ impl Location {
         Ok(buffer.into())
     }
 
-    /// Opens an object to read front to back, a buffer at a time: a local
-    /// file where it is, a cloud object a range request at a time.
-    pub fn open(&self, rel: &str) -> Result<ObjectRead, StorageError> {
-        let end = match self.files {
-            Some(_) => None,
-            None => Some(self.size(rel)?.ok_or_else(|| StorageError::NotFound {
-                url: self.object_url(rel),
-            })?),
-        };
-        self.open_at(rel, 0, end, FailureSlot::default())
-    }
-
-    /// An object of `len` bytes to read in ranges, as readers that seek
-    /// (Parquet's) do: each range is a read of its own, so the object is
-    /// never held whole.
-    pub fn ranges(&self, rel: &str, len: u64) -> ObjectRanges {
-        ObjectRanges {
-            location: self.clone(),
-            rel: rel.to_string(),
-            len,
-            failure: FailureSlot::default(),
-        }
-    }
-
-    /// [`Location::open`] from byte `start` to `end` (a cloud object's
-    /// size; a local file is read to its end), keeping failures in `failure`.
-    fn open_at(
-        &self,
-        rel: &str,
-        start: u64,
-        end: Option<u64>,
-        failure: FailureSlot,
-    ) -> Result<ObjectRead, StorageError> {
-        use std::io::Seek;
-        let url = self.object_url(rel);
-        let source = match (&self.files, end) {
-            (Some(files), _) => {
-                let path = files
-                    .path_to_filesystem(&self.path(rel))
-                    .map_err(|e| self.error(rel, e))?;
-                let file = std::fs::File::open(&path).and_then(|mut file| {
-                    // A directory is not an object, as in object_store.
-                    if file.metadata()?.is_dir() {
-                        return Err(std::io::ErrorKind::NotFound.into());
-                    }
-                    file.seek(std::io::SeekFrom::Start(start))?;
-                    Ok(file)
-                });
-                ObjectSource::File(file.map_err(|e| self.io_error(rel, e))?)
-            }
-            (None, end) => ObjectSource::Remote {
-                location: self.clone(),
-                rel: rel.to_string(),
-                next: start,
-                end: end.unwrap_or(start),
-                chunk: Bytes::new(),
-            },
-        };
-        Ok(ObjectRead {
-            source,
-            url,
-            failure,
-        })
-    }
-
-    /// One range of an object, in one request.
-    fn get_range(&self, rel: &str, range: std::ops::Range<u64>) -> Result<Bytes, StorageError> {
-        let path = self.path(rel);
-        let options = object_store::GetOptions::default()
-            .with_range(Some(object_store::GetRange::Bounded(range)));
-        self.block_on(async { self.store.get_opts(&path, options).await?.bytes().await })
-            .map_err(|e| self.error(rel, e))
-    }
-
     /// A local file's I/O error as the storage error it means.
-    fn io_error(&self, rel: &str, source: std::io::Error) -> StorageError {
+    pub(super) fn io_error(&self, rel: &str, source: std::io::Error) -> StorageError {
         let url = self.object_url(rel);
         match source.kind() {
             std::io::ErrorKind::NotFound | std::io::ErrorKind::IsADirectory => {
@@ -493,41 +338,6 @@ impl Location {
             }),
             Err(e) => Err(self.error(rel, e)),
         }
-    }
-
-    /// A streaming writer for one object: see [`ObjectWriter`].
-    pub fn writer(&self, rel: &str) -> Result<ObjectWriter, StorageError> {
-        let url = self.object_url(rel);
-        let sink = match &self.files {
-            Some(files) => {
-                let dest = files
-                    .path_to_filesystem(&self.path(rel))
-                    .map_err(|e| self.error(rel, e))?;
-                let write_error = |source| StorageError::Write {
-                    url: url.clone(),
-                    source,
-                };
-                if let Some(dir) = dest.parent() {
-                    std::fs::create_dir_all(dir).map_err(write_error)?;
-                }
-                // `name#digits`: object_store's own staging name, which listings skip.
-                let mut staging = dest.clone().into_os_string();
-                staging.push(format!("#{}", std::process::id()));
-                let staging = std::path::PathBuf::from(staging);
-                let file = std::fs::File::create(&staging).map_err(write_error)?;
-                Sink::File {
-                    file,
-                    staging,
-                    dest,
-                }
-            }
-            None => Sink::Store(object_store::buffered::BufWriter::with_capacity(
-                self.store.clone(),
-                self.path(rel),
-                ObjectWriter::CHUNK,
-            )),
-        };
-        Ok(ObjectWriter { sink, url })
     }
 
     /// An object's size, or `None` when there is no such object.
@@ -641,219 +451,6 @@ impl Location {
 fn is_staging_name(name: &str) -> bool {
     name.split_once('#')
         .is_some_and(|(_, digits)| !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
-}
-
-/// An object being read front to back ([`Location::open`]). Reading it
-/// gives `std::io::Error`s, but a failure of the store itself is kept, so
-/// that the caller can tell a file that does not decode from a store that
-/// stopped answering ([`ObjectRead::failure`]).
-pub struct ObjectRead {
-    source: ObjectSource,
-    url: String,
-    failure: FailureSlot,
-}
-
-/// Where reads of one object keep the storage failure that cut them short.
-type FailureSlot = Arc<std::sync::Mutex<Option<StorageError>>>;
-
-/// Takes the failure kept in `slot`.
-fn take_failure(slot: &FailureSlot) -> Option<StorageError> {
-    slot.lock().unwrap_or_else(|e| e.into_inner()).take()
-}
-
-/// An object read in ranges ([`Location::ranges`]); every read keeps a
-/// storage failure for [`ObjectRanges::failure`], as [`ObjectRead`] does;
-/// clones share it.
-#[derive(Clone)]
-pub struct ObjectRanges {
-    location: Location,
-    rel: String,
-    len: u64,
-    failure: FailureSlot,
-}
-
-impl ObjectRanges {
-    /// The object's size, as listed.
-    pub fn len(&self) -> u64 {
-        self.len
-    }
-
-    /// Whether the object is empty.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// The object from byte `start` on, read front to back. A failure to
-    /// open is kept too; the caller gets its text.
-    pub fn read_from(&self, start: u64) -> Result<ObjectRead, StorageError> {
-        self.read(start..self.len)
-    }
-
-    /// Bytes `range` of the object, read front to back (a local file may
-    /// read on past its end: take what the range needs).
-    pub fn read(&self, range: std::ops::Range<u64>) -> Result<ObjectRead, StorageError> {
-        self.location
-            .open_at(
-                &self.rel,
-                range.start,
-                Some(range.end),
-                self.failure.clone(),
-            )
-            .map_err(|failure| {
-                let text = StorageError::Read {
-                    url: self.location.object_url(&self.rel),
-                    source: std::io::Error::other(failure.to_string()),
-                };
-                *self.failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(failure);
-                text
-            })
-    }
-
-    /// The storage failure that cut a read short, if any.
-    pub fn failure(&self) -> Option<StorageError> {
-        take_failure(&self.failure)
-    }
-}
-
-enum ObjectSource {
-    File(std::fs::File),
-    /// A cloud object from `next` to `end`, fetched a range at a time. Each
-    /// range is one request with its own retries, read whole, so a slow
-    /// reader never holds a request open past the client's timeout.
-    Remote {
-        location: Location,
-        rel: String,
-        next: u64,
-        end: u64,
-        /// What is left of the last range.
-        chunk: Bytes,
-    },
-}
-
-/// Bytes fetched per request when a cloud object is read front to back.
-const REMOTE_RANGE: u64 = 8 << 20;
-
-impl ObjectRead {
-    /// The storage failure that cut reading short, if any.
-    pub fn failure(&mut self) -> Option<StorageError> {
-        take_failure(&self.failure)
-    }
-}
-
-impl Read for ObjectRead {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let read = match &mut self.source {
-            ObjectSource::File(file) => file.read(buf).map_err(|source| StorageError::Read {
-                url: self.url.clone(),
-                source,
-            }),
-            ObjectSource::Remote {
-                location,
-                rel,
-                next,
-                end,
-                chunk,
-            } => loop {
-                if !chunk.is_empty() {
-                    let n = buf.len().min(chunk.len());
-                    buf[..n].copy_from_slice(&chunk.split_to(n));
-                    break Ok(n);
-                }
-                if *next >= *end {
-                    break Ok(0);
-                }
-                let range = *next..(*next + REMOTE_RANGE).min(*end);
-                match location.get_range(rel, range.clone()) {
-                    Ok(bytes) if bytes.len() as u64 == range.end - range.start => {
-                        *next = range.end;
-                        *chunk = bytes;
-                    }
-                    Ok(bytes) => {
-                        break Err(StorageError::Read {
-                            url: self.url.clone(),
-                            source: std::io::Error::other(format!(
-                                "{} bytes at {} asked for, {} came: the object changed while it was read",
-                                range.end - range.start,
-                                range.start,
-                                bytes.len()
-                            )),
-                        })
-                    }
-                    Err(e) => break Err(e),
-                }
-            },
-        };
-        read.map_err(|failure| {
-            let message = failure.to_string();
-            *self.failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(failure);
-            std::io::Error::other(message)
-        })
-    }
-}
-
-/// Streams one object, so a large object never sits whole in memory: the
-/// bytes go out in chunks (a multipart upload once the object outgrows one
-/// chunk), and the object appears whole on [`ObjectWriter::finish`], never
-/// in part. Dropping it unfinished writes nothing visible.
-pub struct ObjectWriter {
-    sink: Sink,
-    url: String,
-}
-
-enum Sink {
-    /// A local file is written from the caller's thread into a staging file
-    /// that is renamed into place: no copy into upload chunks, no hand-off
-    /// to I/O threads.
-    File {
-        file: std::fs::File,
-        staging: std::path::PathBuf,
-        dest: std::path::PathBuf,
-    },
-    Store(object_store::buffered::BufWriter),
-}
-
-impl ObjectWriter {
-    /// Upload chunk size; S3 needs at least 5 MiB per part.
-    const CHUNK: usize = 8 << 20;
-
-    /// Completes the object.
-    pub fn finish(mut self) -> Result<(), StorageError> {
-        use tokio::io::AsyncWriteExt;
-        let finished = match &mut self.sink {
-            Sink::File { staging, dest, .. } => std::fs::rename(&*staging, &*dest),
-            // The buffered writer uploads parts as tokio tasks, for every store.
-            Sink::Store(upload) => runtime().block_on(upload.shutdown()),
-        };
-        finished.map_err(|source| StorageError::Write {
-            url: self.url.clone(),
-            source,
-        })
-    }
-}
-
-impl Drop for ObjectWriter {
-    /// An unfinished local object leaves no staging file behind (a
-    /// finished one was renamed away, so this finds nothing).
-    fn drop(&mut self) {
-        if let Sink::File { staging, .. } = &self.sink {
-            let _ = std::fs::remove_file(staging);
-        }
-    }
-}
-
-impl std::io::Write for ObjectWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        use tokio::io::AsyncWriteExt;
-        match &mut self.sink {
-            Sink::File { file, .. } => file.write_all(buf)?,
-            Sink::Store(upload) => runtime().block_on(upload.write_all(buf))?,
-        }
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }
 
 #[cfg(test)]

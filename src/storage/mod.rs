@@ -5,9 +5,11 @@
 
 pub mod batch_dir;
 pub mod dump;
+pub mod error;
 pub mod input;
 pub mod location;
 pub mod messages;
+pub mod object_io;
 pub mod published;
 pub mod server;
 pub mod spill;
