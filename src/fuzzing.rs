@@ -11,6 +11,7 @@ use std::sync::OnceLock;
 use bytes::Bytes;
 
 use crate::storage::input::{read_records, InputBytes, InputFormat};
+use crate::storage::location::Location;
 use crate::storage::messages::{decode_message, AggregateMessage, HelloMessage};
 use crate::storage::published::decode_published;
 use crate::storage::staged::{decode_staged, StagedFormat};
@@ -147,16 +148,29 @@ pub fn staged_part(data: &[u8]) {
     let _ = decode_staged("fuzz", format, Bytes::copy_from_slice(rest), Role::A);
 }
 
-/// An input file of `stage`, in each format (NDJSON possibly gzipped).
+/// An input file of `stage`, in each format (NDJSON possibly gzipped), read
+/// whole or, as `stage` reads it, in ranges from a store (the selector's
+/// quotient by the number of formats picks which).
 pub fn input_file(data: &[u8]) {
     let (selector, rest) = split(data);
-    let format = InputFormat::ALL[selector as usize % InputFormat::ALL.len()];
-    let mut buffer = rest.to_vec();
-    let _ = read_records("fuzz", format, InputBytes::Whole(&mut buffer), |record| {
+    let formats = InputFormat::ALL.len();
+    let format = InputFormat::ALL[selector as usize % formats];
+    let each = |record: Result<crate::storage::input::RawPing, _>| {
         if let Ok(record) = record {
             let _ = parse_ping(&record.body);
         }
-    });
+    };
+    if (selector as usize / formats).is_multiple_of(2) {
+        let mut buffer = rest.to_vec();
+        let _ = read_records("fuzz", format, InputBytes::Whole(&mut buffer), each);
+        return;
+    }
+    let store = Location::parse("memory://").expect("an in-memory store");
+    store
+        .put("input", Bytes::copy_from_slice(rest))
+        .expect("an in-memory put");
+    let ranges = store.ranges("input", rest.len() as u64);
+    let _ = read_records("fuzz", format, InputBytes::Ranges(ranges), each);
 }
 
 fn split(data: &[u8]) -> (u8, &[u8]) {

@@ -8,6 +8,9 @@
 use std::path::Path;
 
 use prio_processor::fuzzing::{run, TARGETS};
+use prio_processor::storage::input::InputFormat;
+
+const FORMATS: usize = InputFormat::ALL.len();
 
 #[test]
 fn every_target_has_a_fuzz_target_and_every_regression_a_target() {
@@ -39,8 +42,14 @@ fn inputs_the_fuzzers_found_no_longer_fail() {
         };
         for input in inputs {
             let path = input.unwrap().path();
-            run(name, &std::fs::read(&path).unwrap());
+            let mut data = std::fs::read(&path).unwrap();
+            run(name, &data);
             replayed += 1;
+            // An input file is also read as `stage` reads it: in ranges from a store.
+            if name == "input_file" && !data.is_empty() {
+                data[0] = data[0] % FORMATS as u8 + FORMATS as u8;
+                run(name, &data);
+            }
         }
     }
     assert!(

@@ -593,5 +593,26 @@ mod tests {
         assert!(read.iter().all(|r| r.submission_date == "2019-06-26"));
         assert_eq!(data, file, "the caller's buffer is given back");
         assert_eq!(data.as_ptr(), buffer, "without a copy");
+
+        // In ranges, from local disk and from a store, the same records.
+        let memory = crate::storage::location::Location::parse("memory://").unwrap();
+        memory
+            .put("part.parquet", Bytes::from(file.clone()))
+            .unwrap();
+        let local = crate::storage::location::Location::parse(dir.path().to_str().unwrap());
+        for ranges in [
+            local.unwrap().ranges("part.parquet", file.len() as u64),
+            memory.ranges("part.parquet", file.len() as u64),
+        ] {
+            let mut again = Vec::new();
+            read_records(
+                "part.parquet",
+                InputFormat::Parquet,
+                InputBytes::Ranges(ranges),
+                |r| again.push(r.unwrap()),
+            )
+            .unwrap();
+            assert_eq!(again, read);
+        }
     }
 }
