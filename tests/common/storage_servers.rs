@@ -76,6 +76,10 @@ impl StorageServer {
 
     /// Kills the server (its whole process group): the store stops answering.
     pub fn stop(&mut self) {
+        // A group already stopped is not signalled again: its id may be reused.
+        if self.child.try_wait().is_ok_and(|exited| exited.is_some()) {
+            return;
+        }
         // SAFETY: killpg only sends a signal to the group this test started.
         unsafe {
             libc::killpg(self.child.id() as libc::pid_t, libc::SIGKILL);
