@@ -533,6 +533,12 @@ mod tests {
         assert!(local.get_bytes(5, usize::MAX).is_err());
         assert!(local.get_bytes(8, 3).is_err());
         assert!(local.get_read(11).is_err());
+        // A range read ends at the range's end, and keeps answering 0 there.
+        let mut range = local.read(2..5).unwrap();
+        let mut read = Vec::new();
+        range.read_to_end(&mut read).unwrap();
+        assert_eq!(read, b"234");
+        assert_eq!(range.read(&mut [0; 4]).unwrap(), 0);
     }
 
     #[test]
