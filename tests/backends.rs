@@ -49,26 +49,29 @@ fn conformance(loc: &Location) {
     assert_eq!(loc.child("batch_id=x").list().unwrap().len(), 2);
     assert!(loc.child("nothing-here").list().unwrap().is_empty());
 
-    // Read whole, read as a stream, and read in ranges (as Parquet's reader does).
+    // Read whole, and in ranges (as stage reads its inputs).
     assert_eq!(loc.get("batch_id=x/part-00000.parquet").unwrap(), big);
-    let mut streamed = Vec::new();
-    let mut object = loc.open("batch_id=x/part-00000.parquet").unwrap();
-    object.read_to_end(&mut streamed).unwrap();
-    assert!(object.failure().is_none());
-    assert_eq!(streamed, big);
     let ranges = loc.ranges("batch_id=x/part-00000.parquet", big.len() as u64);
-    let mut tail = Vec::new();
-    ranges
-        .read_from(1000)
-        .unwrap()
-        .read_to_end(&mut tail)
-        .unwrap();
-    assert_eq!(tail, big[1000..]);
+    for start in [0, 1000] {
+        let mut read = Vec::new();
+        ranges
+            .read_from(start)
+            .unwrap()
+            .read_to_end(&mut read)
+            .unwrap();
+        assert_eq!(read, big[start as usize..]);
+    }
+    assert!(ranges.failure().is_none());
+    // A missing object fails on opening (local disk) or on the first read (a
+    // store); either way the failure kept says what it was.
+    let missing = loc.ranges("batch_id=x/missing", 10);
+    if let Ok(mut object) = missing.read_from(0) {
+        assert!(object.read_to_end(&mut Vec::new()).is_err());
+    }
     assert!(matches!(
-        loc.open("batch_id=x/missing"),
-        Err(StorageError::NotFound { .. })
+        missing.failure(),
+        Some(StorageError::NotFound { .. })
     ));
-
     assert!(loc.exists("batch_id=x/_SUCCESS").unwrap());
     assert!(!loc.exists("batch_id=x/missing").unwrap());
     assert!(matches!(
@@ -156,17 +159,14 @@ fn pipeline(server: &StorageServer) {
 
     // cleanup resets server a's private bucket and inbox in the store, and nothing else.
     let bucket = |role: &str, name: &str| server.url(&format!("{RUN}/server-{role}/{name}"));
-    let out = Command::new(env!("CARGO_BIN_EXE_prio-processor"))
-        .args(["cleanup", "--date", "2019-06-26"])
-        .env("BUCKET_INTERNAL_PRIVATE", bucket("a", "private"))
-        .env("BUCKET_INTERNAL_SHARED", bucket("a", "inbox"))
-        .envs(server.env())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    common::succeeded(
+        Command::new(env!("CARGO_BIN_EXE_prio-processor"))
+            .args(["cleanup", "--date", "2019-06-26"])
+            .env("BUCKET_INTERNAL_PRIVATE", bucket("a", "private"))
+            .env("BUCKET_INTERNAL_SHARED", bucket("a", "inbox"))
+            .envs(server.env())
+            .output()
+            .unwrap(),
     );
     // What is left is the server's mark on its buckets, which is not the date's.
     let listed = |role: &str, name: &str| {
@@ -247,14 +247,15 @@ fn s3s_fs_parquet_inputs_are_read_in_ranges_and_staged_as_from_local_disk() {
         key["public_key"].as_str().unwrap().to_string()
     };
     let dump = work.path().join("dump");
-    let generated = Command::new(bin)
-        .args(["generate", "--config", config, "--pings", "40", "--output"])
-        .arg(&dump)
-        .env("PUBLIC_KEY_HEX_A", key(()))
-        .env("PUBLIC_KEY_HEX_B", key(()))
-        .output()
-        .unwrap();
-    assert!(generated.status.success());
+    common::succeeded(
+        Command::new(bin)
+            .args(["generate", "--config", config, "--pings", "40", "--output"])
+            .arg(&dump)
+            .env("PUBLIC_KEY_HEX_A", key(()))
+            .env("PUBLIC_KEY_HEX_B", key(()))
+            .output()
+            .unwrap(),
+    );
     let local = dump.join("parquet");
     let remote = server.location("parquet-input");
     for file in common::files_below(&local) {
@@ -269,29 +270,26 @@ fn s3s_fs_parquet_inputs_are_read_in_ranges_and_staged_as_from_local_disk() {
             .unwrap();
     }
     let stage = |input: &str, output: &std::path::Path| {
-        let out = Command::new(bin)
-            .args([
-                "stage",
-                "--date",
-                "2019-06-26",
-                "--config",
-                config,
-                "--input",
-                input,
-            ])
-            .arg("--output")
-            .arg(output)
-            .env(
-                "STAGING_SECRET",
-                "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",
-            )
-            .envs(server.env())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        common::succeeded(
+            Command::new(bin)
+                .args([
+                    "stage",
+                    "--date",
+                    "2019-06-26",
+                    "--config",
+                    config,
+                    "--input",
+                    input,
+                ])
+                .arg("--output")
+                .arg(output)
+                .env(
+                    "STAGING_SECRET",
+                    "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",
+                )
+                .envs(server.env())
+                .output()
+                .unwrap(),
         );
     };
     let (from_disk, from_store) = (

@@ -12,17 +12,14 @@ fn write(path: &Path) {
 }
 
 fn cleanup(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_prio-processor"))
-        .arg("cleanup")
-        .args(args)
-        .env("BUCKET_INTERNAL_PRIVATE", dir.join("private"))
-        .env("BUCKET_INTERNAL_SHARED", dir.join("inbox"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = common::succeeded(
+        Command::new(env!("CARGO_BIN_EXE_prio-processor"))
+            .arg("cleanup")
+            .args(args)
+            .env("BUCKET_INTERNAL_PRIVATE", dir.join("private"))
+            .env("BUCKET_INTERNAL_SHARED", dir.join("inbox"))
+            .output()
+            .unwrap(),
     );
     String::from_utf8_lossy(&out.stdout).to_string()
 }

@@ -251,7 +251,6 @@ impl parquet::file::reader::ChunkReader for ObjectRanges {
         let mut bytes = Vec::with_capacity(length);
         self.read(start..start + length as u64)
             .map_err(|e| ParquetError::External(e.into()))?
-            .take(length as u64)
             .read_to_end(&mut bytes)
             .map_err(|e| ParquetError::External(e.into()))?;
         if bytes.len() != length {

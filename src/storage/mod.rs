@@ -14,6 +14,7 @@ pub mod published;
 pub mod server;
 pub mod spill;
 pub mod staged;
+mod store;
 pub mod tables;
 
 use std::io::Write;

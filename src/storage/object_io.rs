@@ -11,18 +11,6 @@ use super::error::StorageError;
 use super::location::{runtime, Location};
 
 impl Location {
-    /// Opens an object to read front to back, a buffer at a time: a local
-    /// file where it is, a cloud object a range request at a time.
-    pub fn open(&self, rel: &str) -> Result<ObjectRead, StorageError> {
-        let end = match self.files {
-            Some(_) => None,
-            None => Some(self.size(rel)?.ok_or_else(|| StorageError::NotFound {
-                url: self.object_url(rel),
-            })?),
-        };
-        self.open_at(rel, 0, end, FailureSlot::default())
-    }
-
     /// An object of `len` bytes to read in ranges, as readers that seek
     /// (Parquet's) do: each range is a read of its own, so the object is
     /// never held whole.
@@ -35,19 +23,19 @@ impl Location {
         }
     }
 
-    /// [`Location::open`] from byte `start` to `end` (a cloud object's
-    /// size; a local file is read to its end), keeping failures in `failure`.
+    /// Bytes `range` of an object, read front to back a buffer at
+    /// a time (a local file where it is, a cloud object a range request at
+    /// a time), keeping failures in `failure`.
     fn open_at(
         &self,
         rel: &str,
-        start: u64,
-        end: Option<u64>,
+        range: std::ops::Range<u64>,
         failure: FailureSlot,
     ) -> Result<ObjectRead, StorageError> {
         use std::io::Seek;
         let url = self.object_url(rel);
-        let source = match (&self.files, end) {
-            (Some(files), _) => {
+        let source = match &self.files {
+            Some(files) => {
                 let path = files
                     .path_to_filesystem(&self.path(rel))
                     .map_err(|e| self.error(rel, e))?;
@@ -56,19 +44,19 @@ impl Location {
                     if file.metadata()?.is_dir() {
                         return Err(std::io::ErrorKind::NotFound.into());
                     }
-                    file.seek(std::io::SeekFrom::Start(start))?;
+                    file.seek(std::io::SeekFrom::Start(range.start))?;
                     Ok(file)
                 });
                 ObjectSource::File {
                     file: file.map_err(|e| self.io_error(rel, e))?,
-                    left: end.map_or(u64::MAX, |end| end.saturating_sub(start)),
+                    left: range.end.saturating_sub(range.start),
                 }
             }
-            (None, end) => ObjectSource::Remote {
+            None => ObjectSource::Remote {
                 location: self.clone(),
                 rel: rel.to_string(),
-                next: start,
-                end: end.unwrap_or(start),
+                next: range.start,
+                end: range.end,
                 chunk: Bytes::new(),
             },
         };
@@ -124,10 +112,10 @@ impl Location {
     }
 }
 
-/// An object being read front to back ([`Location::open`]). Reading it
-/// gives `std::io::Error`s, but a failure of the store itself is kept, so
-/// that the caller can tell a file that does not decode from a store that
-/// stopped answering ([`ObjectRead::failure`]).
+/// A range of an object being read front to back ([`ObjectRanges::read`]).
+/// Reading it gives `std::io::Error`s, but a failure of the store itself is
+/// kept, so that the caller can tell a file that does not decode from a
+/// store that stopped answering ([`ObjectRanges::failure`]).
 pub struct ObjectRead {
     source: ObjectSource,
     url: String,
@@ -170,16 +158,10 @@ impl ObjectRanges {
         self.read(start..self.len)
     }
 
-    /// Bytes `range` of the object, read front to back (a local file may
-    /// read on past its end: take what the range needs).
+    /// Bytes `range` of the object, read front to back.
     pub fn read(&self, range: std::ops::Range<u64>) -> Result<ObjectRead, StorageError> {
         self.location
-            .open_at(
-                &self.rel,
-                range.start,
-                Some(range.end),
-                self.failure.clone(),
-            )
+            .open_at(&self.rel, range, self.failure.clone())
             .map_err(|failure| {
                 let text = StorageError::Read {
                     url: self.location.object_url(&self.rel),
@@ -216,13 +198,6 @@ enum ObjectSource {
 
 /// Bytes fetched per request when a cloud object is read front to back.
 const REMOTE_RANGE: u64 = 8 << 20;
-
-impl ObjectRead {
-    /// The storage failure that cut reading short, if any.
-    pub fn failure(&mut self) -> Option<StorageError> {
-        take_failure(&self.failure)
-    }
-}
 
 impl Read for ObjectRead {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {

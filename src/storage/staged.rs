@@ -397,8 +397,10 @@ mod tests {
     fn parts_of_other_writers_read_or_are_refused_by_name() {
         use arrow::array::{ArrayRef, BinaryArray, Int32Array, StringArray};
         use arrow::record_batch::RecordBatch;
-        let write = |columns: Vec<(&str, ArrayRef)>| {
-            let batch = RecordBatch::try_from_iter(columns).unwrap();
+        // Snappy-compressed pages; columns declared nullable or not.
+        let write_as = |nullable: bool, columns: Vec<(&str, ArrayRef)>| {
+            let columns = columns.into_iter().map(|(n, a)| (n, a, nullable));
+            let batch = RecordBatch::try_from_iter_with_nullable(columns).unwrap();
             let mut out = Vec::new();
             let compressed = parquet::file::properties::WriterProperties::builder()
                 .set_compression(parquet::basic::Compression::SNAPPY)
@@ -410,21 +412,33 @@ mod tests {
             writer.close().unwrap();
             Bytes::from(out)
         };
+        let write = |columns| write_as(false, columns);
         let text = |v: &[&str]| Arc::new(StringArray::from(v.to_vec())) as ArrayRef;
         let payloads: ArrayRef = Arc::new(BinaryArray::from(vec![&b"one"[..], b"two"]));
-        let part = write(vec![
-            ("batch_id", text(&["x", "x"])),
-            ("server_id", text(&["a", "a"])),
-            ("id", text(&["01", "02"])),
-            ("payload", payloads.clone()),
-        ]);
-        let rows = decode_staged("p", StagedFormat::Parquet, part, Role::A).unwrap();
-        let rows: Vec<(&str, &[u8])> = rows.iter().map(|r| (&*r.id, &r.payload[..])).collect();
-        assert_eq!(rows, [("01", &b"one"[..]), ("02", b"two")]);
+        let two_rows = |payload: ArrayRef| {
+            vec![
+                ("server_id", text(&["a", "a"])),
+                ("id", text(&["01", "02"])),
+                ("payload", payload),
+            ]
+        };
+        let read_back = |part| {
+            let rows = decode_staged("p", StagedFormat::Parquet, part, Role::A).unwrap();
+            rows.iter()
+                .map(|r| (r.id.clone(), r.payload.to_vec()))
+                .collect::<Vec<_>>()
+        };
+        let want = [
+            ("01".to_string(), b"one".to_vec()),
+            ("02".to_string(), b"two".to_vec()),
+        ];
+        let mut with_batch_id = two_rows(payloads.clone());
+        with_batch_id.insert(0, ("batch_id", text(&["x", "x"])));
+        assert_eq!(read_back(write(with_batch_id)), want);
 
         let no_id = write(vec![
             ("server_id", text(&["a", "a"])),
-            ("payload", payloads),
+            ("payload", payloads.clone()),
         ]);
         let err = decode_staged("p", StagedFormat::Parquet, no_id, Role::A).unwrap_err();
         assert!(err.to_string().contains("no \"id\" column"), "{err}");
@@ -437,33 +451,9 @@ mod tests {
         assert!(err.to_string().contains("is not binary"), "{err}");
 
         // Columns declared nullable read when they hold no null, and are refused when they do.
-        let nullable = |columns: Vec<(&str, ArrayRef)>| {
-            let batch = RecordBatch::try_from_iter_with_nullable(
-                columns.into_iter().map(|(n, a)| (n, a, true)),
-            )
-            .unwrap();
-            let mut out = Vec::new();
-            let mut writer =
-                parquet::arrow::ArrowWriter::try_new(&mut out, batch.schema(), None).unwrap();
-            writer.write(&batch).unwrap();
-            writer.close().unwrap();
-            Bytes::from(out)
-        };
-        let payloads: ArrayRef = Arc::new(BinaryArray::from(vec![&b"one"[..], b"two"]));
-        let part = nullable(vec![
-            ("server_id", text(&["a", "a"])),
-            ("id", text(&["01", "02"])),
-            ("payload", payloads.clone()),
-        ]);
-        let rows = decode_staged("p", StagedFormat::Parquet, part, Role::A).unwrap();
-        let rows: Vec<(&str, &[u8])> = rows.iter().map(|r| (&*r.id, &r.payload[..])).collect();
-        assert_eq!(rows, [("01", &b"one"[..]), ("02", b"two")]);
+        assert_eq!(read_back(write_as(true, two_rows(payloads))), want);
         let with_null: ArrayRef = Arc::new(BinaryArray::from(vec![Some(&b"one"[..]), None]));
-        let part = nullable(vec![
-            ("server_id", text(&["a", "a"])),
-            ("id", text(&["01", "02"])),
-            ("payload", with_null),
-        ]);
+        let part = write_as(true, two_rows(with_null));
         let err = decode_staged("p", StagedFormat::Parquet, part, Role::A).unwrap_err();
         assert!(
             err.to_string()

@@ -134,3 +134,13 @@ pub fn fault_cycles(default: usize) -> usize {
         .map(|s| s.parse().expect("FAULT_CYCLES is a whole number"))
         .unwrap_or(default)
 }
+
+/// `out`, after asserting that its command succeeded (its stderr otherwise).
+pub fn succeeded(out: std::process::Output) -> std::process::Output {
+    assert!(
+        out.status.success(),
+        "failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}

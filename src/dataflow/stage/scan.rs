@@ -10,7 +10,7 @@ use super::counts::StageCounts;
 use super::{finish, push_to, shared_sorter, InputFile, StageJob};
 use crate::dataflow::{on_disk, route_hash, Error, Exchange, Merge};
 use crate::storage::input::{read_records, InputBytes, RawPing};
-use crate::storage::location::{ObjectRanges, ObjectRead, StorageError};
+use crate::storage::location::StorageError;
 use crate::storage::spill::{RecordSpill, ShareSpill, SortedRecords, Spilled};
 use crate::wire::envelope::sealed_len;
 use crate::wire::ping::{decode_base64, parse_ping, PingRejection};
@@ -113,20 +113,9 @@ pub(super) fn scan(
     job.progress.expect(mine().map(|(_, f)| f.size).sum());
     for (file_index, file) in mine() {
         let url = job.input.object_url(&file.rel);
-        // Parquet is read in ranges (its footer first); the other formats
-        // front to back, as they are decoded.
-        let mut source = if file.format.needs_random_access() {
-            Source::Ranges(job.input.ranges(&file.rel, file.size))
-        } else {
-            match job.input.open(&file.rel) {
-                Ok(object) => Source::Stream(object),
-                Err(e) if skippable(job, &e) => {
-                    skip_file(job, local, file, &e);
-                    continue;
-                }
-                Err(e) => return Err(e.into()),
-            }
-        };
+        // Read where it is, in ranges: Parquet's footer first, the other
+        // formats front to back. The listing gave the size.
+        let ranges = job.input.ranges(&file.rel, file.size);
         // Records are decoded and spilled as they are read, but they count
         // once the whole file was readable: an unreadable file is skipped
         // whole (its spilled shares stay unused), never in part.
@@ -135,35 +124,32 @@ pub(super) fn scan(
         let mut counted = StageCounts::default();
         let mut record_index = 0u32;
         let mut spill_error = None;
-        let bytes = match &mut source {
-            Source::Stream(object) => InputBytes::Stream(object),
-            Source::Ranges(ranges) => InputBytes::Ranges(ranges.clone()),
-        };
-        let outcome = read_records(&url, file.format, bytes, |record| {
-            let order = Order {
-                file: file_index as u32,
-                record: record_index,
-            };
-            record_index += 1;
-            if spill_error.is_some() {
-                return;
-            }
-            match read_ping(job, &mut read, record, order, &mut entries, &mut counted) {
-                Ok(Some(ping_id)) => file_copies.push(PingCopy { ping_id, order }),
-                Ok(None) => {}
-                Err(e) => spill_error = Some(e),
-            }
-        });
+        let outcome = read_records(
+            &url,
+            file.format,
+            InputBytes::Ranges(ranges.clone()),
+            |record| {
+                let order = Order {
+                    file: file_index as u32,
+                    record: record_index,
+                };
+                record_index += 1;
+                if spill_error.is_some() {
+                    return;
+                }
+                match read_ping(job, &mut read, record, order, &mut entries, &mut counted) {
+                    Ok(Some(ping_id)) => file_copies.push(PingCopy { ping_id, order }),
+                    Ok(None) => {}
+                    Err(e) => spill_error = Some(e),
+                }
+            },
+        );
         if let Some(e) = spill_error {
             return Err(Error::Spill(e));
         }
         // A storage failure while reading is not the file's: a store that
         // stopped answering fails the run.
-        let failure = match &mut source {
-            Source::Stream(object) => object.failure(),
-            Source::Ranges(ranges) => ranges.failure(),
-        };
-        if let Some(e) = failure {
+        if let Some(e) = ranges.failure() {
             if !skippable(job, &e) {
                 return Err(e.into());
             }
@@ -193,12 +179,6 @@ pub(super) fn scan(
     let losers = losing_copies(finish(&ids)?);
     let mine = return_losers(worker, job, losers, readers.to_vec(), local)?;
     Ok((read, mine))
-}
-
-/// How an input file is read.
-enum Source {
-    Stream(ObjectRead),
-    Ranges(ObjectRanges),
 }
 
 /// Whether `--skip-unreadable` skips a file over this storage error. A
