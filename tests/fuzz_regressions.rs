@@ -1,9 +1,10 @@
-//! Every input the fuzzers found a panic with (`fuzz/regressions/TARGET/`),
-//! replayed through the same entry point as its fuzz target
-//! (`prio_processor::fuzzing::run`): each must now end without one. See
-//! `scripts/fuzz` for how they are found. Inputs that ran out of memory or
-//! time are in `fuzz/open-findings/`, not here: a test run has no limit to
-//! catch them with.
+//! Every input the fuzzers found a panic with, or a fixed excess of memory
+//! (`fuzz/regressions/TARGET/`), replayed through the same entry point as
+//! its fuzz target (`prio_processor::fuzzing::run`): each must now end
+//! without one. See `scripts/fuzz` for how they are found. Inputs that still
+//! run out of memory or time are in `fuzz/open-findings/`: a test run has no
+//! limit to catch them with. `tests/stage.rs` replays the fixed Avro ones
+//! under an address-space limit.
 
 use std::path::Path;
 

@@ -8,6 +8,7 @@ use std::process::{Command, Output};
 
 mod common;
 
+use prio_processor::storage::input::InputFormat;
 use prio_processor::wire::envelope::generate_keypair;
 use prio_processor::wire::ping::SinkMessage;
 
@@ -395,10 +396,51 @@ fn submission_timestamps_are_read_as_utc_and_records_without_one_are_rejected() 
     assert_eq!(c["rejected/missing_timestamp"], 1, "{c:?}");
 }
 
+/// Inputs planted from `fuzz/regressions/input_file` whose selector byte
+/// names `format` (read whole or in ranges), as `found-N.EXT` files in `dir`.
+fn plant_fuzz_regressions(dir: &Path, format: InputFormat, ext: &str) -> u64 {
+    let regressions = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/regressions/input_file");
+    let index = InputFormat::ALL.iter().position(|f| *f == format).unwrap();
+    let mut planted = 0;
+    for entry in std::fs::read_dir(regressions).unwrap() {
+        let input = std::fs::read(entry.unwrap().path()).unwrap();
+        if let Some((selector, file)) = input.split_first() {
+            if *selector as usize % InputFormat::ALL.len() == index {
+                std::fs::write(dir.join(format!("found-{planted}.{ext}")), file).unwrap();
+                planted += 1;
+            }
+        }
+    }
+    assert!(planted > 0, "no {ext} regression inputs");
+    planted
+}
+
+/// Runs `cmd` with its address space limited to 1 GiB, as on a machine that
+/// forbids overcommit: a reservation far beyond what is used then aborts.
+fn with_address_space_limit(cmd: &mut Command) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    let limit = libc::rlimit {
+        rlim_cur: 1 << 30,
+        rlim_max: 1 << 30,
+    };
+    // SAFETY: setrlimit is async-signal-safe and touches only the child.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setrlimit(libc::RLIMIT_AS, &limit) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        })
+    }
+}
+
 #[test]
 fn hostile_avro_files_are_unreadable_files_not_an_abort() {
     // Found by feeding random bytes after the Avro magic: each declared a map
     // of ~500M entries in the header, which apache-avro reserved at once.
+    // The fuzzer's (in fuzz/regressions) declare map blocks of millions of
+    // entries, which apache-avro 0.21 reserved (GBs) before reading one.
     let crashers = [
         "4f626a01998cc2c202a013852528df10a77726b4d8aec0793a68c11e29d5110412a8f9e68b11681fe0dc9e",
         "4f626a018cbed0e60242f19d9678859ea45c99395944aed2be8a66943053f8e57b04a7b8f86ac5178d9fd5a\
@@ -415,10 +457,17 @@ fn hostile_avro_files_are_unreadable_files_not_an_abort() {
         )
         .unwrap();
     }
+    let planted = plant_fuzz_regressions(&avro, InputFormat::Avro, "avro");
     let out = dir.path().join("out");
-    stage(&avro, &out, &["--skip-unreadable"]);
+    run(with_address_space_limit(
+        bin()
+            .args(["stage", "--date", DATE, "--skip-unreadable", "--input"])
+            .arg(&avro)
+            .arg("--output")
+            .arg(&out),
+    ));
     let c = counters(&out);
-    assert_eq!(c["files_unreadable"], 2, "{c:?}");
+    assert_eq!(c["files_unreadable"], 2 + planted, "{c:?}");
     assert!(c["pings_read"] > 0, "the good files are still read: {c:?}");
 }
 
@@ -427,20 +476,11 @@ fn hostile_avro_files_are_unreadable_files_not_an_abort() {
 /// unreadable files to stage, skipped with `--skip-unreadable`.
 #[test]
 fn parquet_files_that_panic_the_decoder_are_unreadable_files() {
-    let regressions = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/regressions/input_file");
     let dir = tempfile::tempdir().unwrap();
     let dump = dir.path().join("dump");
     generated_dump(&dump, 12);
     let parquet = dump.join("parquet");
-    let mut planted = 0;
-    for entry in std::fs::read_dir(regressions).unwrap() {
-        let input = std::fs::read(entry.unwrap().path()).unwrap();
-        if let Some((1, file)) = input.split_first() {
-            std::fs::write(parquet.join(format!("found-{planted}.parquet")), file).unwrap();
-            planted += 1;
-        }
-    }
-    assert!(planted > 0);
+    let planted = plant_fuzz_regressions(&parquet, InputFormat::Parquet, "parquet");
     let out = dir.path().join("out");
     stage(&parquet, &out, &["--skip-unreadable"]);
     let c = counters(&out);

@@ -125,7 +125,8 @@ pub fn write_avro(path: &Path, rows: &[DecodedRow]) -> Result<(), DumpError> {
     use apache_avro::types::{Record, Value};
     let schema = apache_avro::Schema::parse_str(DECODED_AVRO_SCHEMA).expect("schema is valid");
     write_atomic(path, |file| {
-        let mut writer = apache_avro::Writer::new(&schema, std::io::BufWriter::new(file));
+        let mut writer =
+            apache_avro::Writer::new(&schema, std::io::BufWriter::new(file)).map_err(other)?;
         for row in rows {
             let mut record = Record::new(&schema).expect("schema is a record");
             record.put("document_id", Value::String(row.document_id.clone()));
@@ -134,7 +135,7 @@ pub fn write_avro(path: &Path, rows: &[DecodedRow]) -> Result<(), DumpError> {
                 Value::TimestampMicros(row.submission_timestamp),
             );
             record.put("payload", Value::Bytes(row.payload.clone()));
-            writer.append(record).map_err(other)?;
+            writer.append_value(record).map_err(other)?;
         }
         writer.into_inner().map_err(other)?.flush()
     })

@@ -63,10 +63,10 @@ impl InputFormat {
 }
 
 /// The largest allocation apache-avro may make for one value of an input
-/// file. The crate checks a declared length against this as if it counted
-/// bytes, but reserves that many map or array entries, so its own default
-/// (512 MiB) let a 43-byte file reserve 43 GB and abort the process; at
-/// 16 MiB the worst reservation stays virtual. Avro blocks (16 KB in our
+/// file. Its own default (512 MiB) let a 43-byte file declaring a huge map
+/// reserve that much at once; since 0.22 it also bounds the entries of an
+/// array or map block by their in-memory size, so at 16 MiB no declared
+/// count reserves more than a few times this. Avro blocks (16 KB in our
 /// writer, well under a megabyte in exports) fit with room to spare.
 const AVRO_MAX_ALLOCATION: usize = 16 << 20;
 
