@@ -410,7 +410,7 @@ fn s3s_fs_restarted_mid_run_is_waited_for_and_a_lasting_outage_fails_clearly() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
         stderr.contains("s3://prio-test/r/server-")
-            && stderr.contains("the storage service did not answer")
+            && stderr.contains("the storage service did not answer or kept failing")
             && stderr.contains("then rerun"),
         "{stderr}"
     );

@@ -32,7 +32,7 @@ pub enum StorageError {
         reason: crate::wire::signing::Mismatch,
     },
     #[error(
-        "{url}: the storage service did not answer ({source}); requests are retried with \
+        "{url}: the storage service did not answer or kept failing ({source}); requests are retried with \
          backoff up to STORAGE_RETRY_LIMIT times within STORAGE_RETRY_TIMEOUT seconds. Check \
          that it is up and reachable, then rerun: finished steps are kept"
     )]
@@ -69,6 +69,25 @@ pub(super) fn is_transport_failure(error: &object_store::Error) -> bool {
     )
 }
 
+/// Whether `error` is the service answering that it is failing or
+/// overloaded (5xx, 429) after object_store's retries. object_store 0.14
+/// keeps the status in a private type (`RetryError`), so the only place it
+/// shows is the text it renders; the test below, against a loopback server
+/// that answers 503, catches a change of that text on an upgrade.
+pub(super) fn is_server_failure(error: &object_store::Error) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = cause {
+        let text = e.to_string();
+        if let Some((_, rest)) = text.split_once("Server returned non-2xx status code: ") {
+            if rest.starts_with('5') || rest.starts_with("429") {
+                return true;
+            }
+        }
+        cause = e.source();
+    }
+    false
+}
+
 /// Whether `error` is a request cut off after it was sent, which
 /// object_store repeats only when it is idempotent.
 pub(super) fn is_cut_off(error: &object_store::Error) -> bool {
@@ -83,5 +102,65 @@ pub(super) fn credential_hint(url: &str) -> &'static str {
         Some("gs") => "set GOOGLE_APPLICATION_CREDENTIALS",
         Some("az" | "azure" | "abfs" | "abfss" | "adl") => "set AZURE_STORAGE_ACCOUNT_NAME and AZURE_STORAGE_ACCOUNT_KEY",
         _ => "check file permissions",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+
+    use crate::storage::location::Location;
+    use crate::storage::location::StorageError;
+
+    /// An S3 endpoint on loopback that answers every request with `status`.
+    fn answering(status: &'static str) -> String {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        std::thread::spawn(move || {
+            for mut stream in listener.incoming().flatten() {
+                let mut request = [0; 4096];
+                let _ = stream.read(&mut request);
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                );
+            }
+        });
+        endpoint
+    }
+
+    fn list_at(endpoint: String) -> StorageError {
+        let options = [
+            ("aws_endpoint", endpoint.as_str()),
+            ("aws_allow_http", "true"),
+            ("aws_access_key_id", "test"),
+            ("aws_secret_access_key", "test"),
+            ("aws_region", "us-east-1"),
+            ("STORAGE_RETRY_LIMIT", "1"),
+        ];
+        Location::parse_with(
+            "s3://bucket/prefix",
+            options.map(|(k, v)| (k.to_string(), v.to_string())),
+        )
+        .unwrap()
+        .list()
+        .expect_err("the store fails")
+    }
+
+    #[test]
+    fn a_store_that_keeps_answering_5xx_or_429_is_unavailable_and_4xx_is_not() {
+        for status in [
+            "503 Service Unavailable",
+            "500 Internal Server Error",
+            "429 Too Many Requests",
+        ] {
+            let error = list_at(answering(status));
+            assert!(
+                matches!(error, StorageError::Unavailable { .. }),
+                "{status}: {error:?}"
+            );
+        }
+        let error = list_at(answering("400 Bad Request"));
+        assert!(matches!(error, StorageError::Other { .. }), "{error:?}");
     }
 }

@@ -12,7 +12,7 @@ use std::sync::{Arc, OnceLock};
 use bytes::Bytes;
 
 pub use super::error::StorageError;
-use super::error::{credential_hint, is_cut_off, is_transport_failure};
+use super::error::{credential_hint, is_cut_off, is_server_failure, is_transport_failure};
 pub use super::object_io::{ObjectRanges, ObjectRead, ObjectWriter};
 use super::store::{open_store, retry_config};
 use futures::TryStreamExt;
@@ -139,7 +139,9 @@ impl Location {
                 hint: credential_hint(&url),
                 url,
             },
-            source if is_transport_failure(&source) => StorageError::Unavailable { url, source },
+            source if is_transport_failure(&source) || is_server_failure(&source) => {
+                StorageError::Unavailable { url, source }
+            }
             source => StorageError::Other { url, source },
         }
     }
