@@ -177,9 +177,7 @@ impl Location {
                 .block_on(async { self.store.get(&path).await?.bytes().await })
                 .map_err(|e| self.error(rel, e));
         };
-        let path = files
-            .path_to_filesystem(&self.path(rel))
-            .map_err(|e| self.error(rel, e))?;
+        let path = self.file_path(files, rel)?;
         let mut buffer = Vec::new();
         std::fs::File::open(path)
             .and_then(|mut file| {
@@ -191,6 +189,17 @@ impl Location {
             // A directory is not an object, as in object_store.
             .map_err(|source| self.io_error(rel, source))?;
         Ok(buffer.into())
+    }
+
+    /// Where object `rel` of this `file://` location lies on disk.
+    pub(super) fn file_path(
+        &self,
+        files: &LocalFileSystem,
+        rel: &str,
+    ) -> Result<std::path::PathBuf, StorageError> {
+        files
+            .path_to_filesystem(&self.path(rel))
+            .map_err(|e| self.error(rel, e))
     }
 
     /// A local file's I/O error as the storage error it means.

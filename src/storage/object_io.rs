@@ -36,9 +36,7 @@ impl Location {
         let url = self.object_url(rel);
         let source = match &self.files {
             Some(files) => {
-                let path = files
-                    .path_to_filesystem(&self.path(rel))
-                    .map_err(|e| self.error(rel, e))?;
+                let path = self.file_path(files, rel)?;
                 let file = std::fs::File::open(&path).and_then(|mut file| {
                     // A directory is not an object, as in object_store.
                     if file.metadata()?.is_dir() {
@@ -81,9 +79,7 @@ impl Location {
         let url = self.object_url(rel);
         let sink = match &self.files {
             Some(files) => {
-                let dest = files
-                    .path_to_filesystem(&self.path(rel))
-                    .map_err(|e| self.error(rel, e))?;
+                let dest = self.file_path(files, rel)?;
                 let write_error = |source| StorageError::Write {
                     url: url.clone(),
                     source,
