@@ -6,10 +6,10 @@ pub mod process;
 pub mod stage;
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::rc::Rc;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::storage::input::UnreadableFile;
 use crate::storage::location::StorageError;
@@ -211,14 +211,14 @@ impl Cluster {
 pub fn execute<J, T>(
     job: J,
     cluster: &Cluster,
-    work: fn(&mut Worker, &J) -> Result<T, Error>,
+    work: fn(&mut Worker, &Arc<J>) -> Result<T, Error>,
 ) -> Result<T, Error>
 where
     J: Send + Sync + 'static,
     T: Send + 'static,
 {
     let config = cluster.timely_config()?;
-    let job = std::sync::Arc::new(job);
+    let job = Arc::new(job);
     let (report, reports) = std::sync::mpsc::channel::<(usize, Result<T, Error>)>();
     let report = Mutex::new(report);
     let guards = timely::execute(config, move |worker| {
@@ -412,47 +412,37 @@ impl<D: timely::ExchangeData + Clone> Exchange<D> {
     }
 }
 
-/// An exchange whose records wait at the receiving worker, in arrival
-/// order, until taken.
-pub struct Channel<D: timely::ExchangeData + Clone> {
-    exchange: Exchange<D>,
-    received: Rc<RefCell<VecDeque<D>>>,
-}
+/// The first error an operator met. An operator cannot return one, so it
+/// keeps it here and stops working; the loop that steps the worker raises it.
+#[derive(Clone, Default)]
+pub struct Failure(Rc<RefCell<Option<Error>>>);
 
-impl<D: timely::ExchangeData + Clone> Channel<D> {
-    pub fn new(worker: &mut Worker, name: &str, route: impl Fn(&D) -> u64 + 'static) -> Self {
-        let received = Rc::new(RefCell::new(VecDeque::new()));
-        let sink = received.clone();
-        Channel {
-            exchange: Exchange::new(worker, name, route, move |record| {
-                sink.borrow_mut().push_back(record)
-            }),
-            received,
+impl Failure {
+    /// `result`'s value, or `None` after keeping its error (the first one
+    /// kept stays).
+    pub fn keep<T>(&self, result: Result<T, Error>) -> Option<T> {
+        result
+            .map_err(|e| {
+                self.0.borrow_mut().get_or_insert(e);
+            })
+            .ok()
+    }
+
+    pub fn failed(&self) -> bool {
+        self.0.borrow().is_some()
+    }
+
+    /// Steps the worker until `done`, or raises the error an operator kept.
+    pub fn step_until(&self, worker: &mut Worker, done: impl Fn() -> bool) -> Result<(), Error> {
+        loop {
+            if let Some(error) = self.0.borrow_mut().take() {
+                return Err(error);
+            }
+            if done() {
+                return Ok(());
+            }
+            worker.step_or_park(None);
         }
-    }
-
-    /// See [`Exchange::send_now`].
-    pub fn send(&mut self, record: D) {
-        self.exchange.send_now(record);
-    }
-
-    /// The oldest record that arrived here and was not taken yet.
-    pub fn take(&self) -> Option<D> {
-        self.received.borrow_mut().pop_front()
-    }
-
-    pub fn close(&mut self) {
-        self.exchange.close();
-    }
-
-    pub fn is_closed(&self) -> bool {
-        self.exchange.is_closed()
-    }
-
-    /// Every worker closed its side and everything sent here has arrived
-    /// (it may still wait to be taken).
-    pub fn delivered(&self) -> bool {
-        self.exchange.delivered()
     }
 }
 
@@ -461,15 +451,37 @@ fn broadcast<D: timely::ExchangeData + Clone>(
     worker: &mut Worker,
     records: impl IntoIterator<Item = D>,
 ) -> Vec<D> {
+    collect(worker, records, true)
+}
+
+/// Worker 0 gets the records that all workers pass, in arrival order; the
+/// others get none.
+pub fn gather_at_first<D: timely::ExchangeData + Clone>(
+    worker: &mut Worker,
+    records: impl IntoIterator<Item = D>,
+) -> Vec<D> {
+    collect(worker, records, false)
+}
+
+/// Passes every worker's records to every worker (`everywhere`) or to
+/// worker 0, and steps until all of them arrived.
+fn collect<D: timely::ExchangeData + Clone>(
+    worker: &mut Worker,
+    records: impl IntoIterator<Item = D>,
+    everywhere: bool,
+) -> Vec<D> {
     let mut input = InputHandleVec::<u64, D>::new();
     let probe = ProbeHandle::<u64>::new();
     let received = Rc::new(RefCell::new(Vec::new()));
     let sink = received.clone();
+    let keep = move |record| sink.borrow_mut().push(record);
     worker.dataflow::<u64, _, _>(|scope| {
-        let stream = scope.input_from(&mut input).broadcast();
-        consume_into(stream, Pipeline, "Broadcast", &probe, move |record| {
-            sink.borrow_mut().push(record)
-        });
+        let stream = scope.input_from(&mut input);
+        if everywhere {
+            consume_into(stream.broadcast(), Pipeline, "Broadcast", &probe, keep);
+        } else {
+            consume_into(stream, ExchangePact::new(|_| 0), "Gather", &probe, keep);
+        }
     });
     for record in records {
         input.send(record);
@@ -539,21 +551,21 @@ mod tests {
     }
 
     /// Worker 1 fails while worker 0 waits for it in a broadcast, which never ends.
-    fn one_fails(worker: &mut Worker, _: &()) -> Result<u64, Error> {
+    fn one_fails(worker: &mut Worker, _: &Arc<()>) -> Result<u64, Error> {
         if worker.index() == 1 {
             return Err(Error::Remote("worker 1 failed".into()));
         }
         Ok(all_reduce(worker, &BTreeMap::from([("n".to_string(), 1u64)]))["n"])
     }
 
-    fn one_panics(worker: &mut Worker, _: &()) -> Result<u64, Error> {
+    fn one_panics(worker: &mut Worker, _: &Arc<()>) -> Result<u64, Error> {
         if worker.index() == 1 {
             panic!("worker 1 panicked");
         }
         Ok(all_reduce(worker, &BTreeMap::from([("n".to_string(), 1u64)]))["n"])
     }
 
-    fn all_count(worker: &mut Worker, _: &()) -> Result<u64, Error> {
+    fn all_count(worker: &mut Worker, _: &Arc<()>) -> Result<u64, Error> {
         Ok(all_reduce(worker, &BTreeMap::from([("n".to_string(), 1u64)]))["n"])
     }
 

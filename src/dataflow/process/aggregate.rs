@@ -13,7 +13,7 @@ use timely::worker::Worker;
 use super::replay::{batch_indices, find_replays, Accepted};
 use super::verify::{finish_states, part_states};
 use super::{by_id, part_vdaf, ServerJob};
-use crate::dataflow::{Channel, Error};
+use crate::dataflow::{gather_at_first, Error};
 use crate::storage::messages::AggregateMessage;
 use crate::storage::server::StagedPart;
 use crate::wire::protocol::{Rejection, RejectionCounts, Step};
@@ -175,19 +175,15 @@ pub fn run(worker: &mut Worker, job: &ServerJob, parts: &[StagedPart]) -> Result
         judged.push(verdicts);
     }
     let mut replays = find_replays(worker, job, accepted)?;
-    let mut gathered = Channel::new(worker, "GatherAggregates", |_: &PartAggregate| 0);
+    let mut sums = Vec::with_capacity(judged.len());
     for verdicts in judged {
         let part = &parts[verdicts.index];
         let replays = replays.remove(&verdicts.index).unwrap_or_default();
         let reports = verdicts.reports;
-        gathered.send(aggregate_part(job, part, verdicts, &replays)?);
+        sums.push(aggregate_part(job, part, verdicts, &replays)?);
         job.progress.advance(1, reports);
-        worker.step();
     }
-    gathered.close();
-    while !gathered.delivered() {
-        worker.step_or_park(None);
-    }
+    let gathered = gather_at_first(worker, sums);
     if index != 0 {
         return Ok(());
     }
@@ -196,7 +192,7 @@ pub fn run(worker: &mut Worker, job: &ServerJob, parts: &[StagedPart]) -> Result
         .batch_ids()
         .map(|batch_id| (batch_id.to_string(), Vec::new()))
         .collect();
-    while let Some(p) = gathered.take() {
+    for p in gathered {
         by_batch.entry(p.batch_id.clone()).or_default().push(p);
     }
     for (batch_id, mut parts) in by_batch {

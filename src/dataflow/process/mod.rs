@@ -26,6 +26,8 @@ mod slices;
 mod verify;
 
 use std::collections::{BTreeSet, HashMap};
+use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use timely::worker::Worker;
@@ -119,9 +121,9 @@ pub fn run(job: ServerJob, cluster: &Cluster) -> Result<RunReport, Error> {
     super::execute(job, cluster, server_worker)
 }
 
-fn server_worker(worker: &mut Worker, job: &ServerJob) -> Result<RunReport, Error> {
+fn server_worker(worker: &mut Worker, job: &Arc<ServerJob>) -> Result<RunReport, Error> {
     let _server = tracing::info_span!("server", id = %job.secrets.role).entered();
-    let parts = configured_parts(job)?;
+    let parts: Rc<[StagedPart]> = configured_parts(job)?.into();
     let mut agreed = hello::send(job)?;
     let mut report = RunReport::default();
     for pass in plan(job)? {

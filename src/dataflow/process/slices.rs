@@ -5,14 +5,16 @@
 //! workers share every part, so the speedup does not depend on how many
 //! parts `stage` wrote.
 
+use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::ops::Range;
+use std::rc::Rc;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use timely::worker::Worker;
 
 use super::{count_rows, part_vdaf, ServerJob};
-use crate::dataflow::{Channel, Error};
+use crate::dataflow::Error;
 use crate::storage::messages::MessageRow;
 use crate::storage::server::StagedPart;
 use crate::storage::staged::StagedRow;
@@ -89,128 +91,90 @@ fn owner(index: usize, peers: usize) -> u64 {
     (index % peers) as u64
 }
 
-/// The channel on which owners send slices to the workers verifying them.
-pub fn slice_channel(worker: &mut Worker) -> Channel<SliceReports> {
-    Channel::new(worker, "ScatterSlices", |s: &SliceReports| {
-        s.slice.index as u64
-    })
-}
-
-/// Reads part `index` and sends one slice of it to every worker.
-pub fn scatter(
-    job: &ServerJob,
-    parts: &[StagedPart],
-    index: usize,
-    peers: usize,
-    to: &mut Channel<SliceReports>,
-) -> Result<(), Error> {
-    let mut rows = report_rows(job.buckets.read_part(&parts[index])?);
+/// Cuts part `index`'s rows into one slice per worker, in row order.
+pub fn cut(index: usize, mut rows: Vec<ReportRow>, peers: usize) -> Vec<SliceReports> {
     let total = rows.len();
-    for k in (0..peers).rev() {
-        let start = k * total / peers;
-        let slice = rows.split_off(start);
-        to.send(SliceReports {
-            slice: Slice {
-                part: index,
-                index: k,
-                of: peers,
-                start,
-                end: start + slice.len(),
-            },
-            rows: slice,
-        });
-    }
-    Ok(())
+    let mut slices: Vec<SliceReports> = (0..peers)
+        .rev()
+        .map(|k| {
+            let start = k * total / peers;
+            let rows = rows.split_off(start);
+            SliceReports {
+                slice: Slice {
+                    part: index,
+                    index: k,
+                    of: peers,
+                    start,
+                    end: start + rows.len(),
+                },
+                rows,
+            }
+        })
+        .collect();
+    slices.reverse();
+    slices
 }
 
 /// A part owner's side of verification: collects the slices each worker
-/// sends back and writes a part's messages once all its slices are in.
-pub struct PartWriter<'a> {
-    job: &'a ServerJob,
-    parts: &'a [StagedPart],
-    verify1: Channel<SliceMessage>,
-    verify2: Channel<SliceMessage>,
-    pending: [HashMap<usize, Vec<SliceMessage>>; 2],
+/// sends back and writes a part's messages of a step once all its slices
+/// of that step are in.
+pub struct PartWriter {
+    job: Arc<ServerJob>,
+    parts: Rc<[StagedPart]>,
+    pending: HashMap<(Step, usize), Vec<SliceMessage>>,
     /// The step whose written parts are the pass's progress.
     last_step: Step,
-    /// verify2's verdicts counted on this worker, by slice it finished.
-    pub verify2_counts: StatusCounts,
+    /// The rows written, by step, batch id and status: what `close_step` sums.
+    written: Rc<RefCell<HashMap<Step, StatusCounts>>>,
 }
 
-impl<'a> PartWriter<'a> {
-    /// A writer for a pass whose last step is `last_step`; every part this
-    /// worker owns is expected of it.
+impl PartWriter {
+    /// A writer for a pass whose last step is `last_step`, on worker
+    /// `index` of `peers`: every part this worker owns is expected of it.
+    /// The counts of the rows it writes go to `written`.
     pub fn new(
-        worker: &mut Worker,
-        job: &'a ServerJob,
-        parts: &'a [StagedPart],
+        job: Arc<ServerJob>,
+        parts: Rc<[StagedPart]>,
+        (index, peers): (usize, usize),
         last_step: Step,
+        written: Rc<RefCell<HashMap<Step, StatusCounts>>>,
     ) -> Self {
-        let peers = worker.peers();
-        let owned = (worker.index()..parts.len()).step_by(peers).count();
+        let owned = (index..parts.len()).step_by(peers).count();
         job.progress.expect(owned as u64);
-        let route = move |m: &SliceMessage| owner(m.slice.part, peers);
         PartWriter {
             job,
             parts,
-            verify1: Channel::new(worker, "GatherVerify1", route),
-            verify2: Channel::new(worker, "GatherVerify2", route),
-            pending: [HashMap::new(), HashMap::new()],
+            pending: HashMap::new(),
             last_step,
-            verify2_counts: StatusCounts::new(),
+            written,
         }
     }
 
-    fn channel(&mut self, step: Step) -> &mut Channel<SliceMessage> {
-        if step == Step::Verify1 {
-            &mut self.verify1
-        } else {
-            &mut self.verify2
-        }
+    /// The worker that owns, and writes, the part of `message`.
+    pub fn route(peers: usize) -> impl Fn(&(Step, SliceMessage)) -> u64 {
+        move |(_, message)| owner(message.slice.part, peers)
     }
 
-    /// Sends a slice's rows of `step` to the part's owner.
-    pub fn send(&mut self, step: Step, message: SliceMessage) {
-        if step == Step::Verify2 {
-            count_rows(
-                &mut self.verify2_counts,
-                &self.parts[message.slice.part],
-                &message.rows,
-            );
+    /// Takes one slice's rows of `step`; writes the part once it is whole.
+    pub fn take(&mut self, step: Step, message: SliceMessage) -> Result<(), Error> {
+        let (index, of) = (message.slice.part, message.slice.of);
+        let slices = self.pending.entry((step, index)).or_default();
+        slices.push(message);
+        if slices.len() == of {
+            let mut slices = self.pending.remove(&(step, index)).expect("present");
+            slices.sort_by_key(|m| m.slice.index);
+            self.write_part(step, index, slices)?;
         }
-        self.channel(step).send(message);
-    }
-
-    /// Writes every part that became whole; returns whether any slice came in.
-    pub fn write_whole_parts(&mut self) -> Result<bool, Error> {
-        let mut any = false;
-        for (k, step) in [Step::Verify1, Step::Verify2].into_iter().enumerate() {
-            while let Some(message) = self.channel(step).take() {
-                any = true;
-                let (index, of) = (message.slice.part, message.slice.of);
-                let slices = self.pending[k].entry(index).or_default();
-                slices.push(message);
-                if slices.len() == of {
-                    let mut slices = self.pending[k].remove(&index).expect("present");
-                    slices.sort_by_key(|m| m.slice.index);
-                    self.write_part(step, &self.parts[index], slices)?;
-                }
-            }
-        }
-        Ok(any)
+        Ok(())
     }
 
     /// Sends a whole part's rows to the peer. verify2 also keeps the sum of
     /// the output shares this server accepted (not each share: the peer
     /// almost always agrees, and `aggregate` recomputes the sum where it
     /// does not).
-    fn write_part(
-        &self,
-        step: Step,
-        part: &StagedPart,
-        slices: Vec<SliceMessage>,
-    ) -> Result<(), Error> {
-        let vdaf = part_vdaf(self.job, part);
+    fn write_part(&self, step: Step, index: usize, slices: Vec<SliceMessage>) -> Result<(), Error> {
+        let part = &self.parts[index];
+        let vdaf = part_vdaf(&self.job, part);
         let mut sum = vdaf.aggregate_init();
         let mut rows = Vec::new();
         for slice in slices {
@@ -221,6 +185,11 @@ impl<'a> PartWriter<'a> {
             rows.extend(slice.rows);
         }
         self.job.buckets.send_rows(step, part, &rows)?;
+        count_rows(
+            self.written.borrow_mut().entry(step).or_default(),
+            part,
+            &rows,
+        );
         if step == self.last_step {
             self.job.progress.advance(1, rows.len() as u64);
         }
@@ -230,20 +199,5 @@ impl<'a> PartWriter<'a> {
                 .keep_accepted_sum(part, vdaf.encode_aggregate(&sum))?;
         }
         Ok(())
-    }
-
-    /// Closes this worker's side of `step`'s channel and writes parts until
-    /// every worker's slices of that step are written.
-    pub fn finish(&mut self, worker: &mut Worker, step: Step) -> Result<(), Error> {
-        self.channel(step).close();
-        loop {
-            let delivered = self.channel(step).delivered();
-            // What arrived before the check is all there is once delivered.
-            self.write_whole_parts()?;
-            if delivered {
-                return Ok(());
-            }
-            worker.step_or_park(None);
-        }
     }
 }

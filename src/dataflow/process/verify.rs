@@ -9,17 +9,25 @@
 //! (and are recomputed from the raw shares if a stopped run held them only
 //! in memory, or a rerun cuts parts into other slices).
 
-use std::collections::VecDeque;
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
 use std::ops::Range;
+use std::rc::Rc;
+use std::sync::Arc;
 
+use serde::{Deserialize, Serialize};
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::Exchange as ExchangePact;
+use timely::dataflow::operators::vec::Map;
+use timely::dataflow::operators::{Capability, Input, Operator};
+use timely::dataflow::{InputHandleVec, ProbeHandle};
 use timely::worker::Worker;
 
 use super::slices::{
-    read_slice, report_rows, scatter, slice_channel, PartWriter, ReportRow, Slice, SliceMessage,
-    SliceReports,
+    cut, read_slice, report_rows, PartWriter, ReportRow, Slice, SliceMessage, SliceReports,
 };
-use super::{by_id, close_step, count_rows, part_vdaf, wait_for_peer, ServerJob, Verification};
-use crate::dataflow::Error;
+use super::{by_id, close_step, part_vdaf, wait_for_peer, ServerJob, Verification};
+use crate::dataflow::{consume_into, Error, Failure};
 use crate::storage::messages::MessageRow;
 use crate::storage::server::StagedPart;
 use crate::wire::protocol::{Rejection, StatusCounts, Step};
@@ -190,42 +198,166 @@ pub fn finish_states(
     Ok((verdicts, sum))
 }
 
-/// verify2 for a slice whose states are at hand: its verdicts and sum go
-/// to the part's owner.
+/// verify2 for a slice whose states are at hand: its verdicts and sum, for
+/// the part's owner.
 fn verify2_slice(
     job: &ServerJob,
-    parts: &[StagedPart],
-    writer: &mut PartWriter,
+    part: &StagedPart,
     slice: Slice,
     states: States,
-) -> Result<(), Error> {
-    let part = &parts[slice.part];
+) -> Result<SliceMessage, Error> {
     let vdaf = part_vdaf(job, part);
     let (rows, sum) = finish_states(job, vdaf, part, states, |_| true)?;
-    writer.send(
-        Step::Verify2,
-        SliceMessage {
-            slice,
-            rows,
-            accepted_sum: vdaf.encode_aggregate(&sum),
-        },
-    );
-    Ok(())
+    Ok(SliceMessage {
+        slice,
+        rows,
+        accepted_sum: vdaf.encode_aggregate(&sum),
+    })
 }
 
-/// One pass of verification over all parts. Each part's owner reads it and
-/// sends one slice to every worker; every worker verifies the slices it
-/// gets and sends its rows back; the owner writes the part's messages.
-/// Owners read parts in rounds, at most one round ahead of what they have
-/// taken themselves, so every worker holds a few parts' worth of slices at most.
+/// What the driver of a pass asks of its worker's dataflow, by epoch.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+enum Task {
+    /// Read part `index` (this worker owns it) and send a slice of it to every worker.
+    Read(usize),
+    /// The peer's verify1 is complete: finish verify2 of the slices this worker holds.
+    FinishHeld,
+}
+
+/// What a verifying worker gets: a slice to verify, or the word that the
+/// slices it holds can now be finished (routed to `worker`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+enum Work {
+    Slice(SliceReports),
+    FinishHeld { worker: usize },
+}
+
+impl Work {
+    fn worker(&self) -> u64 {
+        match self {
+            Work::Slice(reports) => reports.slice.index as u64,
+            Work::FinishHeld { worker } => *worker as u64,
+        }
+    }
+}
+
+/// A verifying worker's state across the slices of a pass.
+struct Verifier {
+    job: Arc<ServerJob>,
+    parts: Rc<[StagedPart]>,
+    verification: Verification,
+    /// verify1 done, the peer's verify1 of its part not seen yet: at most one
+    /// slice's states wait in memory, older ones are `stored`.
+    waiting: VecDeque<(Slice, States)>,
+    stored: Vec<Slice>,
+}
+
+/// One unit of a verifying worker's work, done one per activation so that
+/// what it sends flows on while it works.
+enum Queued {
+    Slice(SliceReports),
+    /// A slice held for verify2, with its states if they are in memory.
+    Held(Slice, Option<States>),
+}
+
+impl Verifier {
+    /// Does `work`, giving each slice message it makes, with its step, to `send`.
+    fn work(
+        &mut self,
+        work: Queued,
+        send: &mut impl FnMut(Step, SliceMessage),
+    ) -> Result<(), Error> {
+        let job = &*self.job;
+        match work {
+            Queued::Held(slice, states) => {
+                let part = &self.parts[slice.part];
+                let states = match states {
+                    Some(states) => states,
+                    None => load_states(job, part_vdaf(job, part), part, slice.rows(), || {
+                        read_slice(job, part, slice.rows())
+                    })?,
+                };
+                send(Step::Verify2, verify2_slice(job, part, slice, states)?);
+            }
+            Queued::Slice(SliceReports { slice, rows }) => {
+                let part = &self.parts[slice.part];
+                let vdaf = part_vdaf(job, part);
+                if !self.verification.verify1() {
+                    let states = load_states(job, vdaf, part, slice.rows(), || Ok(rows))?;
+                    send(Step::Verify2, verify2_slice(job, part, slice, states)?);
+                    return Ok(());
+                }
+                let (sent, states) = verify1_slice(job, vdaf, &part.batch_id, rows);
+                send(
+                    Step::Verify1,
+                    SliceMessage {
+                        slice,
+                        rows: sent,
+                        accepted_sum: Vec::new(),
+                    },
+                );
+                if !self.verification.verify2() {
+                    return store_states(job, vdaf, part, slice.rows(), &states);
+                }
+                self.waiting.push_back((slice, states));
+                self.finish_answered(send)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Finishes the waiting slices whose part the peer has answered, oldest
+    /// first, and stores all but the newest of the others.
+    fn finish_answered(&mut self, send: &mut impl FnMut(Step, SliceMessage)) -> Result<(), Error> {
+        let job = &*self.job;
+        while let Some((oldest, _)) = self.waiting.front() {
+            let part = &self.parts[oldest.part];
+            let answered = job.buckets.peer_has(Step::Verify1, part)?;
+            if !answered && self.waiting.len() == 1 {
+                break;
+            }
+            let (oldest, states) = self.waiting.pop_front().expect("not empty");
+            if answered {
+                send(Step::Verify2, verify2_slice(job, part, oldest, states)?);
+            } else {
+                store_states(job, part_vdaf(job, part), part, oldest.rows(), &states)?;
+                self.stored.push(oldest);
+            }
+        }
+        Ok(())
+    }
+
+    /// The slices held for verify2: the waiting one first, then the stored
+    /// ones, so that owners write each part as its slices come in.
+    fn held(&mut self) -> impl Iterator<Item = Queued> {
+        let waiting = std::mem::take(&mut self.waiting);
+        let stored = std::mem::take(&mut self.stored);
+        waiting
+            .into_iter()
+            .map(|(slice, states)| Queued::Held(slice, Some(states)))
+            .chain(stored.into_iter().map(|slice| Queued::Held(slice, None)))
+    }
+}
+
+/// One pass of verification over all parts, as a dataflow:
+///
+/// `tasks -> ReadParts -> (by slice) Verify -> (by part owner) WriteParts -> probe`
+///
+/// Each part's owner reads it and sends one slice to every worker; every
+/// worker verifies the slices it gets and sends its rows back; the owner
+/// writes the part's messages of a step once all its slices are in. Epoch
+/// `r` is round `r` of parts (part `r * peers + worker` is the worker's);
+/// round `r + 1` is read once every part of the rounds before `r` is
+/// written, so every worker holds a few parts' worth of slices at most.
 ///
 /// When both steps run, at most one slice that the peer has not answered
-/// yet waits in memory; older ones are stored. verify1 alone stores every
-/// slice's states; verify2 alone loads them.
+/// yet waits in memory and older ones are stored; once every part's verify1
+/// is written and the peer's is complete, a last epoch finishes them.
+/// verify1 alone stores every slice's states; verify2 alone loads them.
 pub fn run(
     worker: &mut Worker,
-    job: &ServerJob,
-    parts: &[StagedPart],
+    job: &Arc<ServerJob>,
+    parts: &Rc<[StagedPart]>,
     verification: Verification,
 ) -> Result<(), Error> {
     if verification == Verification::Second {
@@ -235,118 +367,126 @@ pub fn run(
         }
         wait_for_peer(job, Step::Verify1)?;
     }
-    let peers = worker.peers();
-    let mut reports = slice_channel(worker);
+    let (me, peers) = (worker.index(), worker.peers());
     let last_step = if verification.verify2() {
         Step::Verify2
     } else {
         Step::Verify1
     };
-    let mut writer = PartWriter::new(worker, job, parts, last_step);
-    let mut verify1_counts = StatusCounts::new();
-    let mut waiting: VecDeque<(Slice, States)> = VecDeque::new();
-    let mut stored: Vec<Slice> = Vec::new();
-    // Parts are read in rounds of one per worker (part `round * peers + worker`).
-    // A worker reads its part of round r once it has taken every slice of the
-    // rounds before r - 1: one round ahead, so nobody waits for work, and a
-    // worker behind the others has at most a few rounds of slices queued.
-    let rounds = parts.len().div_ceil(peers);
-    let in_round = |round: usize| peers.min(parts.len() - round * peers);
-    let mut taken = vec![0; rounds];
-    let (mut next_round, mut complete) = (0, 0);
-    loop {
-        let mut busy = writer.write_whole_parts()?;
-        if next_round < rounds && next_round <= complete + 1 {
-            busy = true;
-            let index = next_round * peers + worker.index();
-            next_round += 1;
-            if index < parts.len() {
-                scatter(job, parts, index, peers, &mut reports)?;
-            }
-        } else if let Some(SliceReports { slice, rows }) = reports.take() {
-            taken[slice.part / peers] += 1;
-            while complete < rounds && taken[complete] == in_round(complete) {
-                complete += 1;
-            }
-            busy = true;
-            let part = &parts[slice.part];
-            let vdaf = part_vdaf(job, part);
-            if !verification.verify1() {
-                let states = load_states(job, vdaf, part, slice.rows(), || Ok(rows))?;
-                verify2_slice(job, parts, &mut writer, slice, states)?;
-            } else {
-                let (sent, states) = verify1_slice(job, vdaf, &part.batch_id, rows);
-                count_rows(&mut verify1_counts, part, &sent);
-                writer.send(
-                    Step::Verify1,
-                    SliceMessage {
-                        slice,
-                        rows: sent,
-                        accepted_sum: Vec::new(),
-                    },
-                );
-                if verification.verify2() {
-                    waiting.push_back((slice, states));
-                } else {
-                    store_states(job, vdaf, part, slice.rows(), &states)?;
-                }
-            }
-            while let Some((oldest, _)) = waiting.front() {
-                let answered = job.buckets.peer_has(Step::Verify1, &parts[oldest.part])?;
-                if !answered && waiting.len() == 1 {
-                    break;
-                }
-                let (oldest, states) = waiting.pop_front().expect("not empty");
-                if answered {
-                    verify2_slice(job, parts, &mut writer, oldest, states)?;
-                } else {
-                    let part = &parts[oldest.part];
-                    store_states(job, part_vdaf(job, part), part, oldest.rows(), &states)?;
-                    stored.push(oldest);
-                }
-            }
-        } else if next_round == rounds && !reports.is_closed() {
-            reports.close();
-        } else if reports.is_closed() && reports.delivered() {
-            break;
-        }
-        if busy {
-            worker.step();
-        } else {
-            worker.step_or_park(None);
-        }
-    }
-    if verification.verify1() {
-        writer.finish(worker, Step::Verify1)?;
-        close_step(worker, job, Step::Verify1, &verify1_counts)?;
-    }
-    if !verification.verify2() {
-        return Ok(());
-    }
-    if verification.verify1() {
-        wait_for_peer(job, Step::Verify1)?;
-        // The waiting slice first, then the stored ones; owners write each
-        // part as its slices come in, so nothing piles up.
-        let rest = waiting
-            .into_iter()
-            .map(|(slice, states)| (slice, Some(states)))
-            .chain(stored.into_iter().map(|slice| (slice, None)));
-        for (slice, states) in rest {
-            let part = &parts[slice.part];
-            let states = match states {
-                Some(states) => states,
-                None => load_states(job, part_vdaf(job, part), part, slice.rows(), || {
-                    read_slice(job, part, slice.rows())
-                })?,
+    let failure = Failure::default();
+    let written = Rc::new(RefCell::new(HashMap::new()));
+    let mut tasks = InputHandleVec::<u64, Task>::new();
+    let probe = ProbeHandle::new();
+    worker.dataflow::<u64, _, _>(|scope| {
+        let reader = (job.clone(), parts.clone(), failure.clone());
+        let work = scope.input_from(&mut tasks).flat_map(move |task| {
+            let (job, parts, failure) = &reader;
+            let work: Vec<Work> = match task {
+                Task::FinishHeld => vec![Work::FinishHeld { worker: me }],
+                Task::Read(index) => failure
+                    .keep(job.buckets.read_part(&parts[index]).map_err(Error::from))
+                    .map(|rows| cut(index, report_rows(rows), peers))
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(Work::Slice)
+                    .collect(),
             };
-            verify2_slice(job, parts, &mut writer, slice, states)?;
-            writer.write_whole_parts()?;
-            worker.step();
+            work
+        });
+        let mut verifier = Verifier {
+            job: job.clone(),
+            parts: parts.clone(),
+            verification,
+            waiting: VecDeque::new(),
+            stored: Vec::new(),
+        };
+        let verifying = failure.clone();
+        let messages = work.unary::<CapacityContainerBuilder<Vec<(Step, SliceMessage)>>, _, _, _>(
+            ExchangePact::new(Work::worker),
+            "Verify",
+            move |_, info| {
+                let activator = scope.activator_for(info.address);
+                let mut queue: VecDeque<(Capability<u64>, Queued)> = VecDeque::new();
+                move |input, output| {
+                    input.for_each(|cap, data| {
+                        let Some(cap) = cap.retain_least(0) else {
+                            return;
+                        };
+                        for work in data.drain(..) {
+                            match work {
+                                Work::Slice(reports) => {
+                                    queue.push_back((cap.clone(), Queued::Slice(reports)))
+                                }
+                                Work::FinishHeld { .. } => {
+                                    queue.extend(verifier.held().map(|held| (cap.clone(), held)))
+                                }
+                            }
+                        }
+                    });
+                    if verifying.failed() {
+                        queue.clear();
+                    }
+                    if let Some((cap, work)) = queue.pop_front() {
+                        let mut session = output.session(&cap);
+                        let done =
+                            verifier.work(work, &mut |step, message| session.give((step, message)));
+                        verifying.keep(done);
+                        if !queue.is_empty() {
+                            activator.activate();
+                        }
+                    }
+                }
+            },
+        );
+        let mut writer = PartWriter::new(
+            job.clone(),
+            parts.clone(),
+            (me, peers),
+            last_step,
+            written.clone(),
+        );
+        let writing = failure.clone();
+        consume_into(
+            messages,
+            ExchangePact::new(PartWriter::route(peers)),
+            "WriteParts",
+            &probe,
+            move |(step, message)| {
+                if !writing.failed() {
+                    writing.keep(writer.take(step, message));
+                }
+            },
+        );
+    });
+    let rounds = parts.len().div_ceil(peers) as u64;
+    for round in 0..rounds {
+        let index = round as usize * peers + me;
+        if index < parts.len() {
+            tasks.send(Task::Read(index));
         }
+        tasks.advance_to(round + 1);
+        failure.step_until(worker, || !probe.less_than(&round))?;
     }
-    writer.finish(worker, Step::Verify2)?;
-    let counts = std::mem::take(&mut writer.verify2_counts);
-    close_step(worker, job, Step::Verify2, &counts)
+    if verification == Verification::Both {
+        failure.step_until(worker, || !probe.less_than(&rounds))?;
+        close_step(worker, job, Step::Verify1, &counts(&written, Step::Verify1))?;
+        wait_for_peer(job, Step::Verify1)?;
+        tasks.send(Task::FinishHeld);
+    }
+    drop(tasks);
+    failure.step_until(worker, || probe.done())?;
+    if verification == Verification::First {
+        close_step(worker, job, Step::Verify1, &counts(&written, Step::Verify1))?;
+    }
+    if verification.verify2() {
+        close_step(worker, job, Step::Verify2, &counts(&written, Step::Verify2))?;
+    }
+    Ok(())
+}
+
+/// The rows of `step` this worker wrote, by batch id and status.
+fn counts(written: &RefCell<HashMap<Step, StatusCounts>>, step: Step) -> StatusCounts {
+    written.borrow_mut().remove(&step).unwrap_or_default()
 }
 
 /// A whole part's states, stored or recomputed: for `aggregate`, when it

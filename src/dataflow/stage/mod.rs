@@ -32,6 +32,7 @@ mod scan;
 use std::cell::RefCell;
 use std::path::PathBuf;
 use std::rc::Rc;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use timely::worker::Worker;
@@ -84,7 +85,7 @@ pub fn run(job: StageJob, cluster: &Cluster) -> Result<StageCounts, Error> {
     super::execute(job, cluster, stage_worker)
 }
 
-fn stage_worker(worker: &mut Worker, job: &StageJob) -> Result<StageCounts, Error> {
+fn stage_worker(worker: &mut Worker, job: &Arc<StageJob>) -> Result<StageCounts, Error> {
     let files = shared_listing(worker, job)?;
     if worker.index() == 0 {
         job.layout.clear()?;
