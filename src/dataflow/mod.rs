@@ -329,10 +329,10 @@ fn consume_into<'s, D, P>(
 
 /// The sending side of an exchange: records go to the worker that `route`
 /// picks (`route % peers`), which hands each to its `deliver`. Every worker
-/// builds the exchange and closes its side when it has sent everything;
-/// epochs (`advance_to`) mark rounds that a worker can wait for.
+/// builds the exchange, sends what it has, and waits for everyone's records
+/// to be delivered.
 pub struct Exchange<D: timely::ExchangeData + Clone> {
-    input: Option<InputHandleVec<u64, D>>,
+    input: InputHandleVec<u64, D>,
     probe: ProbeHandle<u64>,
 }
 
@@ -354,59 +354,18 @@ impl<D: timely::ExchangeData + Clone> Exchange<D> {
                 deliver,
             );
         });
-        Exchange {
-            input: Some(input),
-            probe,
-        }
-    }
-
-    fn input(&mut self) -> &mut InputHandleVec<u64, D> {
-        self.input.as_mut().expect("send on a closed exchange")
+        Exchange { input, probe }
     }
 
     pub fn send(&mut self, record: D) {
-        self.input().send(record);
-    }
-
-    /// Sends one record and lets it go at once: for large records (a slice
-    /// of a part), whose receiver should not wait for more. Closing the
-    /// record's epoch is what makes the exchange deliver its buffers.
-    pub fn send_now(&mut self, record: D) {
-        let input = self.input();
-        input.send(record);
-        let next = input.time() + 1;
-        input.advance_to(next);
-    }
-
-    /// Ends epoch `epoch - 1` of this worker's side.
-    pub fn advance_to(&mut self, epoch: u64) {
-        self.input().advance_to(epoch);
-    }
-
-    /// Whether everything sent before `epoch` was delivered, by every worker.
-    pub fn delivered_before(&self, epoch: u64) -> bool {
-        !self.probe.less_than(&epoch)
-    }
-
-    /// Ends this worker's sending side.
-    pub fn close(&mut self) {
-        self.input.take();
-    }
-
-    pub fn is_closed(&self) -> bool {
-        self.input.is_none()
-    }
-
-    /// Every worker closed its side and everything sent was delivered.
-    pub fn delivered(&self) -> bool {
-        self.probe.done()
+        self.input.send(record);
     }
 
     /// Closes this worker's side and steps the worker until every worker's
     /// records were delivered.
-    pub fn close_and_wait(mut self, worker: &mut Worker) {
-        self.close();
-        while !self.delivered() {
+    pub fn close_and_wait(self, worker: &mut Worker) {
+        drop(self.input);
+        while !self.probe.done() {
             worker.step_or_park(None);
         }
     }

@@ -5,14 +5,20 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::Exchange as ExchangePact;
+use timely::dataflow::operators::{Capability, Input, Operator, Probe};
+use timely::dataflow::{InputHandleVec, ProbeHandle};
 use timely::worker::Worker;
 
 use super::counts::StageCounts;
 use super::scan::{Order, ReadEntry, ReadPings};
 use super::{sorter, StageJob};
-use crate::dataflow::{on_disk, Error, Exchange};
+use crate::dataflow::{on_disk, Error, Failure};
 use crate::storage::location::StorageError;
 use crate::storage::spill::{SortedRecords, Spilled, SpilledRecords};
 use crate::storage::staged::{write_part, StagedLayout};
@@ -116,19 +122,23 @@ pub(super) fn route_entries(
     on_disk(routed.finish())
 }
 
-/// Phase 3: route entries to parts, then in rounds: every worker reads the
-/// shares of the round's parts back from its spill and sends them to the
-/// parts' writers, which sort and write them. A worker holds one part at a time.
+/// Phase 3: route entries to parts, then write them in rounds, as a dataflow:
+///
+/// `reports -> (by part) WriteParts -> probe`
+///
+/// Epoch `r` is round `r`: every worker reads the shares of the round's
+/// parts back from its spill and sends them to the parts' writers (part
+/// `slot` is worker `slot % peers`'), and a writer sorts and writes its part
+/// once the frontier has passed the round. The next round starts once every
+/// part of this one is written, so a worker holds one part at a time.
 pub(super) fn partition(
     worker: &mut Worker,
-    job: &StageJob,
+    job: &Arc<StageJob>,
     (read, losers): (ReadPings, SortedRecords<Order>),
     totals: &StageCounts,
 ) -> Result<StageCounts, Error> {
-    let index = worker.index();
     let peers = worker.peers();
-    let slots = PartSlots::new(totals, job.partition_size);
-    let mut counters = StageCounts::default();
+    let slots = Rc::new(PartSlots::new(totals, job.partition_size));
     let ReadPings {
         spill,
         index: entries,
@@ -139,24 +149,58 @@ pub(super) fn partition(
     let mut routed = routed.peekable();
     let mut spill = on_disk(spill.finish())?;
 
-    // Keyed by part: a faster worker may already send the next round's rows
-    // while this one still waits for the end of the current round.
-    let received: Rc<RefCell<HashMap<u32, Vec<StagedReport>>>> = Rc::default();
-    let sink = received.clone();
-    let mut reports = Exchange::new(
-        worker,
-        "GatherParts",
-        |r: &StagedReport| u64::from(r.slot),
-        move |report: StagedReport| {
-            sink.borrow_mut()
-                .entry(report.slot)
-                .or_default()
-                .push(report)
-        },
-    );
+    let failure = Failure::default();
+    let written = Rc::new(RefCell::new(StageCounts::default()));
+    let mut reports = InputHandleVec::<u64, StagedReport>::new();
+    let probe = ProbeHandle::new();
+    worker.dataflow::<u64, _, _>(|scope| {
+        let (job, slots, failure, written) =
+            (job.clone(), slots.clone(), failure.clone(), written.clone());
+        scope
+            .input_from(&mut reports)
+            .unary_frontier::<CapacityContainerBuilder<Vec<()>>, _, _, _>(
+                ExchangePact::new(|r: &StagedReport| u64::from(r.slot)),
+                "WriteParts",
+                move |_, _| {
+                    // Keyed by part: a faster worker may already send the next
+                    // round's rows while this one still waits for the end of
+                    // the current round.
+                    let mut parts: HashMap<u32, (Capability<u64>, Vec<StagedReport>)> =
+                        HashMap::new();
+                    move |(input, frontier), _output| {
+                        input.for_each(|cap, data| {
+                            let Some(cap) = cap.retain_least(0) else {
+                                return;
+                            };
+                            for report in data.drain(..) {
+                                let part = parts
+                                    .entry(report.slot)
+                                    .or_insert_with(|| (cap.clone(), Vec::new()));
+                                part.1.push(report);
+                            }
+                        });
+                        let whole: Vec<u32> = parts
+                            .iter()
+                            .filter(|(_, (round, _))| !frontier.less_equal(round.time()))
+                            .map(|(slot, _)| *slot)
+                            .collect();
+                        for slot in whole {
+                            let (_round, rows) = parts.remove(&slot).expect("listed");
+                            if !failure.failed() {
+                                let (batch_id, part) = &slots.parts[slot as usize];
+                                let counts = &mut written.borrow_mut();
+                                failure
+                                    .keep(write_part_for_both(&job, batch_id, *part, rows, counts));
+                            }
+                        }
+                    }
+                },
+            )
+            .probe_with(&probe);
+    });
     let total = slots.parts.len();
-    for round in 0..total.div_ceil(peers) {
-        let round_end = ((round + 1) * peers) as u32;
+    for round in 0..total.div_ceil(peers) as u64 {
+        let round_end = ((round + 1) * peers as u64) as u32;
         let mut sent = 0u64;
         // In spill order within each part, so the spill is read front to back;
         // an error is taken too, to be raised.
@@ -175,18 +219,10 @@ pub(super) fn partition(
                 worker.step();
             }
         }
-        reports.advance_to(round as u64 + 1);
-        while !reports.delivered_before(round as u64 + 1) {
-            worker.step_or_park(None);
-        }
-        let slot = round * peers + index;
-        let rows = received.borrow_mut().remove(&(slot as u32));
-        if let Some(rows) = rows {
-            let (batch_id, part) = &slots.parts[slot];
-            write_part_for_both(job, batch_id, *part, rows, &mut counters)?;
-        }
+        reports.advance_to(round + 1);
+        failure.step_until(worker, || !probe.less_than(&(round + 1)))?;
     }
-    Ok(counters)
+    Ok(written.take())
 }
 
 /// Sorts a part's reports by id and writes the part for both servers.
