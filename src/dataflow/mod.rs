@@ -541,6 +541,33 @@ mod tests {
     }
 
     #[test]
+    fn an_operators_first_error_is_raised_by_the_loop_that_steps_the_worker() {
+        timely::execute_directly(|worker| {
+            let failure = Failure::default();
+            let mut input = InputHandleVec::<u64, u32>::new();
+            let probe = ProbeHandle::new();
+            let keep = failure.clone();
+            worker.dataflow::<u64, _, _>(|scope| {
+                let stream = scope.input_from(&mut input);
+                consume_into(stream, Pipeline, "FailsOnThree", &probe, move |n| {
+                    keep.keep(if n >= 3 {
+                        Err(Error::Remote(format!("record {n}")))
+                    } else {
+                        Ok(())
+                    });
+                })
+            });
+            for n in 0..5 {
+                input.send(n);
+            }
+            drop(input);
+            let error = failure.step_until(worker, || probe.done()).unwrap_err();
+            assert_eq!(error.to_string(), "record 3");
+            assert!(!failure.failed(), "raised once");
+        });
+    }
+
+    #[test]
     fn cluster_flags_that_cannot_work_are_errors() {
         let bad = Cluster {
             workers: 0,

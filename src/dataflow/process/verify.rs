@@ -341,7 +341,7 @@ impl Verifier {
 
 /// One pass of verification over all parts, as a dataflow:
 ///
-/// `tasks -> ReadParts -> (by slice) Verify -> (by part owner) WriteParts -> probe`
+/// `tasks -> read parts -> (by slice) Verify -> (by part owner) WriteParts -> probe`
 ///
 /// Each part's owner reads it and sends one slice to every worker; every
 /// worker verifies the slices it gets and sends its rows back; the owner
@@ -367,6 +367,54 @@ pub fn run(
         }
         wait_for_peer(job, Step::Verify1)?;
     }
+    let (mut tasks, pass) = build(worker, job, parts, verification);
+    let PassHandles {
+        failure,
+        written,
+        probe,
+    } = pass;
+    let (me, peers) = (worker.index(), worker.peers());
+    let rounds = parts.len().div_ceil(peers) as u64;
+    for round in 0..rounds {
+        let index = round as usize * peers + me;
+        if index < parts.len() {
+            tasks.send(Task::Read(index));
+        }
+        tasks.advance_to(round + 1);
+        failure.step_until(worker, || !probe.less_than(&round))?;
+    }
+    if verification == Verification::Both {
+        failure.step_until(worker, || !probe.less_than(&rounds))?;
+        close_step(worker, job, Step::Verify1, &counts(&written, Step::Verify1))?;
+        wait_for_peer(job, Step::Verify1)?;
+        tasks.send(Task::FinishHeld);
+    }
+    drop(tasks);
+    failure.step_until(worker, || probe.done())?;
+    if verification == Verification::First {
+        close_step(worker, job, Step::Verify1, &counts(&written, Step::Verify1))?;
+    }
+    if verification.verify2() {
+        close_step(worker, job, Step::Verify2, &counts(&written, Step::Verify2))?;
+    }
+    Ok(())
+}
+
+/// What the driver of a pass watches: the first error of an operator, the
+/// rows written by step, and the progress of the writes.
+struct PassHandles {
+    failure: Failure,
+    written: Rc<RefCell<HashMap<Step, StatusCounts>>>,
+    probe: ProbeHandle<u64>,
+}
+
+/// Builds the pass's dataflow on this worker; returns its input of tasks.
+fn build(
+    worker: &mut Worker,
+    job: &Arc<ServerJob>,
+    parts: &Rc<[StagedPart]>,
+    verification: Verification,
+) -> (InputHandleVec<u64, Task>, PassHandles) {
     let (me, peers) = (worker.index(), worker.peers());
     let last_step = if verification.verify2() {
         Step::Verify2
@@ -377,6 +425,11 @@ pub fn run(
     let written = Rc::new(RefCell::new(HashMap::new()));
     let mut tasks = InputHandleVec::<u64, Task>::new();
     let probe = ProbeHandle::new();
+    let handles = PassHandles {
+        failure: failure.clone(),
+        written: written.clone(),
+        probe: probe.clone(),
+    };
     worker.dataflow::<u64, _, _>(|scope| {
         let reader = (job.clone(), parts.clone(), failure.clone());
         let work = scope.input_from(&mut tasks).flat_map(move |task| {
@@ -458,30 +511,7 @@ pub fn run(
             },
         );
     });
-    let rounds = parts.len().div_ceil(peers) as u64;
-    for round in 0..rounds {
-        let index = round as usize * peers + me;
-        if index < parts.len() {
-            tasks.send(Task::Read(index));
-        }
-        tasks.advance_to(round + 1);
-        failure.step_until(worker, || !probe.less_than(&round))?;
-    }
-    if verification == Verification::Both {
-        failure.step_until(worker, || !probe.less_than(&rounds))?;
-        close_step(worker, job, Step::Verify1, &counts(&written, Step::Verify1))?;
-        wait_for_peer(job, Step::Verify1)?;
-        tasks.send(Task::FinishHeld);
-    }
-    drop(tasks);
-    failure.step_until(worker, || probe.done())?;
-    if verification == Verification::First {
-        close_step(worker, job, Step::Verify1, &counts(&written, Step::Verify1))?;
-    }
-    if verification.verify2() {
-        close_step(worker, job, Step::Verify2, &counts(&written, Step::Verify2))?;
-    }
-    Ok(())
+    (tasks, handles)
 }
 
 /// The rows of `step` this worker wrote, by batch id and status.
