@@ -615,6 +615,39 @@ fn per_server_outputs_use_the_raw_layout() {
     assert!(!a.join(format!("{DATE}/raw/server_id=b")).exists());
 }
 
+/// A part that cannot be written (a directory is in its way) fails the run,
+/// naming the part, and neither server's date is marked staged.
+#[test]
+fn a_part_that_cannot_be_written_fails_the_run_and_marks_nothing_staged() {
+    let dir = tempfile::tempdir().unwrap();
+    let dump = dir.path().join("dump");
+    generated_dump(&dump, 24);
+    for workers in ["1", "2"] {
+        let a = dir.path().join(format!("bucket-a-{workers}"));
+        let b = dir.path().join(format!("bucket-b-{workers}"));
+        let in_the_way = a.join(format!("{DATE}/raw/batch_id=x/part-00000.parquet/dir"));
+        std::fs::create_dir_all(&in_the_way).unwrap();
+        std::fs::write(in_the_way.join("file"), b"").unwrap();
+        let err = run_fails(
+            bin()
+                .args(["stage", "--date", DATE, "--input"])
+                .arg(dump.join("sink"))
+                .arg("--output-a")
+                .arg(&a)
+                .arg("--output-b")
+                .arg(&b)
+                .args(["--workers", workers]),
+        );
+        assert!(
+            err.contains("batch_id=x/part-00000.parquet: writing failed"),
+            "{err}"
+        );
+        for bucket in [&a, &b] {
+            assert!(!bucket.join(format!("{DATE}/raw/_SUCCESS")).exists());
+        }
+    }
+}
+
 /// A killed run leaves staging files (`name#N`, which listings skip) in the
 /// output and its spill directory; the next run removes both, but not the
 /// spill directory of a run still alive.
