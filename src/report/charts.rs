@@ -12,7 +12,7 @@ const HEIGHT: u32 = 280;
 
 /// A bar per bucket of `aggregate`. A long vector keeps a bar per bucket
 /// (the shape stays visible); the page lists its largest buckets beside it.
-pub fn aggregate_bars(aggregate: &[u128]) -> Result<String, String> {
+pub fn aggregate_bars(aggregate: &[u128]) -> Result<String, ChartError> {
     let max = aggregate.iter().copied().max().unwrap_or(0).max(1) as f64;
     let mut svg = String::new();
     {
@@ -47,7 +47,7 @@ pub fn aggregate_bars(aggregate: &[u128]) -> Result<String, String> {
 }
 
 /// Reports aggregated and rejected per date, for a date range.
-pub fn trend(dates: &[String], aggregated: &[u64], rejected: &[u64]) -> Result<String, String> {
+pub fn trend(dates: &[String], aggregated: &[u64], rejected: &[u64]) -> Result<String, ChartError> {
     let max = aggregated
         .iter()
         .chain(rejected)
@@ -104,6 +104,11 @@ pub fn trend(dates: &[String], aggregated: &[u64], rejected: &[u64]) -> Result<S
     Ok(svg)
 }
 
-fn drawing(e: impl std::fmt::Display) -> String {
-    format!("drawing a chart: {e}")
+/// What plotters said when a chart could not be drawn.
+#[derive(Debug, thiserror::Error)]
+#[error("drawing a chart: {0}")]
+pub struct ChartError(String);
+
+fn drawing(e: impl std::fmt::Display) -> ChartError {
+    ChartError(e.to_string())
 }

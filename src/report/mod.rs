@@ -9,7 +9,7 @@
 //! (`processed/_SUMMARY.json`, `_TIMINGS.json`); a date a server has not
 //! published is listed as missing, never guessed.
 
-mod charts;
+pub mod charts;
 
 use std::collections::BTreeMap;
 
@@ -29,8 +29,8 @@ const TOP_BUCKETS: usize = 20;
 pub enum ReportError {
     #[error(transparent)]
     Storage(#[from] StorageError),
-    #[error("{0}")]
-    Chart(String),
+    #[error(transparent)]
+    Chart(#[from] charts::ChartError),
     #[error("rendering the page: {0}")]
     Template(#[from] askama::Error),
     #[error("no server published any of the dates {0}; check the dates and the buckets")]

@@ -408,9 +408,11 @@ pub fn read_records(
             limit_avro_allocations();
             let stream = std::io::BufReader::with_capacity(1 << 20, stream);
             let mut reader = contain_decoder_panic(|| apache_avro::Reader::new(stream))
-                .map_err(unreadable)?
+                .map_err(|e| unreadable(e.to_string()))?
                 .map_err(|e| unreadable(e.to_string()))?;
-            while let Some(value) = contain_decoder_panic(|| reader.next()).map_err(unreadable)? {
+            while let Some(value) =
+                contain_decoder_panic(|| reader.next()).map_err(|e| unreadable(e.to_string()))?
+            {
                 let value = value.map_err(|e| unreadable(e.to_string()))?;
                 let AvroValue::Record(fields) = value else {
                     return Err(unreadable("records expected".into()));
@@ -453,9 +455,11 @@ fn read_parquet<T: parquet::file::reader::ChunkReader + 'static>(
         parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
             .and_then(|b| b.with_batch_size(PARQUET_BATCH_ROWS).build())
     })
-    .map_err(unreadable)?
+    .map_err(|e| unreadable(e.to_string()))?
     .map_err(|e| unreadable(e.to_string()))?;
-    while let Some(batch) = contain_decoder_panic(|| reader.next()).map_err(unreadable)? {
+    while let Some(batch) =
+        contain_decoder_panic(|| reader.next()).map_err(|e| unreadable(e.to_string()))?
+    {
         let batch = batch.map_err(|e| unreadable(e.to_string()))?;
         let payload = batch
             .column_by_name("payload")

@@ -27,14 +27,15 @@ use std::path::Path;
 /// metadata), and one bad file must never take the run down. What runs
 /// inside is the decoder and, for staged parts, the few checks of ours that
 /// read its output.
-pub fn contain_decoder_panic<T>(decode: impl FnOnce() -> T) -> Result<T, String> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(decode)).map_err(|panic| {
-        format!(
-            "the decoder failed on this file ({})",
-            panic_message(&panic)
-        )
-    })
+pub fn contain_decoder_panic<T>(decode: impl FnOnce() -> T) -> Result<T, DecoderPanic> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(decode))
+        .map_err(|panic| DecoderPanic(panic_message(&panic)))
 }
+
+/// A third-party decoder panicked on a file; what the panic said.
+#[derive(Debug, thiserror::Error)]
+#[error("the decoder failed on this file ({0})")]
+pub struct DecoderPanic(String);
 
 /// What a caught panic said.
 pub fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {

@@ -39,22 +39,16 @@ pub fn encode_entry(
 ) -> Result<PrioEntry, ClientError> {
     if let Some(prio1) = vdaf.prio1() {
         // libprio's own format and encryption: what Firefox sent.
-        let bits = vdaf
-            .spec()
-            .bits(measurement)
-            .map_err(|message| VdafUseError::Measurement {
-                vdaf: "prio1",
-                message,
-            })?;
+        let bits = vdaf.spec().bits(measurement)?;
         let [a, b] = prio1
             .seal(
                 batch_id.as_bytes(),
                 &bits,
                 [&keys.a.x25519(), &keys.b.x25519()],
             )
-            .map_err(|message| VdafUseError::Measurement {
+            .map_err(|e| VdafUseError::Measurement {
                 vdaf: "prio1",
-                message,
+                message: e.to_string(),
             })?;
         return Ok(PrioEntry {
             batch_id: batch_id.to_string(),

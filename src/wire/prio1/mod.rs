@@ -68,10 +68,19 @@ fn share(x: Fp) -> [Fp; 2] {
     [a, x - a]
 }
 
+/// A Prio v1 batch that cannot be, or a measurement that does not fit it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Prio1Error {
+    #[error("length must be 1 to {MAX_LENGTH}, got {0}")]
+    Length(usize),
+    #[error("{values} values for a batch of length {length}")]
+    Values { values: usize, length: usize },
+}
+
 impl Prio1 {
-    pub fn new(length: usize, prg_key: PrgKey) -> Result<Prio1, String> {
+    pub fn new(length: usize, prg_key: PrgKey) -> Result<Prio1, Prio1Error> {
         if length == 0 || length > MAX_LENGTH {
-            return Err(format!("length must be 1 to {MAX_LENGTH}, got {length}"));
+            return Err(Prio1Error::Length(length));
         }
         Ok(Prio1 { length, prg_key })
     }
@@ -91,13 +100,12 @@ impl Prio1 {
     }
 
     /// Client: the two servers' packets for `bits`.
-    pub fn encode(&self, batch_id: &[u8], bits: &[bool]) -> Result<[Packet; 2], String> {
+    pub fn encode(&self, batch_id: &[u8], bits: &[bool]) -> Result<[Packet; 2], Prio1Error> {
         if bits.len() != self.length {
-            return Err(format!(
-                "{} values for a batch of length {}",
-                bits.len(),
-                self.length
-            ));
+            return Err(Prio1Error::Values {
+                values: bits.len(),
+                length: self.length,
+            });
         }
         let data: Vec<Fp> = bits
             .iter()
@@ -184,7 +192,7 @@ impl Prio1 {
         batch_id: &[u8],
         bits: &[bool],
         keys: [&PublicKey; 2],
-    ) -> Result<[Vec<u8>; 2], String> {
+    ) -> Result<[Vec<u8>; 2], Prio1Error> {
         let [a, b] = self.encode(batch_id, bits)?;
         Ok([
             seal::seal(keys[0], &a.encode()),

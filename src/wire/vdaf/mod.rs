@@ -343,7 +343,7 @@ impl Vdaf {
             VdafSpec::Prio2 { length } => Inner::Prio2(Arc::new(Prio2::new(*length)?)),
             VdafSpec::Prio1 { length, prg_key } => Inner::Prio1(Arc::new(Prio1Vdaf::new(
                 crate::wire::prio1::Prio1::new(*length, *prg_key)
-                    .map_err(VdafError::Uncategorized)?,
+                    .map_err(|e| VdafError::Uncategorized(e.to_string()))?,
             ))),
             VdafSpec::Count => Inner::Count(Arc::new(Prio3Count::new_count(2)?)),
             VdafSpec::Sum { max_measurement } => {

@@ -87,8 +87,11 @@ impl VdafSpec {
     }
 
     /// A measurement of 0/1 elements as bits (Prio v1's measurements).
-    pub fn bits(&self, m: &Measurement) -> Result<Vec<bool>, String> {
-        bits(m, self)
+    pub fn bits(&self, m: &Measurement) -> Result<Vec<bool>, super::VdafUseError> {
+        bits(m, self).map_err(|message| super::VdafUseError::Measurement {
+            vdaf: self.name(),
+            message,
+        })
     }
 
     /// Number of elements in the aggregate result.
