@@ -7,7 +7,8 @@
 //! already answered is finished at once with its states in memory; other
 //! slices' states are kept in the private bucket until the peer answers
 //! (and are recomputed from the raw shares if a stopped run held them only
-//! in memory, or a rerun cuts parts into other slices).
+//! in memory, or a rerun cuts parts into other slices). Each pass is one
+//! timely dataflow, described at [`run`].
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
