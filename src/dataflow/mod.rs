@@ -372,7 +372,8 @@ impl<D: timely::ExchangeData + Clone> Exchange<D> {
 }
 
 /// The first error an operator met. An operator cannot return one, so it
-/// keeps it here and stops working; the loop that steps the worker raises it.
+/// keeps it here and stops working; the loop that steps the worker raises
+/// it (once), and the worker's job ends with it.
 #[derive(Clone, Default)]
 pub struct Failure(Rc<RefCell<Option<Error>>>);
 

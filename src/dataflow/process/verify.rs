@@ -217,7 +217,7 @@ fn verify2_slice(
 }
 
 /// What the driver of a pass asks of its worker's dataflow, by epoch.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone)]
 enum Task {
     /// Read part `index` (this worker owns it) and send a slice of it to every worker.
     Read(usize),
@@ -348,8 +348,9 @@ impl Verifier {
 /// worker verifies the slices it gets and sends its rows back; the owner
 /// writes the part's messages of a step once all its slices are in. Epoch
 /// `r` is round `r` of parts (part `r * peers + worker` is the worker's);
-/// round `r + 1` is read once every part of the rounds before `r` is
-/// written, so every worker holds a few parts' worth of slices at most.
+/// round `r + 1` is read once every slice of the rounds before `r` is
+/// verified and its part's messages written (verify2's of a held slice come
+/// later), so every worker holds a few parts' worth of slices at most.
 ///
 /// When both steps run, at most one slice that the peer has not answered
 /// yet waits in memory and older ones are stored; once every part's verify1
@@ -463,9 +464,7 @@ fn build(
                 let mut queue: VecDeque<(Capability<u64>, Queued)> = VecDeque::new();
                 move |input, output| {
                     input.for_each(|cap, data| {
-                        let Some(cap) = cap.retain_least(0) else {
-                            return;
-                        };
+                        let cap = cap.retain_least(0).expect("input batches have a time");
                         for work in data.drain(..) {
                             match work {
                                 Work::Slice(reports) => {

@@ -161,16 +161,13 @@ pub(super) fn partition(
                 ExchangePact::new(|r: &StagedReport| u64::from(r.slot)),
                 "WriteParts",
                 move |_, _| {
-                    // Keyed by part: a faster worker may already send the next
-                    // round's rows while this one still waits for the end of
-                    // the current round.
+                    // The rows of this worker's part of the round, under the
+                    // round's capability until the part is written.
                     let mut parts: HashMap<u32, (Capability<u64>, Vec<StagedReport>)> =
                         HashMap::new();
                     move |(input, frontier), _output| {
                         input.for_each(|cap, data| {
-                            let Some(cap) = cap.retain_least(0) else {
-                                return;
-                            };
+                            let cap = cap.retain_least(0).expect("input batches have a time");
                             for report in data.drain(..) {
                                 let part = parts
                                     .entry(report.slot)
