@@ -56,13 +56,15 @@ fn run(cmd: &mut Command) -> Output {
     out
 }
 
+/// `stage --date DATE --input INPUT`, for the caller to add outputs and flags.
+fn stage_command(input: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut cmd = bin();
+    cmd.args(["stage", "--date", DATE, "--input"]).arg(input);
+    cmd
+}
+
 fn stage(input: &Path, output: &Path, extra: &[&str]) -> Output {
-    run(bin()
-        .args(["stage", "--date", DATE, "--input"])
-        .arg(input)
-        .arg("--output")
-        .arg(output)
-        .args(extra))
+    run(stage_command(input).arg("--output").arg(output).args(extra))
 }
 
 /// Every file below `dir`, relative path -> bytes.
@@ -318,10 +320,8 @@ fn output_is_identical_for_any_worker_or_process_count_and_reruns() {
     );
     let hosts = common::hostfile(dir.path(), 2);
     let cluster = |i: usize| {
-        let mut cmd = bin();
-        cmd.args(["stage", "--date", DATE, "--input"])
-            .arg(&input)
-            .arg("--output")
+        let mut cmd = stage_command(&input);
+        cmd.arg("--output")
             .arg(out("procs"))
             .args(size)
             .args([
@@ -534,9 +534,7 @@ fn an_empty_date_fails_and_says_what_was_found_unless_allowed() {
     // Every record rejected (no configured batch id): a failure without markers.
     let marker = out.join(format!("submission_date={DATE}/_SUCCESS"));
     let err = run_fails(
-        bin()
-            .args(["stage", "--date", DATE, "--input"])
-            .arg(dump.join("sink"))
+        stage_command(dump.join("sink"))
             .arg("--output")
             .arg(&out)
             .env("DATA_CONFIG", r#"{"other": 8}"#),
@@ -597,9 +595,7 @@ fn per_server_outputs_use_the_raw_layout() {
     let dump = dir.path().join("dump");
     generated_dump(&dump, 24);
     let (a, b) = (dir.path().join("bucket-a"), dir.path().join("bucket-b"));
-    run(bin()
-        .args(["stage", "--date", DATE, "--input"])
-        .arg(dump.join("sink"))
+    run(stage_command(dump.join("sink"))
         .arg("--output-a")
         .arg(&a)
         .arg("--output-b")
@@ -629,9 +625,7 @@ fn a_part_that_cannot_be_written_fails_the_run_and_marks_nothing_staged() {
         std::fs::create_dir_all(&in_the_way).unwrap();
         std::fs::write(in_the_way.join("file"), b"").unwrap();
         let err = run_fails(
-            bin()
-                .args(["stage", "--date", DATE, "--input"])
-                .arg(dump.join("sink"))
+            stage_command(dump.join("sink"))
                 .arg("--output-a")
                 .arg(&a)
                 .arg("--output-b")
@@ -768,9 +762,7 @@ fn unreadable_files_fail_with_their_name_unless_skipped() {
     std::fs::write(&bad, [0x1f, 0x8b, 0x08, 0x00, 0x01, 0x02]).unwrap();
     let out = dir.path().join("out");
     let spill = dir.path().join("spill");
-    let failed = bin()
-        .args(["stage", "--date", DATE, "--input"])
-        .arg(dump.join("sink"))
+    let failed = stage_command(dump.join("sink"))
         .arg("--output")
         .arg(&out)
         .arg("--spill-dir")
@@ -827,12 +819,8 @@ fn a_file_the_run_may_not_read_is_skipped_when_asked() {
     }
     std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o000)).unwrap();
     let stage_as_user = |out: &str, extra: &[&str]| {
-        let mut cmd = bin();
-        cmd.args(["stage", "--date", DATE, "--input"])
-            .arg(dump.join("sink"))
-            .arg("--output")
-            .arg(dir.path().join(out))
-            .args(extra);
+        let mut cmd = stage_command(dump.join("sink"));
+        cmd.arg("--output").arg(dir.path().join(out)).args(extra);
         // SAFETY: geteuid only reads the process's user id.
         if unsafe { libc::geteuid() } == 0 {
             cmd.uid(65534).gid(65534);
@@ -865,9 +853,7 @@ fn a_file_the_run_may_not_read_is_skipped_when_asked() {
 #[test]
 fn a_missing_secret_or_input_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
-    let out = bin()
-        .args(["stage", "--date", DATE, "--input"])
-        .arg(dir.path())
+    let out = stage_command(dir.path())
         .arg("--output")
         .arg(dir.path().join("out"))
         .env("STAGING_SECRET", "c2hvcnQ=")
@@ -880,9 +866,7 @@ fn a_missing_secret_or_input_is_a_clear_error() {
         "{stderr}"
     );
     let out = run_fails(
-        bin()
-            .args(["stage", "--date", DATE, "--input"])
-            .arg(dir.path())
+        stage_command(dir.path())
             .arg("--output")
             .arg(dir.path().join("o"))
             .args(["--workers", "2"]),

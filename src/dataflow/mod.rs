@@ -365,9 +365,7 @@ impl<D: timely::ExchangeData + Clone> Exchange<D> {
     /// records were delivered.
     pub fn close_and_wait(self, worker: &mut Worker) {
         drop(self.input);
-        while !self.probe.done() {
-            worker.step_or_park(None);
-        }
+        step_until(worker, || self.probe.done());
     }
 }
 
@@ -394,15 +392,15 @@ impl Failure {
 
     /// Steps the worker until `done`, or raises the error an operator kept.
     pub fn step_until(&self, worker: &mut Worker, done: impl Fn() -> bool) -> Result<(), Error> {
-        loop {
-            if let Some(error) = self.0.borrow_mut().take() {
-                return Err(error);
-            }
-            if done() {
-                return Ok(());
-            }
-            worker.step_or_park(None);
-        }
+        step_until(worker, || self.failed() || done());
+        self.0.borrow_mut().take().map_or(Ok(()), Err)
+    }
+}
+
+/// Steps the worker (parking it when nothing is scheduled) until `done`.
+fn step_until(worker: &mut Worker, done: impl Fn() -> bool) {
+    while !done() {
+        worker.step_or_park(None);
     }
 }
 
@@ -447,9 +445,7 @@ fn collect<D: timely::ExchangeData + Clone>(
         input.send(record);
     }
     input.close();
-    while !probe.done() {
-        worker.step_or_park(None);
-    }
+    step_until(worker, || probe.done());
     received.take()
 }
 

@@ -47,16 +47,19 @@ pub enum StorageError {
     },
 }
 
+/// `error` and each error that caused it, outermost first.
+fn causes(error: &object_store::Error) -> impl Iterator<Item = &(dyn std::error::Error + 'static)> {
+    std::iter::successors(Some(error as &(dyn std::error::Error + 'static)), |e| {
+        e.source()
+    })
+}
+
 /// The kind of HTTP failure behind `error`, if it is one.
 fn http_failure(error: &object_store::Error) -> Option<object_store::client::HttpErrorKind> {
-    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
-    while let Some(e) = cause {
-        if let Some(http) = e.downcast_ref::<object_store::client::HttpError>() {
-            return Some(http.kind());
-        }
-        cause = e.source();
-    }
-    None
+    causes(error).find_map(|e| {
+        e.downcast_ref::<object_store::client::HttpError>()
+            .map(|http| http.kind())
+    })
 }
 
 /// Whether `error` is a request that never got an answer (connection refused
@@ -75,17 +78,11 @@ pub(super) fn is_transport_failure(error: &object_store::Error) -> bool {
 /// shows is the text it renders; the test below, against a loopback server
 /// that answers 503, catches a change of that text on an upgrade.
 pub(super) fn is_server_failure(error: &object_store::Error) -> bool {
-    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
-    while let Some(e) = cause {
+    causes(error).any(|e| {
         let text = e.to_string();
-        if let Some((_, rest)) = text.split_once("Server returned non-2xx status code: ") {
-            if rest.starts_with('5') || rest.starts_with("429") {
-                return true;
-            }
-        }
-        cause = e.source();
-    }
-    false
+        text.split_once("Server returned non-2xx status code: ")
+            .is_some_and(|(_, status)| status.starts_with('5') || status.starts_with("429"))
+    })
 }
 
 /// Whether `error` is a request cut off after it was sent, which
