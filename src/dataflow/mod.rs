@@ -2,6 +2,7 @@
 //! build identical dataflows and split work deterministically, so the same
 //! input gives the same output for any number of workers or processes.
 
+mod offload;
 pub mod process;
 pub mod stage;
 

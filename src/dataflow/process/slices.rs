@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use super::{count_rows, part_vdaf, ServerJob};
 use crate::dataflow::Error;
 use crate::storage::messages::MessageRow;
-use crate::storage::server::StagedPart;
+use crate::storage::server::{ServerBuckets, StagedPart};
 use crate::storage::staged::StagedRow;
 use crate::wire::protocol::{StatusCounts, Step};
 
@@ -155,24 +155,26 @@ impl PartWriter {
         move |(_, message)| owner(message.slice.part, peers)
     }
 
-    /// Takes one slice's rows of `step`; writes the part once it is whole.
-    pub fn take(&mut self, step: Step, message: SliceMessage) -> Result<(), Error> {
+    /// Takes one slice's rows of `step`; once the part is whole, counts
+    /// its rows and returns its write.
+    pub fn take(&mut self, step: Step, message: SliceMessage) -> Result<Option<PartWrite>, Error> {
         let (index, of) = (message.slice.part, message.slice.of);
         let slices = self.pending.entry((step, index)).or_default();
         slices.push(message);
-        if slices.len() == of {
-            let mut slices = self.pending.remove(&(step, index)).expect("present");
-            slices.sort_by_key(|m| m.slice.index);
-            self.write_part(step, index, slices)?;
+        if slices.len() < of {
+            return Ok(None);
         }
-        Ok(())
+        let mut slices = self.pending.remove(&(step, index)).expect("present");
+        slices.sort_by_key(|m| m.slice.index);
+        self.whole_part(step, index, slices).map(Some)
     }
 
-    /// Sends a whole part's rows to the peer. verify2 also keeps the sum of
-    /// the output shares this server accepted (not each share: the peer
-    /// almost always agrees, and `aggregate` recomputes the sum where it
-    /// does not).
-    fn write_part(&self, step: Step, index: usize, slices: Vec<SliceMessage>) -> Result<(), Error> {
+    fn whole_part(
+        &self,
+        step: Step,
+        index: usize,
+        slices: Vec<SliceMessage>,
+    ) -> Result<PartWrite, Error> {
         let part = &self.parts[index];
         let vdaf = part_vdaf(&self.job, part);
         let mut sum = vdaf.aggregate_init();
@@ -184,7 +186,6 @@ impl PartWriter {
             }
             rows.extend(slice.rows);
         }
-        self.job.buckets.send_rows(step, part, &rows)?;
         count_rows(
             self.written.borrow_mut().entry(step).or_default(),
             part,
@@ -193,10 +194,32 @@ impl PartWriter {
         if step == self.last_step {
             self.job.progress.advance(1, rows.len() as u64);
         }
-        if step == Step::Verify2 {
-            self.job
-                .buckets
-                .keep_accepted_sum(part, vdaf.encode_aggregate(&sum))?;
+        Ok(PartWrite {
+            step,
+            part: part.clone(),
+            rows,
+            accepted_sum: (step == Step::Verify2).then(|| vdaf.encode_aggregate(&sum)),
+        })
+    }
+}
+
+/// A whole part's messages of a step, ready to write.
+pub struct PartWrite {
+    step: Step,
+    part: StagedPart,
+    rows: Vec<MessageRow>,
+    /// verify2's sum of the output shares this server accepted.
+    accepted_sum: Option<Vec<u8>>,
+}
+
+impl PartWrite {
+    /// Sends the rows to the peer. verify2 also keeps the sum of the output
+    /// shares this server accepted (not each share: the peer almost always
+    /// agrees, and `aggregate` recomputes the sum where it does not).
+    pub fn write(self, buckets: &ServerBuckets) -> Result<(), Error> {
+        buckets.send_rows(self.step, &self.part, &self.rows)?;
+        if let Some(sum) = self.accepted_sum {
+            buckets.keep_accepted_sum(&self.part, sum)?;
         }
         Ok(())
     }

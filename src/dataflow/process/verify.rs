@@ -18,17 +18,18 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use timely::container::CapacityContainerBuilder;
-use timely::dataflow::channels::pact::Exchange as ExchangePact;
-use timely::dataflow::operators::vec::Map;
-use timely::dataflow::operators::{Capability, Input, Operator};
-use timely::dataflow::{InputHandleVec, ProbeHandle};
+use timely::dataflow::channels::pact::{Exchange as ExchangePact, Pipeline};
+use timely::dataflow::operators::{Capability, Input, Operator, Probe};
+use timely::dataflow::{InputHandleVec, ProbeHandle, StreamVec};
 use timely::worker::Worker;
 
 use super::slices::{
-    cut, read_slice, report_rows, PartWriter, ReportRow, Slice, SliceMessage, SliceReports,
+    cut, read_slice, report_rows, PartWrite, PartWriter, ReportRow, Slice, SliceMessage,
+    SliceReports,
 };
 use super::{by_id, close_step, part_vdaf, wait_for_peer, ServerJob, Verification};
-use crate::dataflow::{consume_into, Error, Failure};
+use crate::dataflow::offload::Offload;
+use crate::dataflow::{Error, Failure};
 use crate::storage::messages::MessageRow;
 use crate::storage::server::StagedPart;
 use crate::wire::protocol::{Rejection, StatusCounts, Step};
@@ -433,21 +434,7 @@ fn build(
         probe: probe.clone(),
     };
     worker.dataflow::<u64, _, _>(|scope| {
-        let reader = (job.clone(), parts.clone(), failure.clone());
-        let work = scope.input_from(&mut tasks).flat_map(move |task| {
-            let (job, parts, failure) = &reader;
-            let work: Vec<Work> = match task {
-                Task::FinishHeld => vec![Work::FinishHeld { worker: me }],
-                Task::Read(index) => failure
-                    .keep(job.buckets.read_part(&parts[index]).map_err(Error::from))
-                    .map(|rows| cut(index, report_rows(rows), peers))
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(Work::Slice)
-                    .collect(),
-            };
-            work
-        });
+        let work = read_ahead(scope.input_from(&mut tasks), job, parts, &failure);
         let mut verifier = Verifier {
             job: job.clone(),
             parts: parts.clone(),
@@ -499,19 +486,88 @@ fn build(
             written.clone(),
         );
         let writing = failure.clone();
-        consume_into(
-            messages,
-            ExchangePact::new(PartWriter::route(peers)),
-            "WriteParts",
-            &probe,
-            move |(step, message)| {
-                if !writing.failed() {
-                    writing.keep(writer.take(step, message));
-                }
-            },
-        );
+        let writer_job = job.clone();
+        messages
+            .unary::<CapacityContainerBuilder<Vec<()>>, _, _, _>(
+                ExchangePact::new(PartWriter::route(peers)),
+                "WriteParts",
+                move |_, info| {
+                    let activator = scope.worker().sync_activator_for(info.address.to_vec());
+                    let mut writes =
+                        Offload::spawn(format!("write-parts-{me}"), activator, move |write| {
+                            PartWrite::write(write, &writer_job.buckets)
+                        });
+                    move |input, _output| {
+                        input.for_each(|cap, data| {
+                            for (step, message) in data.drain(..) {
+                                if writing.failed() {
+                                    continue;
+                                }
+                                if let Some(write) =
+                                    writing.keep(writer.take(step, message)).flatten()
+                                {
+                                    let cap =
+                                        cap.retain_least(0).expect("input batches have a time");
+                                    writes.send(cap, write);
+                                }
+                            }
+                        });
+                        for (_, written) in writes.ready() {
+                            writing.keep(written);
+                        }
+                    }
+                },
+            )
+            .probe_with(&probe);
     });
     (tasks, handles)
+}
+
+/// The `ReadParts` operator: turns each task into work, reading each part
+/// on a storage thread ([`Offload`]) while the worker verifies the round
+/// before.
+fn read_ahead<'scope>(
+    tasks: StreamVec<'scope, u64, Task>,
+    job: &Arc<ServerJob>,
+    parts: &Rc<[StagedPart]>,
+    failure: &Failure,
+) -> StreamVec<'scope, u64, Work> {
+    let scope = tasks.scope();
+    let (me, peers) = (scope.index(), scope.peers());
+    let (job, parts, failure) = (job.clone(), parts.clone(), failure.clone());
+    tasks.unary(Pipeline, "ReadParts", move |_, info| {
+        let activator = scope.worker().sync_activator_for(info.address.to_vec());
+        let mut reads = Offload::spawn(
+            format!("read-parts-{me}"),
+            activator,
+            move |(index, part): (usize, StagedPart)| {
+                let rows = job.buckets.read_part(&part)?;
+                Ok(cut(index, report_rows(rows), peers))
+            },
+        );
+        move |input, output| {
+            input.for_each(|cap, data| {
+                for task in data.drain(..) {
+                    match task {
+                        Task::FinishHeld => {
+                            output.session(&cap).give(Work::FinishHeld { worker: me })
+                        }
+                        Task::Read(index) => reads.send(
+                            cap.retain_least(0).expect("input batches have a time"),
+                            (index, parts[index].clone()),
+                        ),
+                    }
+                }
+            });
+            for (cap, slices) in reads.ready() {
+                if let Some(slices) = failure.keep(slices) {
+                    output
+                        .session(&cap)
+                        .give_iterator(slices.into_iter().map(Work::Slice));
+                }
+            }
+        }
+    })
 }
 
 /// The rows of `step` this worker wrote, by batch id and status.
