@@ -1020,22 +1020,30 @@ fn a_tampered_verify1_message_is_refused_before_any_verdict() {
 
 /// Messages are written on a thread of each worker's own while it verifies
 /// on: a write that fails there still fails the run, and the step is not
-/// marked sent.
+/// marked sent. verify1 alone, and verify2 in a `process` run whose peer
+/// answered first (its slices go through both steps report by report).
 #[test]
 fn a_message_that_cannot_be_written_fails_the_run_and_marks_nothing_sent() {
-    let (world, _) = World::new(r#"{"x": 16}"#, 12, &[]);
-    let outbox = world
-        .inbox(Role::B)
-        .join(format!("{DATE}/intermediate/external/verify1"));
-    let in_the_way = outbox.join("batch_id=x/part-00000.parquet/dir");
-    std::fs::create_dir_all(&in_the_way).unwrap();
-    std::fs::write(in_the_way.join("file"), b"").unwrap();
-    for workers in ["1", "2"] {
-        fails_with(
-            &mut world.server(Role::A, "verify1", &["--workers", workers]),
-            "batch_id=x/part-00000.parquet",
-        );
-        assert!(!outbox.join("_SUCCESS").exists());
+    for (step, command) in [("verify1", "verify1"), ("verify2", "process")] {
+        let (world, _) = World::new(r#"{"x": 16}"#, 12, &[]);
+        ok(world.server(Role::B, "verify1", &[]).output().unwrap());
+        let outbox = world
+            .inbox(Role::B)
+            .join(format!("{DATE}/intermediate/external/{step}"));
+        let in_the_way = outbox.join("batch_id=x/part-00000.parquet/dir");
+        std::fs::create_dir_all(&in_the_way).unwrap();
+        std::fs::write(in_the_way.join("file"), b"").unwrap();
+        for workers in ["1", "2"] {
+            let err = fails_with(
+                &mut world.server(Role::A, command, &["--workers", workers]),
+                "batch_id=x/part-00000.parquet",
+            );
+            assert!(!err.contains("skipped"), "{err}");
+            assert!(
+                !outbox.join("_SUCCESS").exists(),
+                "{step}, {workers} workers"
+            );
+        }
     }
 }
 

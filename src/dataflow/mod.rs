@@ -127,6 +127,9 @@ pub enum Error {
     Disagreement(String),
     #[error("a worker stopped unexpectedly: {0}")]
     WorkerPanicked(String),
+    /// A storage call not made because an earlier one failed (that error is the one raised).
+    #[error("skipped: an earlier storage call of this worker failed")]
+    Skipped,
 }
 
 impl Error {

@@ -31,6 +31,9 @@ impl<T: Send + 'static, R: Send + 'static> Offload<T, R> {
     /// Starts the thread `name`; it runs `call` on each request and
     /// activates the operator (`activator`) with each result. A call that
     /// panics gives `Error::WorkerPanicked`, as it would on the worker.
+    /// After a call fails, later requests are not run (the run is failing,
+    /// and no more of its messages should land) and answer `Error::Skipped`;
+    /// results come in order, so the operator keeps the real error first.
     pub fn spawn(
         name: String,
         activator: SyncActivator,
@@ -41,9 +44,16 @@ impl<T: Send + 'static, R: Send + 'static> Offload<T, R> {
         let thread = std::thread::Builder::new()
             .name(name)
             .spawn(move || {
+                let mut failed = false;
                 for request in received {
-                    let result = std::panic::catch_unwind(AssertUnwindSafe(|| call(request)))
-                        .unwrap_or_else(|panic| Err(Error::WorkerPanicked(panic_message(&panic))));
+                    let result = if failed {
+                        Err(Error::Skipped)
+                    } else {
+                        std::panic::catch_unwind(AssertUnwindSafe(|| call(request))).unwrap_or_else(
+                            |panic| Err(Error::WorkerPanicked(panic_message(&panic))),
+                        )
+                    };
+                    failed |= result.is_err();
                     // Either end gone means the operator is gone: nobody to tell.
                     if answer.send(result).is_err() || activator.activate().is_err() {
                         break;
@@ -65,7 +75,7 @@ impl<T: Send + 'static, R: Send + 'static> Offload<T, R> {
             .as_ref()
             .expect("requests are open until drop")
             .send(request)
-            .expect("the storage thread runs until its operator is dropped");
+            .expect("the storage thread ends only with its operator or its worker");
         self.waiting.push_back(cap);
     }
 
@@ -80,7 +90,8 @@ impl<T: Send + 'static, R: Send + 'static> Offload<T, R> {
 }
 
 impl<T, R> Drop for Offload<T, R> {
-    /// Closes the requests and waits for the thread, so that nothing it
+    /// Closes the requests and waits for the thread to finish the ones
+    /// queued (none, once the dataflow is complete), so that nothing it
     /// holds (the job, a half-written message) outlives the dataflow.
     fn drop(&mut self) {
         self.requests.take();

@@ -116,15 +116,18 @@ pub fn cut(index: usize, mut rows: Vec<ReportRow>, peers: usize) -> Vec<SliceRep
 }
 
 /// A part owner's side of verification: collects the slices each worker
-/// sends back and writes a part's messages of a step once all its slices
-/// of that step are in.
+/// sends back and, once all of a part's slices of a step are in, counts its
+/// rows and hands back the part's write (which `WriteParts` makes on its
+/// storage thread).
 pub struct PartWriter {
     job: Arc<ServerJob>,
     parts: Rc<[StagedPart]>,
     pending: HashMap<(Step, usize), Vec<SliceMessage>>,
     /// The step whose written parts are the pass's progress.
     last_step: Step,
-    /// The rows written, by step, batch id and status: what `close_step` sums.
+    /// The rows of whole parts, by step, batch id and status, counted as
+    /// their writes are handed out: what `close_step` sums once the
+    /// probe says they are written.
     written: Rc<RefCell<HashMap<Step, StatusCounts>>>,
 }
 
