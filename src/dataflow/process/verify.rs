@@ -376,7 +376,7 @@ impl Verifier {
                     verify_answered_slice(job, &self.parts[reports.slice.part], reports)?;
                 send(Step::Verify1, sent);
                 send(Step::Verify2, verdicts);
-                self.finish_answered(send)?;
+                self.finish_answered(false, send)?;
             }
             Queued::Slice(SliceReports { slice, rows }) => {
                 let part = &self.parts[slice.part];
@@ -399,7 +399,7 @@ impl Verifier {
                     return store_states(job, vdaf, part, slice.rows(), &states);
                 }
                 self.waiting.push_back((slice, states));
-                self.finish_answered(send)?;
+                self.finish_answered(true, send)?;
             }
         }
         Ok(())
@@ -407,9 +407,18 @@ impl Verifier {
 
     /// Finishes the waiting slices whose part the peer has answered, oldest
     /// first, and stores all but the newest of the others.
-    fn finish_answered(&mut self, send: &mut impl FnMut(Step, SliceMessage)) -> Result<(), Error> {
+    /// `newest_unanswered`: the newest was just found unanswered, so the
+    /// peer's inbox is not asked again for it.
+    fn finish_answered(
+        &mut self,
+        newest_unanswered: bool,
+        send: &mut impl FnMut(Step, SliceMessage),
+    ) -> Result<(), Error> {
         let job = &*self.job;
         while let Some((oldest, _)) = self.waiting.front() {
+            if newest_unanswered && self.waiting.len() == 1 {
+                break;
+            }
             let part = &self.parts[oldest.part];
             let answered = job.buckets.peer_has(Step::Verify1, part)?;
             if !answered && self.waiting.len() == 1 {
