@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 use timely::worker::Worker;
 
 use super::replay::{batch_indices, find_replays, Accepted};
-use super::verify::{finish_states, part_states};
+use super::steps::{finish_states, part_states};
 use super::{by_id, part_vdaf, ServerJob};
 use crate::dataflow::{gather_at_first, Error};
 use crate::storage::messages::AggregateMessage;

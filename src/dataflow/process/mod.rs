@@ -23,6 +23,7 @@ mod hello;
 mod publish;
 mod replay;
 mod slices;
+mod steps;
 mod verify;
 
 use std::collections::{BTreeSet, HashMap};
