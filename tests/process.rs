@@ -1019,13 +1019,16 @@ fn a_tampered_verify1_message_is_refused_before_any_verdict() {
 }
 
 /// Messages are written on a thread of each worker's own while it verifies
-/// on: a write that fails there still fails the run, and the step is not
-/// marked sent. verify1 alone, and verify2 in a `process` run whose peer
-/// answered first (its slices go through both steps report by report).
+/// on: a write that fails there still fails the run, the step is not
+/// marked sent, and the thread writes nothing after it. verify1 alone, and
+/// verify2 in a `process` run whose peer answered first (its slices go
+/// through both steps report by report).
 #[test]
 fn a_message_that_cannot_be_written_fails_the_run_and_marks_nothing_sent() {
     for (step, command) in [("verify1", "verify1"), ("verify2", "process")] {
-        let (world, _) = World::new(r#"{"x": 16}"#, 12, &[]);
+        let (world, _) = World::new(r#"{"x": 16}"#, 300, &[]);
+        let parts = world.staged_parts(Role::A, "x").len();
+        assert!(parts > 2, "{parts} parts");
         ok(world.server(Role::B, "verify1", &[]).output().unwrap());
         let outbox = world
             .inbox(Role::B)
@@ -1043,6 +1046,11 @@ fn a_message_that_cannot_be_written_fails_the_run_and_marks_nothing_sent() {
                 !outbox.join("_SUCCESS").exists(),
                 "{step}, {workers} workers"
             );
+            if workers == "1" {
+                // One worker writes its parts in order: the failed one is the first.
+                let landed = common::files_below(&outbox.join("batch_id=x"));
+                assert_eq!(landed, [in_the_way.join("file")], "{step}");
+            }
         }
     }
 }

@@ -21,9 +21,12 @@ pub struct Opened {
     pub state: VerifyState,
 }
 
-/// A part's reports after `verify_init`, in row order: each one's
-/// opened state, or the reason it has none.
-pub type States = Vec<(String, Result<Opened, Rejection>)>;
+/// A report after `verify_init`: its id, and its opened state or the
+/// reason it has none.
+pub type ReportState = (String, Result<Opened, Rejection>);
+
+/// A part's (or slice's) reports after `verify_init`, in row order.
+pub type States = Vec<ReportState>;
 
 /// verify1 for a slice: opens and verify-inits every report. Returns the
 /// rows for the peer and this server's states.
@@ -44,7 +47,7 @@ fn verify1_report(
     vdaf: &Vdaf,
     batch_id: &str,
     row: ReportRow,
-) -> (MessageRow, (String, Result<Opened, Rejection>)) {
+) -> (MessageRow, ReportState) {
     let result = if row.repeated {
         Err(Rejection::DuplicateReportId)
     } else {
@@ -174,7 +177,7 @@ fn finish_report(
     vdaf: &Vdaf,
     part: &StagedPart,
     peer: &HashMap<String, MessageRow>,
-    (id, opened): (String, Result<Opened, Rejection>),
+    (id, opened): ReportState,
     sum: Option<&mut AggregateShare>,
 ) -> Result<MessageRow, Error> {
     let mut nonce = opened.as_ref().ok().map(|o| o.nonce);
@@ -226,6 +229,15 @@ fn peer_verify1(job: &ServerJob, part: &StagedPart) -> Result<HashMap<String, Me
     Ok(by_id(job.buckets.peer_rows(Step::Verify1, part)?))
 }
 
+/// A slice's verify1 message: its rows for the peer.
+pub(super) fn verify1_message(slice: Slice, rows: Vec<MessageRow>) -> SliceMessage {
+    SliceMessage {
+        slice,
+        rows,
+        accepted_sum: Vec::new(),
+    }
+}
+
 /// A slice's verify2 message: its verdicts and the sum of what it accepted.
 fn verdicts_message(
     vdaf: &Vdaf,
@@ -270,11 +282,7 @@ pub(super) fn verify_answered_slice(
         )?);
     }
     Ok([
-        SliceMessage {
-            slice,
-            rows: sent,
-            accepted_sum: Vec::new(),
-        },
+        verify1_message(slice, sent),
         verdicts_message(vdaf, slice, verdicts, &sum),
     ])
 }

@@ -28,7 +28,8 @@ use super::slices::{
     cut, read_slice, report_rows, PartWrite, PartWriter, Slice, SliceMessage, SliceReports,
 };
 use super::steps::{
-    load_states, store_states, verify1_slice, verify2_slice, verify_answered_slice, States,
+    load_states, store_states, verify1_message, verify1_slice, verify2_slice,
+    verify_answered_slice, States,
 };
 use super::{close_step, part_vdaf, wait_for_peer, ServerJob, Verification};
 use crate::dataflow::offload::Offload;
@@ -67,9 +68,9 @@ struct Verifier {
     job: Arc<ServerJob>,
     parts: Rc<[StagedPart]>,
     verification: Verification,
-    /// verify1 done, the peer's verify1 of its part not seen yet: at most one
-    /// slice's states wait in memory, older ones are `stored`.
-    waiting: VecDeque<(Slice, States)>,
+    /// verify1 done, the peer's verify1 of its part not seen yet: the
+    /// newest such slice's states wait in memory, older ones are `stored`.
+    waiting: Option<(Slice, States)>,
     stored: Vec<Slice>,
 }
 
@@ -110,7 +111,6 @@ impl Verifier {
                     verify_answered_slice(job, &self.parts[reports.slice.part], reports)?;
                 send(Step::Verify1, sent);
                 send(Step::Verify2, verdicts);
-                self.finish_answered(false, send)?;
             }
             Queued::Slice(SliceReports { slice, rows }) => {
                 let part = &self.parts[slice.part];
@@ -121,50 +121,32 @@ impl Verifier {
                     return Ok(());
                 }
                 let (sent, states) = verify1_slice(job, vdaf, &part.batch_id, rows);
-                send(
-                    Step::Verify1,
-                    SliceMessage {
-                        slice,
-                        rows: sent,
-                        accepted_sum: Vec::new(),
-                    },
-                );
+                send(Step::Verify1, verify1_message(slice, sent));
                 if !self.verification.verify2() {
                     return store_states(job, vdaf, part, slice.rows(), &states);
                 }
-                self.waiting.push_back((slice, states));
-                self.finish_answered(true, send)?;
+                if let Some(older) = self.waiting.replace((slice, states)) {
+                    self.finish_or_store(older, send)?;
+                }
             }
         }
         Ok(())
     }
 
-    /// Finishes the waiting slices whose part the peer has answered, oldest
-    /// first, and stores all but the newest of the others.
-    /// `newest_unanswered`: the newest was just found unanswered, so the
-    /// peer's inbox is not asked again for it.
-    fn finish_answered(
+    /// A slice whose states waited in memory, now that a newer one waits:
+    /// finished if the peer has answered its part, else its states are stored.
+    fn finish_or_store(
         &mut self,
-        newest_unanswered: bool,
+        (slice, states): (Slice, States),
         send: &mut impl FnMut(Step, SliceMessage),
     ) -> Result<(), Error> {
         let job = &*self.job;
-        while let Some((oldest, _)) = self.waiting.front() {
-            if newest_unanswered && self.waiting.len() == 1 {
-                break;
-            }
-            let part = &self.parts[oldest.part];
-            let answered = job.buckets.peer_has(Step::Verify1, part)?;
-            if !answered && self.waiting.len() == 1 {
-                break;
-            }
-            let (oldest, states) = self.waiting.pop_front().expect("not empty");
-            if answered {
-                send(Step::Verify2, verify2_slice(job, part, oldest, states)?);
-            } else {
-                store_states(job, part_vdaf(job, part), part, oldest.rows(), &states)?;
-                self.stored.push(oldest);
-            }
+        let part = &self.parts[slice.part];
+        if job.buckets.peer_has(Step::Verify1, part)? {
+            send(Step::Verify2, verify2_slice(job, part, slice, states)?);
+        } else {
+            store_states(job, part_vdaf(job, part), part, slice.rows(), &states)?;
+            self.stored.push(slice);
         }
         Ok(())
     }
@@ -172,18 +154,18 @@ impl Verifier {
     /// The slices held for verify2: the waiting one first, then the stored
     /// ones, so that owners write each part as its slices come in.
     fn held(&mut self) -> impl Iterator<Item = Queued> {
-        let waiting = std::mem::take(&mut self.waiting);
+        let waiting = self.waiting.take();
         let stored = std::mem::take(&mut self.stored);
         waiting
-            .into_iter()
             .map(|(slice, states)| Queued::Held(slice, Some(states)))
+            .into_iter()
             .chain(stored.into_iter().map(|slice| Queued::Held(slice, None)))
     }
 }
 
 /// One pass of verification over all parts, as a dataflow:
 ///
-/// `tasks -> ReadParts -> (by slice) Verify -> verified probe -> (by part owner) WriteParts -> probe`
+/// `tasks -> ReadParts -> (by slice) Verify -> probe verified -> (by part owner) WriteParts -> probe written`
 ///
 /// Each part's owner reads it and sends one slice to every worker; every
 /// worker verifies the slices it gets and sends its rows back; the owner
@@ -216,12 +198,16 @@ pub fn run(
     let (mut tasks, pass) = build(worker, job, parts, verification);
     let PassHandles {
         failure,
-        written,
+        row_counts,
         verified,
-        probe,
+        written,
     } = pass;
     let (me, peers) = (worker.index(), worker.peers());
     let rounds = parts.len().div_ceil(peers) as u64;
+    let close = |worker: &mut Worker, step| {
+        let rows = row_counts.borrow_mut().remove(&step).unwrap_or_default();
+        close_step(worker, job, step, &rows)
+    };
     for round in 0..rounds {
         let index = round as usize * peers + me;
         if index < parts.len() {
@@ -230,22 +216,22 @@ pub fn run(
         tasks.advance_to(round + 1);
         let (verifying, writing) = (round.saturating_sub(1), round.saturating_sub(2));
         failure.step_until(worker, || {
-            !verified.less_than(&verifying) && !probe.less_than(&writing)
+            !verified.less_than(&verifying) && !written.less_than(&writing)
         })?;
     }
     if verification == Verification::Both {
-        failure.step_until(worker, || !probe.less_than(&rounds))?;
-        close_step(worker, job, Step::Verify1, &counts(&written, Step::Verify1))?;
+        failure.step_until(worker, || !written.less_than(&rounds))?;
+        close(worker, Step::Verify1)?;
         wait_for_peer(job, Step::Verify1)?;
         tasks.send(Task::FinishHeld);
     }
     drop(tasks);
-    failure.step_until(worker, || probe.done())?;
+    failure.step_until(worker, || written.done())?;
     if verification == Verification::First {
-        close_step(worker, job, Step::Verify1, &counts(&written, Step::Verify1))?;
+        close(worker, Step::Verify1)?;
     }
     if verification.verify2() {
-        close_step(worker, job, Step::Verify2, &counts(&written, Step::Verify2))?;
+        close(worker, Step::Verify2)?;
     }
     Ok(())
 }
@@ -254,9 +240,9 @@ pub fn run(
 /// rows written by step, and the progress of verification and of the writes.
 struct PassHandles {
     failure: Failure,
-    written: Rc<RefCell<HashMap<Step, StatusCounts>>>,
+    row_counts: Rc<RefCell<HashMap<Step, StatusCounts>>>,
     verified: ProbeHandle<u64>,
-    probe: ProbeHandle<u64>,
+    written: ProbeHandle<u64>,
 }
 
 /// Builds the pass's dataflow on this worker; returns its input of tasks.
@@ -273,102 +259,33 @@ fn build(
         Step::Verify1
     };
     let failure = Failure::default();
-    let written = Rc::new(RefCell::new(HashMap::new()));
+    let row_counts = Rc::new(RefCell::new(HashMap::new()));
     let mut tasks = InputHandleVec::<u64, Task>::new();
-    let (verified, probe) = (ProbeHandle::new(), ProbeHandle::new());
+    let (verified, written) = (ProbeHandle::new(), ProbeHandle::new());
     let handles = PassHandles {
         failure: failure.clone(),
-        written: written.clone(),
+        row_counts: row_counts.clone(),
         verified: verified.clone(),
-        probe: probe.clone(),
+        written: written.clone(),
     };
     worker.dataflow::<u64, _, _>(|scope| {
-        let work = read_ahead(scope.input_from(&mut tasks), job, parts, &failure);
-        let mut verifier = Verifier {
+        let work = read_parts(scope.input_from(&mut tasks), job, parts, &failure);
+        let verifier = Verifier {
             job: job.clone(),
             parts: parts.clone(),
             verification,
-            waiting: VecDeque::new(),
+            waiting: None,
             stored: Vec::new(),
         };
-        let verifying = failure.clone();
-        let messages = work.unary::<CapacityContainerBuilder<Vec<(Step, SliceMessage)>>, _, _, _>(
-            ExchangePact::new(Work::worker),
-            "Verify",
-            move |_, info| {
-                let activator = scope.activator_for(info.address);
-                let mut queue: VecDeque<(Capability<u64>, Queued)> = VecDeque::new();
-                move |input, output| {
-                    input.for_each(|cap, data| {
-                        let cap = cap.retain_least(0).expect("input batches have a time");
-                        for work in data.drain(..) {
-                            match work {
-                                Work::Slice(reports) => {
-                                    queue.push_back((cap.clone(), Queued::Slice(reports)))
-                                }
-                                Work::FinishHeld { .. } => {
-                                    queue.extend(verifier.held().map(|held| (cap.clone(), held)))
-                                }
-                            }
-                        }
-                    });
-                    if verifying.failed() {
-                        queue.clear();
-                    }
-                    if let Some((cap, work)) = queue.pop_front() {
-                        let mut session = output.session(&cap);
-                        let done =
-                            verifier.work(work, &mut |step, message| session.give((step, message)));
-                        verifying.keep(done);
-                        if !queue.is_empty() {
-                            activator.activate();
-                        }
-                    }
-                }
-            },
-        );
-        let mut writer = PartWriter::new(
+        let messages = verify(work, verifier, &failure).probe_with(&verified);
+        let writer = PartWriter::new(
             job.clone(),
             parts.clone(),
             (me, peers),
             last_step,
-            written.clone(),
+            row_counts,
         );
-        let writing = failure.clone();
-        let writer_job = job.clone();
-        messages
-            .probe_with(&verified)
-            .unary::<CapacityContainerBuilder<Vec<()>>, _, _, _>(
-                ExchangePact::new(PartWriter::route(peers)),
-                "WriteParts",
-                move |_, info| {
-                    let activator = scope.worker().sync_activator_for(info.address.to_vec());
-                    let mut writes =
-                        Offload::spawn(format!("write-parts-{me}"), activator, move |write| {
-                            PartWrite::write(write, &writer_job.buckets)
-                        });
-                    move |input, _output| {
-                        input.for_each(|cap, data| {
-                            for (step, message) in data.drain(..) {
-                                if writing.failed() {
-                                    continue;
-                                }
-                                if let Some(write) =
-                                    writing.keep(writer.take(step, message)).flatten()
-                                {
-                                    let cap =
-                                        cap.retain_least(0).expect("input batches have a time");
-                                    writes.send(cap, write);
-                                }
-                            }
-                        });
-                        for (_, written) in writes.ready() {
-                            writing.keep(written);
-                        }
-                    }
-                },
-            )
-            .probe_with(&probe);
+        write_parts(messages, writer, job, &failure).probe_with(&written);
     });
     (tasks, handles)
 }
@@ -376,7 +293,7 @@ fn build(
 /// The `ReadParts` operator: turns each task into work, reading each part
 /// on a storage thread ([`Offload`]) while the worker verifies the round
 /// before.
-fn read_ahead<'scope>(
+fn read_parts<'scope>(
     tasks: StreamVec<'scope, u64, Task>,
     job: &Arc<ServerJob>,
     parts: &Rc<[StagedPart]>,
@@ -420,7 +337,88 @@ fn read_ahead<'scope>(
     })
 }
 
-/// The rows of `step` this worker wrote, by batch id and status.
-fn counts(written: &RefCell<HashMap<Step, StatusCounts>>, step: Step) -> StatusCounts {
-    written.borrow_mut().remove(&step).unwrap_or_default()
+/// The `Verify` operator: holds the slices it gets under their
+/// capabilities and works one per activation, re-activating itself, so
+/// that what it sends flows on while it works.
+fn verify<'scope>(
+    work: StreamVec<'scope, u64, Work>,
+    mut verifier: Verifier,
+    failure: &Failure,
+) -> StreamVec<'scope, u64, (Step, SliceMessage)> {
+    let scope = work.scope();
+    let failure = failure.clone();
+    work.unary(ExchangePact::new(Work::worker), "Verify", move |_, info| {
+        let activator = scope.activator_for(info.address);
+        let mut queue: VecDeque<(Capability<u64>, Queued)> = VecDeque::new();
+        move |input, output| {
+            input.for_each(|cap, data| {
+                let cap = cap.retain_least(0).expect("input batches have a time");
+                for work in data.drain(..) {
+                    match work {
+                        Work::Slice(reports) => {
+                            queue.push_back((cap.clone(), Queued::Slice(reports)))
+                        }
+                        Work::FinishHeld { .. } => {
+                            queue.extend(verifier.held().map(|held| (cap.clone(), held)))
+                        }
+                    }
+                }
+            });
+            if failure.failed() {
+                queue.clear();
+            }
+            if let Some((cap, work)) = queue.pop_front() {
+                let mut session = output.session(&cap);
+                failure
+                    .keep(verifier.work(work, &mut |step, message| session.give((step, message))));
+                if !queue.is_empty() {
+                    activator.activate();
+                }
+            }
+        }
+    })
+}
+
+/// The `WriteParts` operator: on a part owner, hands each whole part's
+/// write to a storage thread ([`Offload`]) while the worker verifies on,
+/// and holds the round's capability until the write is done.
+fn write_parts<'scope>(
+    messages: StreamVec<'scope, u64, (Step, SliceMessage)>,
+    mut writer: PartWriter,
+    job: &Arc<ServerJob>,
+    failure: &Failure,
+) -> StreamVec<'scope, u64, ()> {
+    let scope = messages.scope();
+    let (me, peers) = (scope.index(), scope.peers());
+    let (job, failure) = (job.clone(), failure.clone());
+    let route = ExchangePact::new(PartWriter::route(peers));
+    // Nothing comes out: the output's frontier is what tells of the writes.
+    messages.unary::<CapacityContainerBuilder<Vec<()>>, _, _, _>(
+        route,
+        "WriteParts",
+        move |_, info| {
+            let activator = scope.worker().sync_activator_for(info.address.to_vec());
+            let mut writes = Offload::spawn(format!("write-parts-{me}"), activator, move |write| {
+                PartWrite::write(write, &job.buckets)
+            });
+            move |input, _output| {
+                input.for_each(|cap, data| {
+                    for (step, message) in data.drain(..) {
+                        if failure.failed() {
+                            continue;
+                        }
+                        if let Some(write) = failure.keep(writer.take(step, message)).flatten() {
+                            writes.send(
+                                cap.retain_least(0).expect("input batches have a time"),
+                                write,
+                            );
+                        }
+                    }
+                });
+                for (_, written) in writes.ready() {
+                    failure.keep(written);
+                }
+            }
+        },
+    )
 }
