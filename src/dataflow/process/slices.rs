@@ -128,19 +128,19 @@ pub struct PartWriter {
     /// The rows of whole parts, by step, batch id and status, counted as
     /// their writes are handed out: what `close_step` sums once the
     /// probe says they are written.
-    written: Rc<RefCell<HashMap<Step, StatusCounts>>>,
+    row_counts: Rc<RefCell<HashMap<Step, StatusCounts>>>,
 }
 
 impl PartWriter {
     /// A writer for a pass whose last step is `last_step`, on worker
     /// `index` of `peers`: every part this worker owns is expected of it.
-    /// The counts of the rows it writes go to `written`.
+    /// The counts of the rows it writes go to `row_counts`.
     pub fn new(
         job: Arc<ServerJob>,
         parts: Rc<[StagedPart]>,
         (index, peers): (usize, usize),
         last_step: Step,
-        written: Rc<RefCell<HashMap<Step, StatusCounts>>>,
+        row_counts: Rc<RefCell<HashMap<Step, StatusCounts>>>,
     ) -> Self {
         let owned = (index..parts.len()).step_by(peers).count();
         job.progress.expect(owned as u64);
@@ -149,7 +149,7 @@ impl PartWriter {
             parts,
             pending: HashMap::new(),
             last_step,
-            written,
+            row_counts,
         }
     }
 
@@ -190,7 +190,7 @@ impl PartWriter {
             rows.extend(slice.rows);
         }
         count_rows(
-            self.written.borrow_mut().entry(step).or_default(),
+            self.row_counts.borrow_mut().entry(step).or_default(),
             part,
             &rows,
         );
